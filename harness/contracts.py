@@ -1,0 +1,54 @@
+"""Loads the data in contracts/: the tool map, the apr-code tool schemas, the system prompt, the redaction patterns.
+
+These are data, not code: each table lives in exactly one file there, and every stage reads it through here.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACTS = ROOT / "contracts"
+
+
+@dataclass(frozen=True)
+class ToolMapping:
+    tool: str  # the apr-code tool name
+    fields: dict[str, str]  # Claude Code input key -> apr-code input key
+
+
+@lru_cache(maxsize=None)
+def tool_map() -> dict[str, ToolMapping]:
+    raw = json.loads((CONTRACTS / "tool_map.json").read_text(encoding="utf-8"))
+    return {name: ToolMapping(entry["tool"], dict(entry["fields"])) for name, entry in raw.items() if not name.startswith("$")}
+
+
+@lru_cache(maxsize=None)
+def tool_schemas() -> dict[str, dict]:
+    """apr-code tool name -> its JSON Schema."""
+    return {
+        path.name.removesuffix(".schema.json"): json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted((CONTRACTS / "schemas").glob("*.schema.json"))
+    }
+
+
+@lru_cache(maxsize=None)
+def system_prompt() -> str:
+    return (CONTRACTS / "system_prompt.md").read_text(encoding="utf-8").strip()
+
+
+@dataclass(frozen=True)
+class SecretPattern:
+    name: str
+    regex: re.Pattern
+    group: int  # 0: replace the whole match; n: replace only group n
+
+
+@lru_cache(maxsize=None)
+def redaction() -> tuple[str, tuple[SecretPattern, ...]]:
+    raw = json.loads((CONTRACTS / "redaction.json").read_text(encoding="utf-8"))
+    patterns = tuple(SecretPattern(p["name"], re.compile(p["regex"]), int(p.get("group", 0))) for p in raw["patterns"])
+    return raw["placeholder"], patterns
