@@ -1,0 +1,662 @@
+"""`flip export`: Claude Code transcripts -> apr-code `<tool_call>` SFT samples (targets.md §2-3).
+
+Per file (files sorted by their path relative to the export root, so discovery order never matters):
+read trajectories (harness.transcripts) -> make recording paths workspace-relative and redact secrets -> remap each
+teacher call through contracts/tool_map.json -> one candidate sample per remappable call, fitted to the token budget
+-> the modes pick from the candidates (curated: each trajectory's first; full: all; balanced: a seeded reservoir of
+N per tool) -> duplicates (same instruction and response) are dropped -> JSONL written atomically.
+
+Decisions:
+* Unmappable calls (TodoWrite, Task, MultiEdit, ...) are not rendered in the observations: the student cannot make
+  them, and an `Action:` it cannot call would teach a tool it does not have. They are counted by name.
+* A mapped call whose remapped input does not validate against the apr-code schema (e.g. an Edit without
+  old_string) is counted as unmappable under `<Name>:invalid_input`, so `raw_tool_use == remappable +
+  sum(unmappable)` stays exact and every response validates.
+* Only one file's trajectories are held in memory; full/curated samples are written as they are made; balanced
+  keeps a fixed-size reservoir per tool; duplicates are found by a 16-byte digest per sample.
+
+This module imports neither torch nor transformers (the evaluation stage imports `render_instruction` from here).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from harness import FlipError
+from harness.atomic import atomic_path, write_text
+from harness.contracts import redaction, system_prompt, tool_map, tool_schemas
+from harness.toolcall import ToolCall, call_errors, render_tool_call
+from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
+
+MODES = ("curated", "balanced", "full")
+TARGETS = ("apr-code", "messages")
+TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+NEXT_ACTION = "Reply with the next tool call."
+NO_RESULT = "(no result recorded)"
+CHATML_PREFIX = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+CHATML_MIDDLE = "<|im_end|>\n<|im_start|>assistant\n"
+CHATML_END = "<|im_end|>"
+# Margin (tokens per joined piece) under which a sample's summed piece counts are trusted without counting the
+# whole sample again: BPE may split a "\n\n" between two pieces one token differently than inside one piece.
+PIECE_SLACK = 2
+# Extra characters redacted around a cut so a secret or path crossing it is still caught whole.
+CUT_MARGIN = 4096
+
+
+# --------------------------------------------------------------------------------------- rendering (public)
+
+def render_observation(tool: str, tool_input: dict, result: str | None, is_error: bool = False) -> str:
+    label = "Result (error):" if is_error else "Result:"
+    return f"Action: {render_tool_call(tool, tool_input)}\n{label}\n{NO_RESULT if result is None else result}"
+
+
+def omitted_marker(count: int) -> str:
+    return f"[{count} earlier action{'s' if count != 1 else ''} and result{'s' if count != 1 else ''} omitted]"
+
+
+def render_instruction(task: str | None, observations=(), omitted: int = 0) -> str:
+    """The user turn: the task, the running observations (oldest first), then the request for the next action.
+
+    The evaluation stage calls `render_instruction(task)` to build the first-step prompt of a held-out task.
+    """
+    parts = []
+    if task:
+        parts.append(f"Task:\n{task}")
+    if omitted:
+        parts.append(omitted_marker(omitted))
+    parts.extend(observations)
+    parts.append(NEXT_ACTION)
+    return "\n\n".join(parts)
+
+
+def render_chatml(system: str, instruction: str, response: str) -> str:
+    """The whole sample as the trainer renders it; the token budget counts exactly this."""
+    return CHATML_PREFIX.format(system=system) + instruction + CHATML_MIDDLE + response + CHATML_END
+
+
+# -------------------------------------------------------------------------------- relativisation & redaction
+
+def _root_pattern(roots) -> re.Pattern | None:
+    roots = sorted({r for r in roots if r and r != "/"}, key=len, reverse=True)  # longest first: nested roots
+    if not roots:
+        return None
+    alternatives = "|".join(re.escape(r) for r in roots)
+    # ROOT/x -> x ; ROOT alone (not followed by a name character) -> .
+    return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|(?![\w.\-]))")
+
+
+class Scrubber:
+    """Makes recording paths workspace-relative, then redacts secrets; counts redactions per pattern."""
+
+    def __init__(self, roots, counts: Counter):
+        self.roots = [r for r in roots if r and r != "/"]
+        self.pattern = _root_pattern(self.roots)
+        self.placeholder, self.secrets = redaction()
+        self.counts = counts
+
+    def text(self, text: str) -> str:
+        if self.pattern is not None and any(root in text for root in self.roots):
+            text = self.pattern.sub(lambda m: "" if m.group(1) else ".", text)
+        for secret in self.secrets:
+            text = self._redact(secret, text)
+        return text
+
+    def _redact(self, secret, text: str) -> str:
+        placeholder = self.placeholder.format(name=secret.name)
+        count = 0
+
+        def replace(match):
+            nonlocal count
+            count += 1
+            if secret.group:
+                start, end = match.span(secret.group)
+                offset = match.start()
+                whole = match.group(0)
+                return whole[: start - offset] + placeholder + whole[end - offset:]
+            return placeholder
+
+        text = secret.regex.sub(replace, text)
+        if count:
+            self.counts[secret.name] += count
+        return text
+
+    def value(self, value):
+        """Every string inside a JSON value (keys stay: they are the tool's field names)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        return value
+
+    def shortened(self, text: str, limit: int) -> tuple[str, bool]:
+        """Scrubbed text of at most ~limit characters: head and tail kept around a visible marker.
+
+        Only the kept ends (plus a margin, so nothing that crosses a cut escapes) are scrubbed: a 5 MB tool output
+        costs what its kept 2 KB cost.
+        """
+        if len(text) <= limit + 2 * CUT_MARGIN:
+            text = self.text(text)
+            if len(text) <= limit:
+                return text, False
+            return _cut(text, limit, len(text)), True
+        head_n = limit * 2 // 3
+        tail_n = limit - head_n
+        head = self.text(text[: head_n + CUT_MARGIN])[:head_n]
+        tail = self.text(text[-(tail_n + CUT_MARGIN):])[-tail_n:]
+        return f"{head}\n[... {len(text) - head_n - tail_n} characters omitted ...]\n{tail}", True
+
+
+def _cut(text: str, limit: int, original: int) -> str:
+    head_n = limit * 2 // 3
+    tail_n = limit - head_n
+    return f"{text[:head_n]}\n[... {original - head_n - tail_n} characters omitted ...]\n{text[len(text) - tail_n:]}"
+
+
+# --------------------------------------------------------------------------------------------------- remap
+
+def remap_call(name: str, tool_input) -> tuple[str, dict] | None:
+    """(apr-code tool, input) by contracts/tool_map.json; None when the tool has no mapping."""
+    mapping = tool_map().get(name)
+    if mapping is None or not isinstance(tool_input, dict):
+        return None
+    remapped = {}
+    for source_key, target_key in mapping.fields.items():
+        if source_key in tool_input and tool_input[source_key] is not None:
+            remapped[target_key] = tool_input[source_key]
+    return mapping.tool, remapped
+
+
+# ------------------------------------------------------------------------------------------ token budgeting
+
+class Budget:
+    """Fits samples into `max_tokens` of the rendered ChatML sample, counting each piece once."""
+
+    def __init__(self, counter, max_tokens: int, system: str):
+        self.counter = counter
+        self.max_tokens = max_tokens
+        self.system = system
+        self.fixed = counter.count(CHATML_PREFIX.format(system=system)) + counter.count(
+            NEXT_ACTION + CHATML_MIDDLE) + counter.count(CHATML_END)
+
+    def count(self, text: str) -> int:
+        return self.counter.count(text)
+
+    def exact(self, instruction: str, response: str) -> int:
+        return self.counter.count(render_chatml(self.system, instruction, response))
+
+
+@dataclass
+class Step:
+    tool: str
+    input: dict
+    response: str
+    response_tokens: int
+    observation: str  # how this step appears in later instructions
+    observation_tokens: int
+
+
+@dataclass
+class Sample:
+    instruction: str
+    response: str
+    system: str
+    metadata: dict
+
+    def key(self) -> bytes:
+        return hashlib.blake2b(f"{self.instruction}\0{self.response}".encode("utf-8", "replace"),
+                               digest_size=16).digest()
+
+
+def fit_instruction(budget: Budget, task: str | None, task_tokens: int, steps: list[Step], index: int,
+                    truncated: Counter) -> str | None:
+    """The largest instruction for step `index` that fits: oldest observations dropped first, then the task
+    shortened; None when even the bare request cannot fit (the sample is dropped)."""
+    step = steps[index]
+    base = budget.fixed + step.response_tokens
+    if base > budget.max_tokens:
+        truncated["samples_dropped_too_long"] += 1
+        return None
+    task_cost = task_tokens + 2 if task else 0
+    # Keep the newest observations that fit by their counted pieces.
+    room = budget.max_tokens - base - task_cost
+    first = index
+    used = 0
+    while first > 0:
+        cost = steps[first - 1].observation_tokens + PIECE_SLACK
+        if used + cost + 16 > room:  # 16: room for the omitted marker
+            break
+        used += cost
+        first -= 1
+    while True:
+        observations = [s.observation for s in steps[first:index]]
+        instruction = render_instruction(task, observations, omitted=first)
+        estimate = base + task_cost + used + (12 if first else 0)
+        if estimate + PIECE_SLACK * (index - first + 3) <= budget.max_tokens:
+            break  # comfortably inside: the exact count cannot exceed the budget
+        if budget.exact(instruction, step.response) <= budget.max_tokens:
+            break
+        if first == index:
+            return _shortened_task(budget, task, step, index, truncated)
+        used -= steps[first].observation_tokens + PIECE_SLACK
+        first += 1
+    if first:
+        truncated["samples_with_observations_dropped"] += 1
+        truncated["observations_dropped"] += first
+    return instruction
+
+
+def _shortened_task(budget: Budget, task: str | None, step: Step, index: int, truncated: Counter) -> str | None:
+    """Only the task and the request remain and they overflow: keep the task's head and tail around a marker."""
+    if task:
+        keep = len(task)
+        while keep > 32:
+            keep = keep * 3 // 4
+            instruction = render_instruction(_cut(task, keep, len(task)), (), omitted=index)
+            if budget.exact(instruction, step.response) <= budget.max_tokens:
+                truncated["tasks_shortened"] += 1
+                if index:
+                    truncated["samples_with_observations_dropped"] += 1
+                    truncated["observations_dropped"] += index
+                return instruction
+    truncated["samples_dropped_too_long"] += 1
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- the export
+
+@dataclass
+class ExportOptions:
+    mode: str = "all"
+    target: str = "apr-code"
+    max_tokens: int = 1024
+    tokenizer: str | None = None
+    per_tool: int = 40
+    seed: int = 42
+    max_result_chars: int = 2000
+    progress: bool = True
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    files_skipped: dict = field(default_factory=dict)  # source -> why
+    formats: Counter = field(default_factory=Counter)
+    trajectories: int = 0
+    sidechain_trajectories: int = 0
+    raw_tool_use: int = 0
+    remappable: int = 0
+    unmappable: Counter = field(default_factory=Counter)
+    calls_without_result: int = 0
+    candidates: int = 0
+    samples: dict = field(default_factory=dict)
+    per_tool: dict = field(default_factory=dict)
+    duplicates: dict = field(default_factory=dict)
+    redactions: Counter = field(default_factory=Counter)
+    without_task: int = 0
+    truncated: Counter = field(default_factory=Counter)
+    lines: LineStats = field(default_factory=LineStats)
+
+    def as_json(self, options: ExportOptions) -> dict:
+        lines = self.lines
+        return {
+            "files": self.files,
+            "files_skipped": dict(sorted(self.files_skipped.items())),
+            "formats": dict(sorted(self.formats.items())),
+            "trajectories": self.trajectories,
+            "sidechain_trajectories": self.sidechain_trajectories,
+            "raw_tool_use": self.raw_tool_use,
+            "remappable": self.remappable,
+            "unmappable": dict(sorted(self.unmappable.items())),
+            "calls_without_result": self.calls_without_result,
+            "orphan_results": lines.orphan_results,
+            "candidates": self.candidates,
+            "samples": {m: self.samples.get(m, 0) for m in MODES if m in self.samples},
+            "per_tool": {m: dict(sorted(v.items())) for m, v in self.per_tool.items()},
+            "duplicates": {m: self.duplicates.get(m, 0) for m in MODES if m in self.duplicates},
+            "redactions": dict(sorted(self.redactions.items())),
+            "without_task": self.without_task,
+            "truncated": {k: self.truncated.get(k, 0) for k in (
+                "results_shortened", "samples_with_observations_dropped", "observations_dropped",
+                "tasks_shortened", "samples_dropped_too_long")},
+            "lines": {
+                "read": lines.read,
+                "used": lines.used,
+                "skipped": dict(sorted(lines.skipped.items())),
+                "unknown_types": dict(sorted(lines.unknown_types.items())),
+                "repaired_surrogates": lines.repaired_surrogates,
+            },
+            "options": {"mode": options.mode, "target": options.target, "max_tokens": options.max_tokens,
+                        "tokenizer": options.tokenizer or "smollm2-135m", "per_tool": options.per_tool,
+                        "seed": options.seed, "max_result_chars": options.max_result_chars},
+        }
+
+
+def discover(paths) -> list[tuple[str, Path]]:
+    """(source, path) for every transcript candidate, sorted by source: the path relative to the export root
+    (the common parent of the given paths), POSIX-style."""
+    found: dict[Path, None] = {}
+    anchors = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise FlipError(f"{given}: no such file or directory")
+        if path.is_dir():
+            anchors.append(path.resolve())
+            try:
+                for child in sorted(path.rglob("*")):
+                    if child.is_file() and child.suffix in TRANSCRIPT_SUFFIXES:
+                        found[child.resolve()] = None
+            except OSError as err:
+                raise FlipError(f"cannot walk {given}: {err}") from err
+        elif path.is_file():
+            if not os.access(path, os.R_OK):
+                raise FlipError(f"{given}: not readable")
+            anchors.append(path.resolve().parent)
+            found[path.resolve()] = None
+        else:
+            raise FlipError(f"{given}: not a regular file or directory")
+    if not anchors:
+        return []
+    root = Path(os.path.commonpath([str(a) for a in anchors]))
+    return sorted(((p.relative_to(root).as_posix(), p) for p in found), key=lambda item: item[0])
+
+
+class Writers:
+    """One output file per selected mode, written as samples come (balanced at the end)."""
+
+    def __init__(self, out: Path, options: ExportOptions, modes: tuple[str, ...], stats: Stats):
+        self.options = options
+        self.modes = modes
+        self.stats = stats
+        self.seen = {m: set() for m in modes}
+        self.reservoirs: dict[str, list] = {}
+        self.offered: Counter = Counter()
+        self._contexts = {}
+        self.handles = {}
+        prefix = "apr_code_sft" if options.target == "apr-code" else "messages"
+        for mode in modes:
+            stats.samples[mode] = 0
+            stats.per_tool[mode] = Counter()
+            stats.duplicates[mode] = 0
+            context = atomic_path(out / f"{prefix}_{mode}.jsonl")
+            self._contexts[mode] = context
+            self.handles[mode] = open(context.__enter__(), "w", encoding="utf-8", newline="\n")
+
+    def offer(self, sample: Sample, first_in_trajectory: bool) -> None:
+        key = None
+        for mode in self.modes:
+            if mode == "curated" and not first_in_trajectory:
+                continue
+            key = key or sample.key()
+            if key in self.seen[mode]:
+                self.stats.duplicates[mode] += 1
+                continue
+            self.seen[mode].add(key)
+            if mode == "balanced":
+                self._reservoir(sample)
+            else:
+                self._write(mode, sample)
+
+    def _reservoir(self, sample: Sample) -> None:
+        """Seeded reservoir sampling per tool: a uniform sample of per_tool, in one pass, in fixed memory."""
+        tool = sample.metadata["tool"]
+        self.offered[tool] += 1
+        reservoir = self.reservoirs.setdefault(tool, [])
+        if len(reservoir) < self.options.per_tool:
+            reservoir.append(sample)
+            return
+        rng = _tool_rng(self.options.seed, tool, self.offered[tool])
+        slot = rng.randrange(self.offered[tool])
+        if slot < self.options.per_tool:
+            reservoir[slot] = sample
+
+    def _write(self, mode: str, sample: Sample) -> None:
+        self.handles[mode].write(sample_line(sample, self.options.target))
+        self.stats.samples[mode] += 1
+        self.stats.per_tool[mode][sample.metadata["tool"]] += 1
+
+    def close(self, ok: bool) -> None:
+        if ok and "balanced" in self.modes:
+            chosen = [s for tool in sorted(self.reservoirs) for s in self.reservoirs[tool]]
+            chosen.sort(key=lambda s: (s.metadata["source"], s.metadata["trajectory"], s.metadata["step"]))
+            for sample in chosen:
+                self._write("balanced", sample)
+        for mode in self.modes:
+            self.handles[mode].close()
+            context = self._contexts[mode]
+            if ok:
+                context.__exit__(None, None, None)
+            else:
+                context.__exit__(RuntimeError, RuntimeError("export failed"), None)
+
+
+def _tool_rng(seed: int, tool: str, n: int) -> random.Random:
+    # One generator per (seed, tool, position): the choice for one tool never depends on another tool's samples.
+    return random.Random(f"{seed}:{tool}:{n}")
+
+
+def sample_line(sample: Sample, target: str) -> str:
+    if target == "apr-code":
+        obj = {"instruction": sample.instruction, "response": sample.response, "system": sample.system,
+               "metadata": sample.metadata}
+    else:
+        obj = messages_record(sample)
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+@lru_cache(maxsize=None)
+def tools_list() -> tuple:
+    """The apr-code tools as chat-template `tools` entries (from contracts/schemas)."""
+    entries = []
+    for name, schema in tool_schemas().items():
+        parameters = {k: v for k, v in schema.items() if k not in ("$schema", "title")}
+        entries.append({"type": "function", "function": {"name": name, "description": f"apr-code tool {name}",
+                                                         "parameters": parameters}})
+    return tuple(entries)
+
+
+def messages_record(sample: Sample) -> dict:
+    """HF chat format: system/user/assistant messages, the assistant's call as `tool_calls` with object arguments."""
+    call = json.loads(sample.response[len("<tool_call>"): -len("</tool_call>")])
+    return {
+        "messages": [
+            {"role": "system", "content": sample.system},
+            {"role": "user", "content": sample.instruction},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": call["name"], "arguments": call["input"]}}]},
+        ],
+        "tools": list(tools_list()),
+        "metadata": sample.metadata,
+    }
+
+
+def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget, options: ExportOptions,
+                     stats: Stats) -> list[Step]:
+    steps = []
+    for call in trajectory.calls:
+        stats.raw_tool_use += 1
+        remapped = remap_call(call.name, call.input)
+        if remapped is None:
+            stats.unmappable[call.name or "(unnamed)"] += 1
+            continue
+        tool, tool_input = remapped
+        tool_input = scrubber.value(tool_input)
+        if call_errors(ToolCall(tool, tool_input)):
+            stats.unmappable[f"{call.name}:invalid_input"] += 1
+            continue
+        stats.remappable += 1
+        if call.result is None:
+            stats.calls_without_result += 1
+            result = None
+        else:
+            result, cut = scrubber.shortened(call.result, options.max_result_chars)
+            if cut:
+                stats.truncated["results_shortened"] += 1
+        response = render_tool_call(tool, tool_input)
+        observation = render_observation(tool, tool_input, result, call.is_error)
+        steps.append(Step(tool, tool_input, response, 0, observation, 0))
+    if steps:
+        counts = budget.counter.count_many([s.response + "\n" for s in steps] + [s.observation + "\n\n" for s in steps])
+        for i, step in enumerate(steps):
+            step.response_tokens = counts[i]
+            step.observation_tokens = counts[len(steps) + i]
+    return steps
+
+
+def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, scrubber: Scrubber, budget: Budget,
+                      options: ExportOptions, stats: Stats, writers: Writers) -> None:
+    steps = trajectory_steps(trajectory, scrubber, budget, options, stats)
+    if not steps:
+        return
+    task = scrubber.text(trajectory.task) if trajectory.task else None
+    if not task:
+        stats.without_task += 1
+    task_tokens = budget.count(f"Task:\n{task}\n\n") if task else 0
+    wanted = {"full", "balanced"} & set(writers.modes)
+    for index, step in enumerate(steps):
+        if index and not wanted:
+            break  # curated only needs each trajectory's first call
+        stats.candidates += 1
+        instruction = fit_instruction(budget, task, task_tokens, steps, index, stats.truncated)
+        if instruction is None:
+            continue
+        sample = Sample(instruction, step.response, budget.system,
+                        {"trajectory": trajectory_id, "step": index, "tool": step.tool, "source": source})
+        writers.offer(sample, first_in_trajectory=index == 0)
+
+
+def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, counter=None) -> dict:
+    """Run the export; returns the stats written to OUT/export_stats.json."""
+    options = options or ExportOptions()
+    if options.mode not in MODES + ("all",):
+        raise FlipError(f"unknown mode {options.mode!r}")
+    if options.target not in TARGETS:
+        raise FlipError(f"unknown target {options.target!r}")
+    if options.max_tokens < 1 or options.per_tool < 1 or options.max_result_chars < 64:
+        raise FlipError("--max-tokens and --per-tool must be positive, --max-result-chars at least 64")
+    files = discover(paths)
+    if counter is None:
+        from harness.tokens import counter as make_counter
+
+        counter = make_counter(options.tokenizer)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FlipError(f"cannot create {out}: {err}") from err
+    modes = MODES if options.mode == "all" else (options.mode,)
+    stats = Stats()
+    budget = Budget(counter, options.max_tokens, system_prompt())
+    writers = Writers(out, options, modes, stats)
+    ok = False
+    try:
+        with _progress(files, options.progress) as bar:
+            for source, path in files:
+                _export_file(source, path, budget, options, stats, writers)
+                bar.update(_size(path))
+        ok = True
+    finally:
+        writers.close(ok)
+    result = stats.as_json(options)
+    write_text(out / "export_stats.json", json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    return result
+
+
+def _export_file(source: str, path: Path, budget: Budget, options: ExportOptions, stats: Stats,
+                 writers: Writers) -> None:
+    read = read_file(path, stats.lines)
+    if read is None:
+        stats.files_skipped[source] = "neither stream-json nor a Claude Code session"
+        return
+    stats.files += 1
+    stats.formats[read.format] += 1
+    scrubber = Scrubber(read.roots, stats.redactions)
+    fallback_task = sibling_prompt(path)
+    main_seen = False
+    for trajectory in read.trajectories:
+        if not trajectory.sidechain and not main_seen:
+            main_seen = True
+            if not trajectory.task:
+                trajectory.task = fallback_task  # headless runs do not echo `-p <task>`
+        stats.trajectories += 1
+        stats.sidechain_trajectories += trajectory.sidechain
+        export_trajectory(trajectory, f"{source}#{trajectory.index}", source, scrubber, budget, options, stats,
+                          writers)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _progress(files, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=sum(_size(p) for _, p in files), unit="B", unit_scale=True, desc="flip export",
+                file=sys.stderr, disable=not enabled, leave=False)
+
+
+def summary_table(stats: dict) -> str:
+    rows = [
+        ("files", stats["files"]), ("files skipped", len(stats["files_skipped"])),
+        ("trajectories", stats["trajectories"]), ("raw tool_use", stats["raw_tool_use"]),
+        ("remappable", stats["remappable"]), ("unmappable", sum(stats["unmappable"].values())),
+        ("without task", stats["without_task"]), ("lines read", stats["lines"]["read"]),
+        ("lines skipped", sum(stats["lines"]["skipped"].values())),
+        ("redactions", sum(stats["redactions"].values())),
+        ("dropped: too long", stats["truncated"]["samples_dropped_too_long"]),
+    ]
+    for mode, n in stats["samples"].items():
+        rows.append((f"samples {mode}", f"{n}  (duplicates {stats['duplicates'].get(mode, 0)})"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"  {k:<{width}}  {v}" for k, v in rows]
+    if stats["unmappable"]:
+        lines.append("  unmappable: " + ", ".join(f"{k} {v}" for k, v in
+                                                   sorted(stats["unmappable"].items(), key=lambda kv: (-kv[1], kv[0]))))
+    for source, why in stats["files_skipped"].items():
+        lines.append(f"  skipped {source}: {why}")
+    return "flip export\n" + "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="transcript files or directories (walked)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--mode", choices=MODES + ("all",), default="all",
+                        help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; "
+                             "all: the three, each in its own file (default)")
+    parser.add_argument("--target", choices=TARGETS, default="apr-code",
+                        help="apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="token budget of the whole ChatML sample")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer.json, HF dir, .gguf or model reference (default: smollm2-135m)")
+    parser.add_argument("--per-tool", type=int, default=40, help="balanced mode: samples per apr-code tool")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max-result-chars", type=int, default=2000,
+                        help="a tool result longer than this keeps its head and tail around a marker")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def main(args) -> int:
+    options = ExportOptions(mode=args.mode, target=args.target, max_tokens=args.max_tokens, tokenizer=args.tokenizer,
+                            per_tool=args.per_tool, seed=args.seed, max_result_chars=args.max_result_chars,
+                            progress=not args.quiet)
+    stats = export(args.paths, args.out, options)
+    if not args.quiet:
+        print(summary_table(stats), file=sys.stderr)
+    return 0

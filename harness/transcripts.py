@@ -1,0 +1,422 @@
+"""Reading Claude Code transcripts into trajectories (claude-code-formats.md).
+
+Two formats, told apart by CONTENT, never by file name:
+  * headless stream-json (`claude -p --output-format stream-json`): snake_case envelope, `parent_tool_use_id`;
+  * on-disk sessions (`~/.claude/projects/.../<session>.jsonl`, `agent-<id>.jsonl`): camelCase, `parentUuid` chains,
+    `isSidechain`.
+
+A trajectory is one agent's ordered tool calls (with their paired results) and the task it was given: the main agent
+(split where the user gives a new prompt) and every sub-agent (its own trajectory, its task being its prompt).
+
+Robustness (§4): lines are read in binary (no line-length limit) and decoded one by one; every line read is either
+used or skipped with a named reason, counted in `LineStats`. Nothing here raises on bad content.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import FlipError
+
+STREAM_JSON = "stream-json"
+SESSION = "session"
+
+# Record types that carry no turn content; they are skipped with the reason `ignored:<type>`.
+_STREAM_IGNORED = {"system", "result", "rate_limit_event", "tool_progress", "tool_use_summary", "control_request",
+                   "control_response", "keep_alive"}
+_SESSION_IGNORED = {"summary", "file-history-snapshot", "queue-operation", "progress", "attachment", "system"}
+_DETECT_LINES = 200  # lines looked at to tell the format; hooks and summaries can come before the first turn
+
+_COMMAND_ARGS = re.compile(r"<command-args>(.*?)</command-args>", re.S)
+_COMMAND_NAME = re.compile(r"<command-name>(.*?)</command-name>", re.S)
+
+
+@dataclass
+class Call:
+    id: str
+    name: str  # the Claude Code tool name as recorded
+    input: object
+    result: str | None = None  # None: no result was recorded (interrupted run)
+    is_error: bool = False
+
+
+@dataclass
+class Trajectory:
+    index: int  # order of creation within its file: stable ids
+    task: str | None
+    sidechain: bool = False
+    calls: list[Call] = field(default_factory=list)
+
+
+@dataclass
+class FileRead:
+    format: str
+    trajectories: list[Trajectory]
+    roots: list[str]  # the recording's working directories, first = the session's own
+
+
+@dataclass
+class LineStats:
+    read: int = 0
+    used: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    unknown_types: Counter = field(default_factory=Counter)
+    orphan_results: int = 0  # tool results whose call is not in the file
+    repaired_surrogates: int = 0  # lines whose lone UTF-16 surrogates were replaced
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+
+
+# ----------------------------------------------------------------------------------------------- line reading
+
+def _open(path: Path):
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise FlipError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def iter_records(path: Path, stats: LineStats | None = None, limit: int | None = None):
+    """Yield the JSON objects of a file, one per good line; count every line (read, and why skipped)."""
+    stats = stats if stats is not None else LineStats()
+    with _open(path) as handle:
+        for number, raw in enumerate(handle):
+            if limit is not None and number >= limit:
+                return
+            stats.read += 1
+            complete = raw.endswith(b"\n")
+            if not raw.strip():
+                stats.skip("blank")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                stats.skip("invalid_utf8")
+                continue
+            try:
+                record = json.loads(text)
+            except ValueError:
+                stats.skip("not_json" if complete else "truncated_last_line")
+                continue
+            if not isinstance(record, dict):
+                stats.skip("not_an_object")
+                continue
+            if "\\ud" in text or "\\uD" in text:  # cheap test first: lone surrogates cannot be written as UTF-8
+                record, changed = _without_lone_surrogates(record)
+                stats.repaired_surrogates += changed
+            yield record
+
+
+def _without_lone_surrogates(value):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value, 0
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8"), 1
+    if isinstance(value, list):
+        pairs = [_without_lone_surrogates(v) for v in value]
+        return [v for v, _ in pairs], int(any(c for _, c in pairs))
+    if isinstance(value, dict):
+        pairs = {k: _without_lone_surrogates(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, int(any(c for _, c in pairs.values()))
+    return value, 0
+
+
+# ------------------------------------------------------------------------------------------- format detection
+
+def _record_format(record: dict) -> str | None:
+    if "parentUuid" in record or "isSidechain" in record or "sessionId" in record:
+        return SESSION
+    if record.get("type") in ("summary", "file-history-snapshot", "queue-operation"):
+        return SESSION
+    if "session_id" in record or "parent_tool_use_id" in record:
+        return STREAM_JSON
+    if record.get("type") in ("stream_event", "result") or record.get("subtype") == "init":
+        return STREAM_JSON
+    return None
+
+
+def detect_format(path: Path) -> str | None:
+    """STREAM_JSON, SESSION, or None when the file is neither (it is then reported and skipped)."""
+    for record in iter_records(path, limit=_DETECT_LINES):
+        found = _record_format(record)
+        if found:
+            return found
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- shared bits
+
+def result_text(content) -> str:
+    """A tool_result's content as text: a string, or text blocks joined (images become a short marker)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict):
+                if block.get("type") == "text":
+                    parts.append(str(block.get("text", "")))
+                elif block.get("type") == "image":
+                    parts.append("[image]")
+                else:
+                    parts.append(json.dumps(block, ensure_ascii=False, sort_keys=True))
+            else:
+                parts.append(str(block))
+        return "\n".join(parts)
+    return json.dumps(content, ensure_ascii=False, sort_keys=True)
+
+
+def prompt_text(content) -> str | None:
+    """The human prompt in a user message, or None when it is not one (tool results, command output, empty).
+
+    Slash commands: `<command-name>/x</command-name><command-args>A</command-args>` gives A (the command's own
+    expansion comes as a separate isMeta record, which is skipped).
+    """
+    if isinstance(content, list):
+        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return None
+        texts = [str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text"]
+        content = "\n".join(texts)
+    if not isinstance(content, str):
+        return None
+    text = content.strip()
+    if "<command-name>" in text:
+        args = _COMMAND_ARGS.search(text)
+        text = args.group(1).strip() if args else ""
+    if text.startswith("<local-command-stdout>") or text.startswith("[Request interrupted"):
+        return None
+    return text or None
+
+
+def _tool_results(content):
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                yield block
+
+
+class _Builder:
+    """Collects trajectories of one file: calls by tool_use id (parallel calls, results in any order)."""
+
+    def __init__(self, stats: LineStats):
+        self.stats = stats
+        self.trajectories: list[Trajectory] = []
+        self.calls: dict[str, Call] = {}
+        self.main: Trajectory | None = None
+        self.side: dict[str, Trajectory] = {}
+
+    def new(self, task: str | None, sidechain: bool) -> Trajectory:
+        trajectory = Trajectory(len(self.trajectories), task, sidechain)
+        self.trajectories.append(trajectory)
+        return trajectory
+
+    def main_prompt(self, text: str) -> None:
+        """A new human prompt: it is the task of the next calls (a new trajectory once calls were made)."""
+        if self.main is None or self.main.calls:
+            self.main = self.new(text, False)
+        else:
+            self.main.task = f"{self.main.task}\n\n{text}" if self.main.task else text
+
+    def main_trajectory(self) -> Trajectory:
+        if self.main is None:
+            self.main = self.new(None, False)
+        return self.main
+
+    def sidechain(self, key: str, prompt: str | None = None) -> Trajectory:
+        trajectory = self.side.get(key)
+        if trajectory is None:
+            parent_call = self.calls.get(key)
+            task = prompt
+            if task is None and parent_call is not None and isinstance(parent_call.input, dict):
+                task = parent_call.input.get("prompt") if isinstance(parent_call.input.get("prompt"), str) else None
+            trajectory = self.side[key] = self.new(task, True)
+        elif trajectory.task is None and prompt:
+            trajectory.task = prompt
+        return trajectory
+
+    def add_calls(self, trajectory: Trajectory, content) -> None:
+        if not isinstance(content, list):
+            return
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                call_id = str(block.get("id", ""))
+                if call_id and call_id in self.calls:
+                    continue  # the same block again (a resumed session or a replayed line): counted once
+                call = Call(call_id, str(block.get("name", "")), block.get("input", {}))
+                if call_id:
+                    self.calls[call_id] = call
+                trajectory.calls.append(call)
+
+    def add_results(self, content) -> bool:
+        found = False
+        for block in _tool_results(content):
+            found = True
+            call = self.calls.get(str(block.get("tool_use_id", "")))
+            if call is None:
+                self.stats.orphan_results += 1
+                continue
+            call.result = result_text(block.get("content"))
+            call.is_error = bool(block.get("is_error"))
+        return found
+
+
+def _message(record: dict) -> dict:
+    message = record.get("message")
+    return message if isinstance(message, dict) else {}
+
+
+# ------------------------------------------------------------------------------------------------ stream-json
+
+def read_stream_json(path: Path, stats: LineStats) -> FileRead:
+    builder = _Builder(stats)
+    roots: list[str] = []
+    seen_uuids: set[str] = set()
+    for record in iter_records(path, stats):
+        kind = record.get("type")
+        uuid = record.get("uuid")
+        if isinstance(uuid, str):
+            if uuid in seen_uuids:
+                stats.skip("duplicate_uuid")
+                continue
+            seen_uuids.add(uuid)
+        if kind == "system" and record.get("subtype") == "init" and isinstance(record.get("cwd"), str):
+            _add_root(roots, record["cwd"])
+            stats.skip("ignored:system")
+            continue
+        if kind == "stream_event":
+            stats.skip("stream_event_partial")  # the complete assistant lines follow: never count twice
+            continue
+        if kind in _STREAM_IGNORED:
+            stats.skip(f"ignored:{kind}")
+            continue
+        if kind not in ("assistant", "user"):
+            stats.skip("unknown_type" if kind else "no_type")
+            if kind:
+                stats.unknown_types[str(kind)] += 1
+            continue
+        message = _message(record)
+        content = message.get("content")
+        parent = record.get("parent_tool_use_id")
+        if kind == "assistant":
+            trajectory = builder.sidechain(str(parent)) if parent else builder.main_trajectory()
+            builder.add_calls(trajectory, content)
+            stats.used += 1
+            continue
+        if builder.add_results(content):
+            stats.used += 1
+            continue
+        prompt = prompt_text(content)
+        if prompt is None:
+            stats.skip("user_without_prompt")
+        elif parent:
+            builder.sidechain(str(parent), prompt)
+            stats.used += 1
+        else:
+            builder.main_prompt(prompt)
+            stats.used += 1
+    return FileRead(STREAM_JSON, builder.trajectories, roots)
+
+
+# ------------------------------------------------------------------------------------------ on-disk sessions
+
+def read_session(path: Path, stats: LineStats) -> FileRead:
+    builder = _Builder(stats)
+    roots: list[str] = []
+    seen_uuids: set[str] = set()
+    chain_root: dict[str, str] = {}  # sidechain record uuid -> the uuid that starts its chain (one sub-agent run)
+    for record in iter_records(path, stats):
+        kind = record.get("type")
+        uuid = record.get("uuid")
+        if isinstance(uuid, str):
+            if uuid in seen_uuids:
+                stats.skip("duplicate_uuid")  # resumed sessions repeat records
+                continue
+            seen_uuids.add(uuid)
+        if isinstance(record.get("cwd"), str):
+            _add_root(roots, record["cwd"])
+        if kind in _SESSION_IGNORED:
+            stats.skip(f"ignored:{kind}")
+            continue
+        if kind not in ("assistant", "user"):
+            stats.skip("unknown_type" if kind else "no_type")
+            if kind:
+                stats.unknown_types[str(kind)] += 1
+            continue
+        if record.get("isMeta"):
+            stats.skip("meta")  # an expanded slash command: its <command-args> record holds the task
+            continue
+        if record.get("isCompactSummary"):
+            stats.skip("compact_summary")
+            continue
+        content = _message(record).get("content")
+        trajectory = None
+        if record.get("isSidechain"):
+            parent = record.get("parentUuid")
+            key = chain_root.get(parent, parent) if isinstance(parent, str) else None
+            key = key or (uuid if isinstance(uuid, str) else f"line{stats.read}")
+            if isinstance(uuid, str):
+                chain_root[uuid] = key
+            trajectory = builder.sidechain("chain:" + key)
+        if kind == "assistant":
+            builder.add_calls(trajectory or builder.main_trajectory(), content)
+            stats.used += 1
+            continue
+        if builder.add_results(content):
+            stats.used += 1
+            continue
+        prompt = prompt_text(content)
+        if prompt is None:
+            stats.skip("user_without_prompt")
+        elif trajectory is not None:
+            if trajectory.task is None:
+                trajectory.task = prompt
+            stats.used += 1
+        else:
+            builder.main_prompt(prompt)
+            stats.used += 1
+    return FileRead(SESSION, builder.trajectories, roots)
+
+
+def _add_root(roots: list[str], cwd: str) -> None:
+    """Keep the session's first cwd, and later ones only when outside every kept root (a `cd` into a subdirectory
+    keeps paths relative to the project root)."""
+    cwd = cwd.rstrip("/")
+    if not cwd:
+        return
+    if any(cwd == root or cwd.startswith(root + "/") for root in roots):
+        return
+    roots.append(cwd)
+
+
+# ------------------------------------------------------------------------------------------------------ entry
+
+def read_file(path: Path, stats: LineStats) -> FileRead | None:
+    """The file's trajectories, or None when it is neither format (the caller reports it)."""
+    kind = detect_format(path)
+    if kind is None:
+        return None
+    if kind == STREAM_JSON:
+        return read_stream_json(path, stats)
+    return read_session(path, stats)
+
+
+def sibling_prompt(path: Path) -> str | None:
+    """The task stored next to a headless transcript (`prompt.txt` / `prompt.md`), when there is one."""
+    for name in ("prompt.txt", "prompt.md"):
+        candidate = path.parent / name
+        if candidate.is_file():
+            try:
+                text = candidate.read_bytes().decode("utf-8", "replace").strip()
+            except OSError:
+                continue
+            if text:
+                return text
+    return None
