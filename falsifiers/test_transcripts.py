@@ -1,0 +1,176 @@
+"""Falsifiers of the transcript reader (harness/transcripts.py): formats by content, damage, pairing, sub-agents."""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import transcript_gen as gen
+from harness import FlipError
+from harness.transcripts import SESSION, STREAM_JSON, LineStats, detect_format, read_file
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _lines(*objs) -> bytes:
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
+
+
+def _all_calls(read):
+    return [c for t in read.trajectories for c in t.calls]
+
+
+def test_format_is_detected_from_content_not_name(tmp_path):
+    stream = tmp_path / "looks-like-a-session.jsonl"
+    stream.write_bytes(b"Warning: no stdin\n" + _lines({"type": "system", "subtype": "init", "cwd": "/w",
+                                                         "session_id": "s"}))
+    session = tmp_path / "looks-like-stream.ndjson"
+    session.write_bytes(_lines({"type": "summary", "summary": "x", "leafUuid": "y"},
+                               {"type": "user", "parentUuid": None, "isSidechain": False, "sessionId": "s",
+                                "cwd": "/w", "uuid": "a", "message": {"role": "user", "content": "hi"}}))
+    other = tmp_path / "package-lock.json"
+    other.write_bytes(_lines({"name": "x", "version": "1"}))
+    assert detect_format(stream) == STREAM_JSON
+    assert detect_format(session) == SESSION
+    assert detect_format(other) is None
+    assert read_file(other, LineStats()) is None
+
+
+@pytest.mark.helper
+def test_unreadable_path_is_a_flip_error(tmp_path):
+    with pytest.raises(FlipError):
+        read_file(tmp_path / "missing.jsonl", LineStats())
+
+
+@SETTINGS
+@given(gen.damaged())
+def test_every_line_is_used_or_skipped_with_a_reason(rec):
+    with tempfile.TemporaryDirectory() as tmp:
+        main = gen.write(rec, Path(tmp))
+        stats = LineStats()
+        read_file(main, stats)  # never raises, whatever the damage
+        expected_lines = sum(1 for _ in main.open("rb"))
+        assert stats.read == expected_lines
+        assert stats.used + sum(stats.skipped.values()) == stats.read
+        assert all(reason for reason in stats.skipped)
+
+
+def test_split_message_parallel_calls_and_interleaved_results_pair_by_id(tmp_path):
+    env = {"session_id": "s", "parent_tool_use_id": None}
+    path = tmp_path / "t.ndjson"
+    path.write_bytes(_lines(
+        {"type": "system", "subtype": "init", "cwd": "/w", **env, "uuid": "0"},
+        {"type": "stream_event", "event": {"type": "content_block_start", "content_block":
+                                           {"type": "tool_use", "id": "A", "name": "Read", "input": {}}}, **env},
+        {"type": "assistant", "message": {"id": "m1", "content": [{"type": "thinking", "thinking": ""}]}, **env, "uuid": "1"},
+        {"type": "assistant", "message": {"id": "m1", "content": [
+            {"type": "tool_use", "id": "A", "name": "Read", "input": {"file_path": "/w/a"}}]}, **env, "uuid": "2"},
+        {"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "A", "content": "ra"}]},
+         **env, "uuid": "3"},
+        {"type": "assistant", "message": {"id": "m1", "content": [
+            {"type": "tool_use", "id": "B", "name": "Glob", "input": {"pattern": "*"}},
+            {"type": "tool_use", "id": "C", "name": "Bash", "input": {"command": "ls"}}]}, **env, "uuid": "4"},
+        {"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "C", "content": [
+            {"type": "text", "text": "rc"}], "is_error": True}]}, **env, "uuid": "5"},
+        {"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "B", "content": "rb"}]},
+         **env, "uuid": "6"},
+        {"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "Z", "content": "?"}]},
+         **env, "uuid": "7"},
+        {"type": "assistant", "message": {"id": "m1", "content": [
+            {"type": "tool_use", "id": "A", "name": "Read", "input": {"file_path": "/w/a"}}]}, **env, "uuid": "2"},
+    ))
+    stats = LineStats()
+    read = read_file(path, stats)
+    calls = {c.id: c for c in _all_calls(read)}
+    assert [c.id for c in _all_calls(read)] == ["A", "B", "C"]  # the partial and the replayed line are not new calls
+    assert (calls["A"].result, calls["B"].result, calls["C"].result) == ("ra", "rb", "rc")
+    assert calls["C"].is_error and not calls["B"].is_error
+    assert stats.orphan_results == 1
+    assert stats.skipped["stream_event_partial"] == 1 and stats.skipped["duplicate_uuid"] == 1
+    assert read.roots == ["/w"]
+
+
+def test_sub_agents_are_their_own_trajectories_with_their_prompt_as_task(tmp_path):
+    env = {"session_id": "s"}
+    stream = tmp_path / "s.ndjson"
+    stream.write_bytes(_lines(
+        {"type": "system", "subtype": "init", "cwd": "/w", **env},
+        {"type": "assistant", "parent_tool_use_id": None, "message": {"id": "m", "content": [
+            {"type": "tool_use", "id": "T", "name": "Agent", "input": {"prompt": "look around", "description": "d"}}]}, **env},
+        {"type": "assistant", "parent_tool_use_id": "T", "message": {"id": "n", "content": [
+            {"type": "tool_use", "id": "R", "name": "Read", "input": {"file_path": "/w/x"}}]}, **env},
+        {"type": "user", "parent_tool_use_id": None, "message": {"content": [
+            {"type": "tool_result", "tool_use_id": "T", "content": [{"type": "text", "text": "done"}]}]}, **env},
+    ))
+    read = read_file(stream, LineStats())
+    assert [(t.sidechain, t.task, [c.name for c in t.calls]) for t in read.trajectories] == [
+        (False, None, ["Agent"]), (True, "look around", ["Read"])]
+
+    session = tmp_path / "x.jsonl"
+    base = {"sessionId": "s", "cwd": "/w", "userType": "external"}
+    session.write_bytes(_lines(
+        {"type": "user", "parentUuid": None, "isSidechain": False, "uuid": "1", **base, "message": {"content":
+         "<command-message>o</command-message>\n<command-name>/o</command-name>\n<command-args>build it</command-args>"}},
+        {"type": "user", "parentUuid": "1", "isSidechain": False, "isMeta": True, "uuid": "2", **base,
+         "message": {"content": [{"type": "text", "text": "long expansion"}]}},
+        {"type": "assistant", "parentUuid": "2", "isSidechain": False, "uuid": "3", **base, "message": {"content": [
+            {"type": "tool_use", "id": "T1", "name": "Task", "input": {"prompt": "p1"}},
+            {"type": "tool_use", "id": "T2", "name": "Task", "input": {"prompt": "p2"}}]}},
+        {"type": "user", "parentUuid": None, "isSidechain": True, "uuid": "a1", **base, "message": {"content": "p1"}},
+        {"type": "user", "parentUuid": None, "isSidechain": True, "uuid": "b1", **base, "message": {"content": "p2"}},
+        {"type": "assistant", "parentUuid": "b1", "isSidechain": True, "uuid": "b2", **base, "message": {"content": [
+            {"type": "tool_use", "id": "Bx", "name": "Bash", "input": {"command": "ls"}}]}},
+        {"type": "assistant", "parentUuid": "a1", "isSidechain": True, "uuid": "a2", **base, "message": {"content": [
+            {"type": "tool_use", "id": "Ax", "name": "Read", "input": {"file_path": "/w/a"}}]}},
+    ))
+    read = read_file(session, LineStats())
+    assert [(t.sidechain, t.task, [c.id for c in t.calls]) for t in read.trajectories] == [
+        (False, "build it", ["T1", "T2"]), (True, "p1", ["Ax"]), (True, "p2", ["Bx"])]
+
+
+def test_lines_of_many_megabytes_are_read(tmp_path):
+    big = "x" * (6 * 1024 * 1024)
+    path = tmp_path / "big.ndjson"
+    path.write_bytes(_lines(
+        {"type": "system", "subtype": "init", "cwd": "/w", "session_id": "s"},
+        {"type": "assistant", "session_id": "s", "message": {"id": "m", "content": [
+            {"type": "tool_use", "id": "A", "name": "Read", "input": {"file_path": "/w/a"}}]}},
+        {"type": "user", "session_id": "s", "message": {"content": [
+            {"type": "tool_result", "tool_use_id": "A", "content": big}]}}))
+    read = read_file(path, LineStats())
+    assert _all_calls(read)[0].result == big
+
+
+def test_real_stream_json_transcript(real_transcripts):
+    stats = LineStats()
+    read = read_file(real_transcripts / "stream-json-2.1.154.ndjson", stats)
+    assert read.format == STREAM_JSON and read.roots == ["/work"]
+    calls = _all_calls(read)
+    assert [(c.name, c.input, c.result) for c in calls] == [
+        ("Read", {"file_path": "/work/sample.txt"}, "1\thello from a file\n2\t")]
+    assert stats.read == 8 and stats.used == 5
+    assert dict(stats.skipped) == {"ignored:system": 2, "ignored:result": 1}
+
+
+def test_real_on_disk_session_transcript(real_transcripts):
+    stats = LineStats()
+    read = read_file(real_transcripts / "on-disk-session-1.0.98.jsonl", stats)
+    assert read.format == SESSION and read.roots == ["/path/to/Demo"]
+    calls = _all_calls(read)
+    assert Counter(c.name for c in calls) == Counter({
+        "Bash": 61, "Write": 33, "Read": 28, "TodoWrite": 19, "Edit": 8, "BashOutput": 5, "Task": 5, "KillBash": 3,
+        "MultiEdit": 3, "Glob": 2})
+    assert sum(c.is_error for c in calls) == 23 and all(c.result is not None for c in calls)
+    assert stats.read == 438 and stats.orphan_results == 0
+    assert dict(stats.skipped) == {"ignored:summary": 1, "meta": 1}
+    side = [t for t in read.trajectories if t.sidechain]
+    main = [t for t in read.trajectories if not t.sidechain]
+    assert len(side) == 5 and all(t.task for t in side)
+    task_prompts = sorted(c.input["prompt"] for c in calls if c.name == "Task")
+    assert sorted(t.task for t in side) == sorted(p.strip() for p in task_prompts)
+    assert [t.task for t in main] == ["create TODO app by Next.js", "Thanks! Please update CLAUDE.md for current changes"]
+    assert sum(len(t.calls) for t in side) == 156 and sum(len(t.calls) for t in main) == 11
