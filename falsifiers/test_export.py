@@ -1,0 +1,366 @@
+"""Falsifiers of `flip export` (harness/export.py): samples, accounting, scrubbing, budget, modes, targets, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import transcript_gen as gen
+from harness import FlipError
+from harness.contracts import system_prompt
+from harness.export import ExportOptions, export, render_chatml, render_instruction
+from harness.tokens import counter
+from harness.toolcall import call_errors, parse_tool_calls
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+QUIET = dict(progress=False)
+
+
+def _export(paths, out, **options):
+    return export([str(p) for p in paths], out, ExportOptions(**{**QUIET, **options}))
+
+
+def _samples(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _write_all(recs, root: Path) -> None:
+    for i, rec in enumerate(recs):
+        gen.write(rec, root / f"task{i:02d}" / "v0")
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------ property tests
+
+@SETTINGS
+@given(st.lists(gen.damaged(), min_size=1, max_size=3))
+def test_every_response_is_exactly_one_valid_call(recs):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _write_all(recs, tmp / "in")
+        _export([tmp / "in"], tmp / "out", mode="all")
+        for name in ("apr_code_sft_full.jsonl", "apr_code_sft_curated.jsonl", "apr_code_sft_balanced.jsonl"):
+            for sample in _samples(tmp / "out" / name):
+                calls = parse_tool_calls(sample["response"])
+                assert len(calls) == 1 and calls[0].closed
+                assert call_errors(calls[0]) == []
+                assert sample["response"].count("<tool_call>") == 1
+                assert list(sample) == ["instruction", "response", "system", "metadata"]
+                assert sample["system"] == system_prompt()
+
+
+@SETTINGS
+@given(st.lists(gen.damaged(), min_size=1, max_size=3))
+def test_accounting_identity_holds_on_damaged_input(recs):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _write_all(recs, tmp / "in")
+        stats = _export([tmp / "in"], tmp / "out", mode="full")
+        assert stats["raw_tool_use"] == stats["remappable"] + sum(stats["unmappable"].values())
+        assert stats["lines"]["read"] == stats["lines"]["used"] + sum(stats["lines"]["skipped"].values())
+        on_disk = json.loads((tmp / "out" / "export_stats.json").read_text())
+        assert on_disk["raw_tool_use"] == stats["raw_tool_use"]
+
+
+@SETTINGS
+@given(st.lists(gen.transcripts(), min_size=1, max_size=3))
+def test_every_generated_call_is_counted_exactly_once(recs):
+    """Undamaged recordings: the counts equal the generator's ground truth, sub-agent calls included."""
+    expected = Counter()
+    for rec in recs:
+        expected.update(rec.expected)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _write_all(recs, tmp / "in")
+        stats = _export([tmp / "in"], tmp / "out", mode="full")
+    assert stats["raw_tool_use"] == sum(expected.values())
+    assert stats["remappable"] == sum(n for name, n in expected.items() if name in gen.MAPPED)
+    assert stats["unmappable"] == {name: n for name, n in sorted(expected.items()) if name not in gen.MAPPED}
+
+
+@SETTINGS
+@given(st.lists(gen.damaged(), min_size=1, max_size=3))
+def test_no_planted_secret_or_recording_path_survives(recs):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _write_all(recs, tmp / "in")
+        for target in ("apr-code", "messages"):
+            out = tmp / f"out-{target}"
+            _export([tmp / "in"], out, mode="all", target=target, max_tokens=4096)
+            text = b"".join(_outputs(out).values()).decode("utf-8")
+            for rec in recs:
+                for secret in rec.secrets:
+                    assert secret not in text
+                assert "-teacher." not in text
+
+
+@SETTINGS
+@given(st.lists(gen.damaged(gen.transcripts(big=3000)), min_size=1, max_size=2), st.sampled_from([330, 420, 700]))
+def test_every_sample_fits_the_token_budget(recs, max_tokens):
+    tok = counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _write_all(recs, tmp / "in")
+        stats = _export([tmp / "in"], tmp / "out", mode="full", max_tokens=max_tokens, max_result_chars=600)
+        samples = _samples(tmp / "out" / "apr_code_sft_full.jsonl")
+        for sample in samples:
+            assert tok.count(render_chatml(sample["system"], sample["instruction"], sample["response"])) <= max_tokens
+        assert stats["candidates"] == len(samples) + stats["duplicates"]["full"] + \
+            stats["truncated"]["samples_dropped_too_long"]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(gen.damaged(), min_size=2, max_size=4), st.randoms(use_true_random=False))
+def test_output_is_byte_identical_whatever_the_discovery_order(recs, rnd):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _write_all(recs, tmp / "in")
+        _export([tmp / "in"], tmp / "a", mode="all")
+        files = [p for p in (tmp / "in").rglob("*") if p.is_file() and p.suffix in (".jsonl", ".ndjson")]
+        rnd.shuffle(files)
+        _export(files, tmp / "b", mode="all")
+        a, b = _outputs(tmp / "a"), _outputs(tmp / "b")
+        assert a == b
+        assert str(tmp).encode() not in b"".join(a.values())
+
+
+# ----------------------------------------------------------------------------------------------- examples
+
+def _stream(path: Path, cwd: str, calls, task=None, prompt_file=None):
+    env = {"session_id": "s", "parent_tool_use_id": None}
+    lines = [{"type": "system", "subtype": "init", "cwd": cwd, **env}]
+    if task:
+        lines.append({"type": "user", "message": {"content": [{"type": "text", "text": task}]}, **env})
+    for i, (name, tool_input, result) in enumerate(calls):
+        lines.append({"type": "assistant", "message": {"id": f"m{i}", "content": [
+            {"type": "tool_use", "id": f"t{i}", "name": name, "input": tool_input}]}, **env})
+        lines.append({"type": "user", "message": {"content": [
+            {"type": "tool_result", "tool_use_id": f"t{i}", "content": result}]}, **env})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(o) + "\n" for o in lines))
+    if prompt_file:
+        (path.parent / "prompt.txt").write_text(prompt_file)
+    return path
+
+
+def test_remap_follows_the_tool_map_fields(tmp_path):
+    cwd = "/tmp/fix-teacher.AbC123"
+    _stream(tmp_path / "in" / "t.ndjson", cwd, [
+        ("Edit", {"file_path": f"{cwd}/src/lib.rs", "old_string": "a", "new_string": "b", "replace_all": True}, "ok"),
+        ("Read", {"file_path": f"{cwd}/src/lib.rs", "offset": 3, "limit": 10}, "x"),
+        ("Grep", {"pattern": "fn", "path": cwd, "-i": True, "output_mode": "content"}, "y"),
+        ("Bash", {"command": f"cd {cwd} && cargo test", "timeout": 1000}, "z"),
+        ("TodoWrite", {"todos": []}, "ok"),
+    ], task="fix it")
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    calls = [parse_tool_calls(s["response"])[0] for s in _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")]
+    assert [(c.name, c.input) for c in calls] == [
+        ("file_edit", {"path": "src/lib.rs", "old": "a", "new": "b"}),
+        ("file_read", {"path": "src/lib.rs", "offset": 3, "limit": 10}),
+        ("grep", {"pattern": "fn", "path": ".", "case_insensitive": True}),
+        ("shell", {"command": "cd . && cargo test"}),
+    ]
+    assert stats["unmappable"] == {"TodoWrite": 1}
+
+
+def test_paths_are_relative_in_results_and_tasks_too(tmp_path):
+    cwd = "/tmp/fix-teacher.AbC123"
+    _stream(tmp_path / "in" / "t.ndjson", cwd, [
+        ("Bash", {"command": "cargo test"}, f"error at {cwd}/src/lib.rs:3\nin {cwd}"),
+        ("Read", {"file_path": f"{cwd}/src/lib.rs"}, "1\tfn a() {}"),
+    ], prompt_file=f"Fix {cwd}/src/lib.rs please")
+    _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    last = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[-1]
+    assert "error at src/lib.rs:3\nin ." in last["instruction"]
+    assert last["instruction"].startswith("Task:\nFix src/lib.rs please")
+    assert cwd not in json.dumps(last)
+
+
+def test_each_secret_pattern_is_redacted_and_counted(tmp_path):
+    secrets = {
+        "github_token": "ghp_" + "a1B2" * 9,
+        "anthropic_key": "sk-ant-" + "x" * 30,
+        "aws_access_key_id": "AKIA" + "ABCDEFGHIJKLMNOP",
+        "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    }
+    result = "\n".join(secrets.values()) + "\npassword=hunter2hunter2"
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Bash", {"command": "env"}, result), ("Bash", {"command": "ls"}, "")],
+            task="go")
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
+    for name, value in secrets.items():
+        assert value not in text and f"[REDACTED:{name}]" in text
+        assert stats["redactions"][name] == 1
+    assert "hunter2hunter2" not in text and "password=[REDACTED:assignment]" in text
+
+
+def test_instruction_is_task_then_observations_then_request(tmp_path):
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [
+        ("Read", {"file_path": "/w/a.rs"}, "A"), ("Bash", {"command": "ls"}, "B"), ("Glob", {"pattern": "*"}, "C")],
+        task="the task")
+    _export([tmp_path / "in"], tmp_path / "out", mode="all")
+    full = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    assert full[0]["instruction"] == render_instruction("the task")
+    assert full[2]["instruction"] == (
+        "Task:\nthe task\n\n"
+        'Action: <tool_call>\n{"name": "file_read", "input": {"path": "a.rs"}}\n</tool_call>\nResult:\nA\n\n'
+        'Action: <tool_call>\n{"name": "shell", "input": {"command": "ls"}}\n</tool_call>\nResult:\nB\n\n'
+        "Reply with the next tool call.")
+    assert [s["metadata"] for s in full] == [
+        {"trajectory": "t.ndjson#0", "step": i, "tool": tool, "source": "t.ndjson"}
+        for i, tool in enumerate(["file_read", "shell", "glob"])]
+    curated = _samples(tmp_path / "out" / "apr_code_sft_curated.jsonl")
+    assert curated == full[:1]
+
+
+def test_oldest_observations_dropped_first_with_a_marker(tmp_path):
+    calls = [("Bash", {"command": f"echo {i}"}, f"output {i} " + "word " * 150) for i in range(8)]
+    _stream(tmp_path / "in" / "t.ndjson", "/w", calls, task="the task")
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_tokens=900)
+    last = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[-1]
+    assert last["instruction"].startswith("Task:\nthe task\n\n[")
+    assert "earlier actions and results omitted]" in last["instruction"]
+    assert "echo 6" in last["instruction"] and "echo 0" not in last["instruction"]
+    assert stats["truncated"]["observations_dropped"] > 0
+
+
+def test_duplicates_need_same_instruction_and_response(tmp_path):
+    same = [("Read", {"file_path": "/w/a.rs"}, "A")]
+    _stream(tmp_path / "in" / "a" / "t.ndjson", "/w", same, task="task one")
+    _stream(tmp_path / "in" / "b" / "t.ndjson", "/w", same, task="task one")
+    _stream(tmp_path / "in" / "c" / "t.ndjson", "/w", same, task="task two")
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="all")
+    assert stats["duplicates"] == {"curated": 1, "balanced": 1, "full": 1}
+    assert stats["samples"] == {"curated": 2, "balanced": 2, "full": 2}
+
+
+def test_balanced_is_a_seeded_sample_per_tool(tmp_path):
+    for i in range(30):
+        _stream(tmp_path / "in" / f"t{i:02d}" / "t.ndjson", "/w", [
+            ("Bash", {"command": f"ls {i}"}, "x"), ("Read", {"file_path": f"/w/{i}.rs"}, "y")], task=f"task {i}")
+    runs = {}
+    for seed in (1, 1, 2):
+        out = tmp_path / f"out{len(runs)}-{seed}"
+        stats = _export([tmp_path / "in"], out, mode="balanced", per_tool=5, seed=seed)
+        assert stats["per_tool"]["balanced"] == {"file_read": 5, "shell": 5}
+        runs.setdefault(seed, []).append((out / "apr_code_sft_balanced.jsonl").read_bytes())
+    assert runs[1][0] == runs[1][1]
+    assert runs[1][0] != runs[2][0]
+    chosen = [s["metadata"]["source"] for s in _samples(tmp_path / "out0-1" / "apr_code_sft_balanced.jsonl")]
+    assert chosen != sorted(chosen)[: len(chosen)] or len(set(chosen)) > 5  # not the first N in path order
+    first_five = {f"t{i:02d}/t.ndjson" for i in range(5)}
+    assert set(chosen) != first_five
+
+
+def test_messages_target_loads_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [
+        ("Read", {"file_path": "/w/a.rs"}, "A"), ("Bash", {"command": "ls"}, "B"),
+        ("Edit", {"file_path": "/w/a.rs", "old_string": "x", "new_string": "y"}, "ok")], task="t")
+    _export([tmp_path / "in"], tmp_path / "out", mode="full", target="messages")
+    path = tmp_path / "out" / "messages_full.jsonl"
+    rows = _samples(path)
+    assert rows[2]["messages"][2]["tool_calls"][0]["function"] == {
+        "name": "file_edit", "arguments": {"path": "a.rs", "old": "x", "new": "y"}}
+    assert {t["function"]["name"] for t in rows[0]["tools"]} >= {"file_read", "file_edit", "shell"}
+    loaded = datasets.load_dataset("json", data_files=str(path), split="train",
+                                   cache_dir=str(tmp_path / "hf-cache"))
+    assert len(loaded) == 3 and loaded[0]["messages"][1]["content"] == rows[0]["messages"][1]["content"]
+
+
+def test_sub_agent_calls_get_the_sub_agent_prompt_as_task(tmp_path):
+    env = {"session_id": "s"}
+    path = tmp_path / "in" / "t.ndjson"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(o) + "\n" for o in [
+        {"type": "system", "subtype": "init", "cwd": "/w", **env},
+        {"type": "user", "parent_tool_use_id": None, "message": {"content": "main task"}, **env},
+        {"type": "assistant", "parent_tool_use_id": None, "message": {"id": "m", "content": [
+            {"type": "tool_use", "id": "T", "name": "Task", "input": {"prompt": "sub prompt", "description": "d"}}]}, **env},
+        {"type": "assistant", "parent_tool_use_id": "T", "message": {"id": "n", "content": [
+            {"type": "tool_use", "id": "R", "name": "Read", "input": {"file_path": "/w/x"}}]}, **env},
+    ]))
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    (sample,) = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    assert sample["instruction"] == render_instruction("sub prompt")
+    assert sample["metadata"]["trajectory"] == "t.ndjson#1"
+    assert stats["trajectories"] == 2 and stats["without_task"] == 0
+
+
+def test_without_task_is_counted(tmp_path):
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a"}, "A")])
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    assert stats["without_task"] == 1
+    assert _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[0]["instruction"] == render_instruction(None)
+
+
+@pytest.mark.helper
+def test_bad_paths_are_flip_errors_and_foreign_files_are_reported(tmp_path):
+    with pytest.raises(FlipError):
+        _export([tmp_path / "nope"], tmp_path / "out")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "other.jsonl").write_text('{"a": 1}\nnot json\n')
+    stats = _export([tmp_path / "in"], tmp_path / "out")
+    assert stats["files"] == 0 and list(stats["files_skipped"]) == ["other.jsonl"]
+
+
+def test_flip_export_and_help_do_not_import_torch(tmp_path):
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a"}, "A")], task="t")
+    probe = (
+        "import sys\nfrom harness.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for argv in (["export", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet"], ["--help"]):
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT, env=env)
+        assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "apr_code_sft_full.jsonl").is_file()
+
+
+# ----------------------------------------------------------------------------------------- real transcripts
+
+def test_real_transcripts_export_with_exact_counts(real_transcripts, tmp_path):
+    stats = _export([real_transcripts], tmp_path / "out", mode="all")
+    assert stats["files"] == 2 and stats["files_skipped"] == {}
+    assert stats["raw_tool_use"] == 168 and stats["remappable"] == 133
+    assert stats["unmappable"] == {"BashOutput": 5, "KillBash": 3, "MultiEdit": 3, "Task": 5, "TodoWrite": 19}
+    assert stats["trajectories"] == 8 and stats["sidechain_trajectories"] == 5
+    assert stats["without_task"] == 1  # the headless run: `-p <task>` is not echoed and there is no prompt.txt
+    assert stats["lines"]["read"] == 446 and stats["orphan_results"] == 0
+    full = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    stream = [s for s in full if s["metadata"]["source"] == "stream-json-2.1.154.ndjson"]
+    assert [parse_tool_calls(s["response"])[0].input for s in stream] == [{"path": "sample.txt"}]
+    assert stats["candidates"] == 133
+    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 133
+    text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
+    assert "/path/to/Demo" not in text and "/work/" not in text
+
+
+# --------------------------------------------------------------------------------------- committed datasets
+
+def test_fixtures_reproduce_the_committed_datasets(tmp_path):
+    committed = ROOT / "datasets"
+    fixtures = ROOT / "fixtures" / "transcripts"
+    if not (committed / "export_stats.json").is_file():
+        pytest.skip("datasets/ is not populated yet (`flip export fixtures/transcripts --out datasets --mode all`)")
+    if not fixtures.is_dir():
+        pytest.skip("fixtures/transcripts is absent")
+    _export([fixtures], tmp_path / "out", mode="all")
+    produced = _outputs(tmp_path / "out")
+    expected = {name: data for name, data in _outputs(committed).items() if name in produced}
+    assert set(produced) <= set(_outputs(committed))
+    assert produced == expected
