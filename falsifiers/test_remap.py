@@ -1,0 +1,270 @@
+"""Falsifiers of contracts/remap.yaml: peft <-> apr / llama.cpp adapter names, the Llama q/k permutation, the GGUF adapter.
+
+Tiny random models (hidden 64, 2 layers, 4 query heads / 2 KV heads: GQA, so a k permutation with the wrong head count
+shows) with a tiny byte-level BPE tokenizer (GGUF bases need tokenizer metadata; a 49k-token vocabulary would make
+every GGUF read slow). Also imported by test_merge.py for the same builders.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness import FlipError, merge, remap
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+RANK, ALPHA = 4, 8  # alpha != rank and alpha / rank != rank / alpha, so swapped metadata or an inverted scale shows
+N_LAYERS, N_HEAD, N_KV_HEAD, HIDDEN = 2, 4, 2, 64
+TEXT = ["def main():\n    print('hello world')\n", "<tool_call>{\"name\": \"file_read\"}</tool_call>",
+        "The quick brown fox jumps over the lazy dog. 0123456789"] * 4
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Builders (shared with test_merge.py)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def tiny_tokenizer(directory: Path):
+    """A ~300-token byte-level BPE tokenizer, trained in milliseconds, saved as tokenizer.json."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TEXT, vocab_size=300, min_frequency=1, special_tokens=SPECIALS, show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                        eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def tiny_base(directory: Path, arch: str, seed: int = 0) -> Path:
+    """A random tiny Llama or Qwen2 with GQA, saved with its tokenizer. Larger-than-default init so logits are O(1)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tiny_tokenizer(directory)
+    common = dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=N_LAYERS,
+                  num_attention_heads=N_HEAD, num_key_value_heads=N_KV_HEAD, max_position_embeddings=128,
+                  initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **common))
+    model.save_pretrained(directory)
+    return directory
+
+
+def tiny_adapter(base_dir: Path, out_dir: Path, targets=TARGETS, seed: int = 1) -> Path:
+    """A peft LoRA adapter with random non-zero A and B (init_lora_weights=False), saved with save_pretrained."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(targets), lora_dropout=0.0,
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(out_dir)
+    return out_dir
+
+
+def input_ids(vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(7))
+
+
+def logits(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(ids).logits
+
+
+def peft_logits(base_dir: Path, adapter_dir: Path, ids) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return logits(PeftModel.from_pretrained(base, adapter_dir), ids)
+
+
+def gguf_logits(gguf_file: Path, ids) -> torch.Tensor:
+    """Logits of a GGUF as transformers' GGUF loader reads it (it un-permutes Llama q/k rows)."""
+    from transformers import AutoModelForCausalLM
+
+    gguf_file = Path(gguf_file)
+    return logits(AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                      dtype=torch.float32), ids)
+
+
+def converter_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py's LlamaModel.permute, written out here independently of harness.remap."""
+    return (weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def read_peft_tensors(adapter_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(adapter_dir) / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """{arch: (base_dir, adapter_dir)} for llama and qwen2, built once per module."""
+    root = tmp_path_factory.mktemp("tiny")
+    built = {}
+    for arch in ("llama", "qwen2"):
+        base = tiny_base(root / f"{arch}-base", arch)
+        built[arch] = (base, tiny_adapter(base, root / f"{arch}-adapter"))
+    return built
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Claims
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_round_trip_is_exact(tiny, tmp_path, arch):
+    """peft -> apr -> peft gives bit-identical tensors and the same rank, alpha and targets."""
+    base, adapter = tiny[arch]
+    report = remap.remap_to_apr(adapter, tmp_path / "apr.safetensors", base=base)
+    assert report["pairs"] == N_LAYERS * len(TARGETS)
+    assert report["permuted"] == (2 * N_LAYERS if arch == "llama" else 0)
+    remap.remap_to_peft(tmp_path / "apr.safetensors", tmp_path / "back", base=base)
+    before, after = read_peft_tensors(adapter), read_peft_tensors(tmp_path / "back")
+    assert sorted(before) == sorted(after)
+    for key in before:
+        assert before[key].dtype == after[key].dtype and torch.equal(before[key], after[key]), key
+    config = json.loads((tmp_path / "back" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], sorted(config["target_modules"])) == (RANK, ALPHA, sorted(TARGETS))
+
+
+def test_apr_names_shapes_and_metadata(tiny, tmp_path):
+    """The apr file holds blk.{L}.{gguf}.weight.lora_a [r, in] = A and .lora_b [out, r] = B, with lora_B of q and k
+    permuted exactly as llama.cpp's converter permutes q / k weights (k with the KV head count), and lora_rank /
+    lora_alpha as strings in the header metadata."""
+    from safetensors import safe_open
+
+    base, adapter = tiny["llama"]
+    remap.remap_to_apr(adapter, tmp_path / "apr.safetensors", base=base)
+    with safe_open(str(tmp_path / "apr.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+        apr = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert metadata["lora_rank"] == str(RANK) and float(metadata["lora_alpha"]) == ALPHA
+    peft = read_peft_tensors(adapter)
+    expected = set()
+    for layer in range(N_LAYERS):
+        for target, gguf_name in GGUF_NAMES.items():
+            section = "self_attn" if target.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
+            prefix = f"base_model.model.model.layers.{layer}.{section}.{target}"
+            name = f"blk.{layer}.{gguf_name}.weight"
+            expected |= {name + ".lora_a", name + ".lora_b"}
+            lora_a, lora_b = peft[prefix + ".lora_A.weight"], peft[prefix + ".lora_B.weight"]
+            assert apr[name + ".lora_a"].shape == (RANK, lora_a.shape[1])
+            assert apr[name + ".lora_b"].shape == (lora_b.shape[0], RANK)
+            assert torch.equal(apr[name + ".lora_a"], lora_a), name
+            heads = {"q_proj": N_HEAD, "k_proj": N_KV_HEAD}.get(target)
+            want_b = lora_b if heads is None else torch.from_numpy(converter_permute(lora_b.numpy(), heads))
+            assert torch.equal(apr[name + ".lora_b"], want_b), name
+    assert set(apr) == expected
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_adapter_satisfies_llama_cpp_loader(tiny, tmp_path, arch):
+    """The --gguf adapter passes llama.cpp's loader rules (llama-adapter.cpp) against the base GGUF: general.type
+    adapter, adapter.type lora, adapter.lora.alpha float32, general.architecture equal to the base's; names end in
+    .lora_a / .lora_b; pairs complete; the base tensor exists; a.ne[0] == base.ne[0], b.ne[1] == base.ne[1],
+    a.ne[1] == b.ne[0] == rank."""
+    import gguf
+
+    base, adapter = tiny[arch]
+    base_gguf = tmp_path / "base.gguf"
+    merge.export_gguf(base, base_gguf)
+    remap.remap_to_apr(adapter, tmp_path / "apr.safetensors", gguf_file=tmp_path / "adapter.gguf", base=base_gguf)
+    reader = gguf.GGUFReader(tmp_path / "adapter.gguf")
+    base_reader = gguf.GGUFReader(base_gguf)
+    fields = reader.fields
+    assert fields["general.type"].contents() == "adapter"
+    assert fields["adapter.type"].contents() == "lora"
+    assert fields["adapter.lora.alpha"].types == [gguf.GGUFValueType.FLOAT32]
+    assert fields["adapter.lora.alpha"].contents() == ALPHA
+    assert fields["general.architecture"].contents() == base_reader.fields["general.architecture"].contents() == arch
+    base_ne = {t.name: [int(n) for n in t.shape] for t in base_reader.tensors}
+    ne = {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    assert all(name.endswith((".lora_a", ".lora_b")) for name in ne)
+    targets = {name.rsplit(".", 1)[0] for name in ne}
+    assert len(targets) == N_LAYERS * len(TARGETS)
+    for target in targets:
+        a, b = ne[target + ".lora_a"], ne[target + ".lora_b"]  # KeyError: an incomplete pair
+        assert target in base_ne, f"{target} does not exist in the base"
+        assert a[0] == base_ne[target][0] and b[1] == base_ne[target][1], target
+        assert a[1] == b[0] == RANK, target
+    assert {t.tensor_type for t in reader.tensors} <= {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
+
+
+def test_gguf_layout_adapter_matches_peft(tiny, tmp_path, monkeypatch):
+    """On a Llama base in GGUF layout (q/k rows permuted, as llama.cpp's converter writes it), W_gguf + s * B_apr @ A_apr
+    loaded by transformers' GGUF loader gives peft(base + adapter)'s logits within 1e-4 -- and a plain rename of
+    lora_B (no permutation) visibly does not (the falsifier can fail)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("FLIP_CACHE", str(tmp_path / "cache"))
+    base, adapter = tiny["llama"]
+    ids = input_ids(json.loads((base / "config.json").read_text())["vocab_size"])
+    expected = peft_logits(base, adapter, ids)
+    base_gguf = tmp_path / "base.gguf"
+    merge.export_gguf(base, base_gguf)
+    remap.remap_to_apr(adapter, tmp_path / "apr.safetensors", base=base_gguf)
+    merge.merge(base_gguf, tmp_path / "apr.safetensors", tmp_path / "good", gguf_file=tmp_path / "good.gguf")
+    good = (gguf_logits(tmp_path / "good.gguf", ids) - expected).abs().max().item()
+    assert good < 1e-4, f"GGUF-layout merge differs from peft by {good}"
+
+    # The control: the same adapter renamed without the permutation.
+    with safe_open(str(tmp_path / "apr.safetensors"), framework="pt") as handle:
+        metadata, renamed = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    peft = read_peft_tensors(adapter)
+    for layer in range(N_LAYERS):
+        for target in ("q_proj", "k_proj"):
+            renamed[f"blk.{layer}.{GGUF_NAMES[target]}.weight.lora_b"] = \
+                peft[f"base_model.model.model.layers.{layer}.self_attn.{target}.lora_B.weight"]
+    save_file(renamed, str(tmp_path / "renamed.safetensors"), metadata=metadata)
+    merge.merge(base_gguf, tmp_path / "renamed.safetensors", tmp_path / "bad", gguf_file=tmp_path / "bad.gguf")
+    bad = (gguf_logits(tmp_path / "bad.gguf", ids) - expected).abs().max().item()
+    assert bad > 1e-2, f"a plain rename should be visibly wrong, differs by only {bad}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.helper
+def test_cli_remap_both_directions(tiny, tmp_path, capsys):
+    """`flip remap` writes the apr file (and GGUF), `--to peft` writes it back, bad inputs exit 2 with a message."""
+    from harness.cli import main
+
+    base, adapter = tiny["qwen2"]
+    assert main(["remap", str(adapter), "--out", str(tmp_path / "a.safetensors"), "--gguf", str(tmp_path / "a.gguf"),
+                 "--base", str(base)]) == 0
+    assert (tmp_path / "a.gguf").is_file()
+    assert main(["remap", str(tmp_path / "a.safetensors"), "--to", "peft", "--out", str(tmp_path / "p"),
+                 "--base", str(base)]) == 0
+    assert (tmp_path / "p" / "adapter_config.json").is_file()
+    assert main(["remap", str(tmp_path / "a.safetensors"), "--to", "peft", "--out", str(tmp_path / "q")]) == 2
+    assert main(["remap", str(tmp_path), "--out", str(tmp_path / "x.safetensors"), "--base", str(base)]) == 2
+    assert "not a peft adapter directory" in capsys.readouterr().err
+
+
+@pytest.mark.helper
+def test_refuses_rslora(tiny, tmp_path):
+    """rsLoRA scales by alpha / sqrt(r); apr and llama.cpp use alpha / r, so such an adapter is refused."""
+    import shutil
+
+    base, adapter = tiny["qwen2"]
+    shutil.copytree(adapter, tmp_path / "rs")
+    config = json.loads((tmp_path / "rs" / "adapter_config.json").read_text())
+    (tmp_path / "rs" / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    with pytest.raises(FlipError, match="rsLoRA"):
+        remap.remap_to_apr(tmp_path / "rs", tmp_path / "x.safetensors", base=base)

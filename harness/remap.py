@@ -1,0 +1,343 @@
+"""`flip remap`: rename a peft LoRA adapter to apr / llama.cpp GGUF names, and back.
+
+peft:  base_model.model.model.layers.{L}.self_attn.q_proj.lora_A.weight [r, in], ...lora_B.weight [out, r]
+apr / llama.cpp: blk.{L}.attn_q.weight.lora_a [r, in], blk.{L}.attn_q.weight.lora_b [out, r]
+
+The HF-module -> GGUF-name table is not written here: it is gguf-py's TensorNameMap, the same table llama.cpp's
+converters and transformers' GGUF loader use. This module owns the one other piece of layout knowledge, the Llama
+q/k row permutation (see `permute_rows`), and merge imports both from here.
+
+Outputs:
+  apr safetensors: tensors under GGUF names, header metadata `lora_rank` / `lora_alpha` (strings; apr silently assumes
+    rank 64 / alpha 16 without them);
+  llama.cpp GGUF adapter (--gguf): general.type=adapter, adapter.type=lora, adapter.lora.alpha (float32),
+    general.architecture equal to the base's;
+  --to peft: the inverse (apr safetensors -> peft adapter dir), so round trips can be tested.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from harness import FlipError
+from harness.atomic import atomic_dir, atomic_path
+
+PEFT_PREFIX = "base_model.model."
+PEFT_SUFFIXES = {"lora_A": "lora_a", "lora_B": "lora_b"}
+# Architectures whose HF -> GGUF conversion permutes q/k rows (llama.cpp's convert_hf_to_gguf.py LlamaModel; transformers'
+# GGUF loader undoes it in LlamaTensorProcessor). Qwen2 keeps the HF row order.
+PERMUTED_ARCHS = frozenset({"llama", "mistral"})
+PERMUTED_TENSORS = {"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"}
+META_RANK, META_ALPHA = "lora_rank", "lora_alpha"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The base model: architecture and head counts (config only, no weights)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def base_config(base):
+    """The base's transformers config. For a GGUF it is read from the GGUF metadata (no dequantization)."""
+    from transformers import AutoConfig
+
+    from harness.models import resolve
+
+    ref = resolve(base)
+    if ref.gguf_file is not None:
+        return AutoConfig.from_pretrained(ref.directory, gguf_file=ref.gguf_file.name)
+    return AutoConfig.from_pretrained(ref.path)
+
+
+def gguf_arch(model_type: str):
+    """gguf-py's MODEL_ARCH for a transformers model_type (`llama`, `qwen2`; the GGUF name equals the model_type)."""
+    import gguf
+
+    for arch, name in gguf.MODEL_ARCH_NAMES.items():
+        if name == model_type:
+            return arch
+    raise FlipError(f"architecture {model_type!r} has no GGUF tensor naming in gguf-py {gguf.__version__ if hasattr(gguf, '__version__') else ''}")
+
+
+def name_map(config):
+    """gguf-py's HF -> GGUF tensor name table for this base (the one table; merge uses it too)."""
+    import gguf
+
+    return gguf.get_tensor_name_map(gguf_arch(config.model_type), config.num_hidden_layers)
+
+
+def gguf_module_name(config, hf_module: str, table=None) -> str:
+    """`model.layers.3.self_attn.q_proj` -> `blk.3.attn_q`."""
+    name = (table or name_map(config)).get_name(hf_module)
+    if name is None:
+        raise FlipError(f"no GGUF name for module {hf_module!r} of a {config.model_type} model (gguf-py TensorNameMap)")
+    return name
+
+
+def hf_module_names(config) -> dict[str, str]:
+    """GGUF module name -> the HF module name transformers uses for this base. gguf-py's table maps many HF spellings
+    to one GGUF name, so the inverse is taken over the modules of the real architecture, built on the meta device
+    (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    table = name_map(config)
+    inverse = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            gguf_name = table.get_name(module_name)
+            if gguf_name is not None:
+                inverse[gguf_name] = module_name
+    return inverse
+
+
+def permute_rows(weight, config, gguf_module: str, inverse: bool = False):
+    """The q/k row permutation llama.cpp's convert_hf_to_gguf.py applies to Llama attention weights:
+    w.reshape(n_head, 2, dim // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape), n_head = num_key_value_heads for k.
+    Applied to lora_B (rows = output features) it turns an HF-layout delta B@A into the GGUF-layout delta.
+    Other tensors and non-Llama architectures are returned unchanged. Works on torch tensors and numpy arrays."""
+    heads = PERMUTED_TENSORS.get(gguf_module.rsplit(".", 1)[-1])
+    if config.model_type not in PERMUTED_ARCHS or heads is None:
+        return weight
+    n_head = getattr(config, heads)
+    rest = tuple(weight.shape[1:])
+    half = weight.shape[0] // n_head // 2
+    if inverse:
+        return weight.reshape(n_head, half, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
+    return weight.reshape(n_head, 2, half, *rest).swapaxes(1, 2).reshape(weight.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# peft adapters
+# ---------------------------------------------------------------------------------------------------------------------
+
+def read_peft(adapter_dir) -> tuple[dict, dict]:
+    """(adapter_config.json, {hf_module: {"lora_A": tensor, "lora_B": tensor}}) of a saved peft LoRA adapter."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    config_file, weights_file = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights_file.is_file():
+        raise FlipError(f"{adapter_dir} is not a peft adapter directory (adapter_config.json + adapter_model.safetensors)")
+    config = json.loads(config_file.read_text())
+    _check_plain_lora(config, adapter_dir)
+    pairs: dict[str, dict] = {}
+    for key, tensor in load_file(weights_file).items():
+        module, kind = _split_peft_key(key)
+        pairs.setdefault(module, {})[kind] = tensor
+    incomplete = sorted(m for m, p in pairs.items() if set(p) != set(PEFT_SUFFIXES))
+    if incomplete:
+        raise FlipError(f"{weights_file}: LoRA pairs without both lora_A and lora_B: {incomplete[:3]}")
+    return config, pairs
+
+
+def _check_plain_lora(config: dict, where) -> None:
+    """apr and llama.cpp apply W + (alpha / r) B A and nothing else: refuse adapters that mean something different."""
+    if config.get("peft_type", "LORA") != "LORA":
+        raise FlipError(f"{where}: peft_type {config.get('peft_type')!r} is not LORA")
+    if config.get("use_rslora") or config.get("use_dora"):
+        raise FlipError(f"{where}: rsLoRA / DoRA adapters scale differently from apr and llama.cpp (alpha / r)")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise FlipError(f"{where}: per-module rank_pattern / alpha_pattern cannot be expressed as one lora_rank / lora_alpha")
+    if config.get("bias", "none") != "none" or config.get("modules_to_save"):
+        raise FlipError(f"{where}: trained biases / modules_to_save are not LoRA pairs and would be lost")
+
+
+def _split_peft_key(key: str) -> tuple[str, str]:
+    """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` -> (`model.layers.0.self_attn.q_proj`, `lora_A`)."""
+    parts = key.split(".")
+    if not key.startswith(PEFT_PREFIX) or len(parts) < 4 or parts[-1] != "weight" or parts[-2] not in PEFT_SUFFIXES:
+        raise FlipError(f"unexpected tensor {key!r} in a peft LoRA adapter (want ...lora_A.weight / ...lora_B.weight)")
+    return ".".join(parts[:-2])[len(PEFT_PREFIX):], parts[-2]
+
+
+def _rank(pairs: dict, config: dict) -> int:
+    ranks = {p["lora_A"].shape[0] for p in pairs.values()}
+    if ranks != {int(config["r"])}:
+        raise FlipError(f"adapter_config.json says r={config['r']} but the tensors have rank {sorted(ranks)}")
+    return int(config["r"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# peft -> apr / GGUF layout
+# ---------------------------------------------------------------------------------------------------------------------
+
+def to_gguf_layout(pairs: dict, config) -> tuple[dict, int]:
+    """{`blk.L.attn_q.weight.lora_a`: A [r, in], `...lora_b`: B [out, r]} from peft pairs, lora_B permuted where the
+    GGUF base's rows are; also the number of permuted tensors."""
+    table = name_map(config)
+    tensors, permuted = {}, 0
+    for module in sorted(pairs):
+        gguf_module = gguf_module_name(config, module, table)
+        lora_b = pairs[module]["lora_B"]
+        moved = permute_rows(lora_b, config, gguf_module)
+        permuted += moved is not lora_b
+        tensors[f"{gguf_module}.weight.lora_a"] = pairs[module]["lora_A"].contiguous()
+        tensors[f"{gguf_module}.weight.lora_b"] = moved.contiguous()
+    return tensors, permuted
+
+
+def remap_to_apr(adapter_dir, out_file, gguf_file=None, base=None) -> dict:
+    """peft adapter dir -> apr safetensors (and optionally a llama.cpp GGUF adapter). Returns a report."""
+    from safetensors.torch import save_file
+
+    adapter_config, pairs = read_peft(adapter_dir)
+    base = base or adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise FlipError(f"{adapter_dir}: no base model: pass --base (adapter_config.json has no base_model_name_or_path)")
+    config = base_config(base)
+    rank, alpha = _rank(pairs, adapter_config), float(adapter_config["lora_alpha"])
+    tensors, permuted = to_gguf_layout(pairs, config)
+    metadata = {META_RANK: str(rank), META_ALPHA: _number_text(alpha), "architecture": config.model_type}
+    with atomic_path(out_file, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    report = {"out": str(out_file), "tensors": len(tensors), "pairs": len(tensors) // 2, "rank": rank, "alpha": alpha,
+              "arch": config.model_type, "permuted": permuted, "base": str(base)}
+    if gguf_file is not None:
+        report["gguf"] = str(write_gguf_adapter(tensors, alpha, config, gguf_file, base))
+    return report
+
+
+def _number_text(value: float) -> str:
+    """16.0 -> "16" (apr parses an integer or a float), 0.5 -> "0.5"."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def write_gguf_adapter(tensors: dict, alpha: float, config, gguf_file, base=None) -> Path:
+    """A llama.cpp LoRA adapter, laid out as llama.cpp's convert_lora_to_gguf.py writes one: numpy arrays in torch order
+    (a [r, in], b [out, r]); gguf-py reverses them into ggml's ne order (a.ne = [in, r], b.ne = [r, out])."""
+    import gguf
+
+    base_shapes = _base_gguf_shapes(base) if base is not None else None
+    if base_shapes is not None:
+        _check_against_base(tensors, base_shapes)
+    gguf_file = Path(gguf_file)
+    with atomic_path(gguf_file, suffix=".gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), config.model_type)
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        for name, tensor in tensors.items():
+            writer.add_tensor(name, tensor.detach().to("cpu").float().numpy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return gguf_file
+
+
+def _base_gguf_shapes(base) -> dict | None:
+    """{tensor name: ne} of the base when it is a GGUF (llama.cpp checks adapter names and shapes against it)."""
+    import gguf
+
+    from harness.models import resolve
+
+    ref = resolve(base)
+    if ref.gguf_file is None:
+        return None
+    return {t.name: [int(n) for n in t.shape] for t in gguf.GGUFReader(ref.gguf_file).tensors}
+
+
+def _check_against_base(tensors: dict, base_shapes: dict) -> None:
+    """llama.cpp's loader rules (llama-adapter.cpp): the base tensor exists; a.ne[0] == base.ne[0] (in),
+    b.ne[1] == base.ne[1] (out), a.ne[1] == b.ne[0] (rank). ne is the reverse of the torch shape."""
+    for name, lora_a in tensors.items():
+        if not name.endswith(".lora_a"):
+            continue
+        target = name[: -len(".lora_a")]
+        lora_b = tensors[target + ".lora_b"]
+        if target not in base_shapes:
+            raise FlipError(f"{target} does not exist in the base GGUF (wrong base model?)")
+        ne = base_shapes[target]
+        if ne[0] != lora_a.shape[1] or ne[1] != lora_b.shape[0] or lora_a.shape[0] != lora_b.shape[1]:
+            raise FlipError(f"{target}: adapter shapes a{list(lora_a.shape)} b{list(lora_b.shape)} do not fit the base ne {ne}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# apr -> peft (the inverse)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def read_apr(apr_file) -> tuple[dict, int, float]:
+    """(tensors, rank, alpha) of an apr safetensors; refuses a file without lora_rank / lora_alpha, because apr itself
+    would silently assume rank 64 / alpha 16."""
+    from safetensors import safe_open
+
+    with safe_open(str(apr_file), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    missing = [key for key in (META_RANK, META_ALPHA) if key not in metadata]
+    if missing:
+        raise FlipError(f"{apr_file} has no {' / '.join(missing)} in its safetensors header metadata; refusing to guess "
+                        f"(apr would silently assume rank 64 / alpha 16). Re-run `flip remap` on the peft adapter.")
+    try:
+        rank, alpha = int(metadata[META_RANK]), float(metadata[META_ALPHA])
+    except ValueError as err:
+        raise FlipError(f"{apr_file}: unreadable lora_rank / lora_alpha metadata: {err}") from None
+    if not math.isfinite(alpha) or rank <= 0:
+        raise FlipError(f"{apr_file}: lora_rank={rank} / lora_alpha={alpha} are not usable")
+    return tensors, rank, alpha
+
+
+def to_hf_layout(tensors: dict, config) -> dict:
+    """GGUF-named tensors -> {hf_module: {"lora_A", "lora_B"}}, undoing the q/k permutation of lora_B."""
+    modules = hf_module_names(config)
+    pairs: dict[str, dict] = {}
+    for name, tensor in tensors.items():
+        target, _, kind = name.rpartition(".")
+        gguf_module = target.removesuffix(".weight")
+        if kind not in ("lora_a", "lora_b") or not target.endswith(".weight") or gguf_module not in modules:
+            raise FlipError(f"unexpected tensor {name!r} in an apr adapter for a {config.model_type} base")
+        if kind == "lora_b":
+            tensor = permute_rows(tensor, config, gguf_module, inverse=True)
+        pairs.setdefault(modules[gguf_module], {})["lora_A" if kind == "lora_a" else "lora_B"] = tensor.contiguous()
+    incomplete = sorted(m for m, p in pairs.items() if len(p) != 2)
+    if incomplete:
+        raise FlipError(f"apr adapter: incomplete lora_a / lora_b pairs for {incomplete[:3]}")
+    return pairs
+
+
+def remap_to_peft(apr_file, out_dir, base) -> dict:
+    """apr safetensors -> peft adapter dir (adapter_model.safetensors + adapter_config.json)."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    tensors, rank, alpha = read_apr(apr_file)
+    config = base_config(base)
+    pairs = to_hf_layout(tensors, config)
+    weights = {f"{PEFT_PREFIX}{module}.{kind}.weight": pair[kind] for module, pair in sorted(pairs.items()) for kind in pair}
+    targets = sorted({module.rsplit(".", 1)[-1] for module in pairs})
+    lora_alpha = int(alpha) if alpha.is_integer() else alpha
+    lora_config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=targets, lora_dropout=0.0, bias="none",
+                             task_type="CAUSAL_LM", base_model_name_or_path=str(base))
+    with atomic_dir(out_dir) as tmp:
+        lora_config.save_pretrained(tmp)
+        save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return {"out": str(out_dir), "tensors": len(weights), "rank": rank, "alpha": alpha, "arch": config.model_type,
+            "targets": targets}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("adapter", help="a peft adapter dir (default direction) or an apr .safetensors (--to peft)")
+    parser.add_argument("--out", required=True, help="apr .safetensors to write (or the peft dir with --to peft)")
+    parser.add_argument("--gguf", help="also write a llama.cpp LoRA adapter GGUF here")
+    parser.add_argument("--base", help="base model: smollm2-135m, an HF dir or a .gguf "
+                                       "(default: adapter_config.json's base_model_name_or_path; required with --to peft)")
+    parser.add_argument("--to", choices=("apr", "peft"), default="apr", help="direction (default apr)")
+
+
+def main(args) -> int:
+    if args.to == "peft":
+        if not args.base:
+            raise FlipError("--to peft needs --base (the apr file does not name its base model)")
+        if args.gguf:
+            raise FlipError("--gguf is only written in the peft -> apr direction")
+        report = remap_to_peft(args.adapter, args.out, args.base)
+    else:
+        report = remap_to_apr(args.adapter, args.out, gguf_file=args.gguf, base=args.base)
+    print(json.dumps(report, indent=2))
+    return 0
