@@ -211,25 +211,37 @@ def render_session(rec: Recording, rng: random.Random, layout: str, command_wrap
         out.extend(out[1: 1 + rng.randrange(1, len(out))])
 
 
-@st.composite
-def transcripts(draw, big: int = 0):
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = random.Random(seed)
-    fmt = draw(st.sampled_from(["stream", "session"]))
-    cwd = f"/tmp/{draw(st.sampled_from(['fix-bug', 'add_fn', 'x']))}-teacher.{''.join(rng.choice(ALNUM) for _ in range(6))}"
+def build(rng: random.Random, fmt: str, n_calls: int, has_task: bool, echo_task: bool = True, split: bool = False,
+          partials: bool = False, layout: str = "inline", command_wrapper: bool = False, big: int = 0,
+          tag: str = "x") -> Recording:
+    """One recording from plain choices (the hypothesis strategy and the benchmark both use it)."""
+    cwd = f"/tmp/{tag}-teacher.{''.join(rng.choice(ALNUM) for _ in range(6))}"
     planted = secret_values(rng)
     secrets = [text for text, _ in planted]
-    has_task = draw(st.booleans()) or fmt == "session"
     task = f"Fix the failing test in {cwd}/src/lib.rs. token {rng.choice(secrets)} done" if has_task else None
     counter = [0]
-    calls = [_call(rng, cwd, secrets, 0, counter, big) for _ in range(draw(st.integers(0, 7)))]
+    calls = [_call(rng, cwd, secrets, 0, counter, big) for _ in range(n_calls)]
     rec = Recording(fmt, cwd, task, calls, [must for _, must in planted] + [cwd])
     _count(calls, rec.expected)
     if fmt == "stream":
-        render_stream(rec, rng, echo_task=draw(st.booleans()), split=draw(st.booleans()), partials=draw(st.booleans()))
+        render_stream(rec, rng, echo_task=echo_task, split=split, partials=partials)
     else:
-        render_session(rec, rng, draw(st.sampled_from(["inline", "sibling", "subagents"])), draw(st.booleans()))
+        render_session(rec, rng, layout, command_wrapper)
     return rec
+
+
+@st.composite
+def transcripts(draw, big: int = 0):
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    fmt = draw(st.sampled_from(["stream", "session"]))
+    tag = draw(st.sampled_from(["fix-bug", "add_fn", "x"]))
+    has_task = draw(st.booleans()) or fmt == "session"
+    n_calls = draw(st.integers(0, 7))
+    if fmt == "stream":
+        return build(rng, fmt, n_calls, has_task, echo_task=draw(st.booleans()), split=draw(st.booleans()),
+                     partials=draw(st.booleans()), big=big, tag=tag)
+    return build(rng, fmt, n_calls, has_task, layout=draw(st.sampled_from(["inline", "sibling", "subagents"])),
+                 command_wrapper=draw(st.booleans()), big=big, tag=tag)
 
 
 DAMAGES = ("truncate", "garbage", "invalid_utf8", "unknown_type", "drop", "blank", "huge_garbage")

