@@ -530,8 +530,7 @@ def _is_claimed(nodeid: str, falsifiers: set[str]) -> bool:
 def unclaimed_tests(claims: list[Claim], collection: dict[str, list[str]]) -> list[str]:
     """Tests that back no claim and are not marked `helper`: every test must either falsify a claim or say it helps."""
     falsifiers = {c.falsifier for c in claims}
-    return [f"{nodeid}: is no claim's falsifier and is not marked helper; add a claim for it in contracts/<stage>.yaml "
-            f"or mark it @pytest.mark.helper (or `pytestmark = pytest.mark.helper` for the whole file)"
+    return [f"{nodeid}: is no claim's falsifier and is not marked helper"
             for nodeid, markers in sorted(collection.items())
             if "helper" not in markers and not _is_claimed(nodeid, falsifiers)]
 

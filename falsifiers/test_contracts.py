@@ -71,7 +71,9 @@ def test_every_mutant_applies_to_its_target(claims):
 
 @pytest.mark.helper
 def test_every_test_backs_a_claim_or_is_a_helper(claims, collection):
-    _report(mutation.unclaimed_tests(claims, collection.items), "tests that back no claim")
+    _report(mutation.unclaimed_tests(claims, collection.items),
+            "tests that back no claim; for each, add a claim naming it as falsifier in contracts/<stage>.yaml, or "
+            "mark it @pytest.mark.helper (`pytestmark = pytest.mark.helper` marks a whole file)")
 
 
 # --- the gate's own falsifiers (claims in contracts/contracts.yaml) ---------------------------------------------------

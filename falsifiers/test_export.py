@@ -87,6 +87,8 @@ def test_every_generated_call_is_counted_exactly_once(recs):
         stats = _export([tmp / "in"], tmp / "out", mode="full")
     assert stats["raw_tool_use"] == sum(expected.values())
     assert stats["remappable"] == sum(n for name, n in expected.items() if name in gen.MAPPED)
+    assert stats["samples"]["full"] + stats["duplicates"]["full"] + stats["truncated"]["samples_dropped_too_long"] \
+        == stats["remappable"]
     assert stats["unmappable"] == {name: n for name, n in sorted(expected.items()) if name not in gen.MAPPED}
 
 
@@ -195,14 +197,14 @@ def test_each_secret_pattern_is_redacted_and_counted(tmp_path):
         "aws_access_key_id": "AKIA" + "ABCDEFGHIJKLMNOP",
         "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
     }
-    result = "\n".join(secrets.values()) + "\npassword=hunter2hunter2"
+    result = "\n".join(secrets.values()) + "\npassword=hunter2hunter2 " + secrets["github_token"]
     _stream(tmp_path / "in" / "t.ndjson", "/w", [("Bash", {"command": "env"}, result), ("Bash", {"command": "ls"}, "")],
             task="go")
     stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
     text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
     for name, value in secrets.items():
         assert value not in text and f"[REDACTED:{name}]" in text
-        assert stats["redactions"][name] == 1
+        assert stats["redactions"][name] == (2 if name == "github_token" else 1)
     assert "hunter2hunter2" not in text and "password=[REDACTED:assignment]" in text
 
 

