@@ -89,13 +89,12 @@ def peft_logits(base_dir: Path, adapter_dir: Path, ids) -> torch.Tensor:
     return logits(PeftModel.from_pretrained(base, adapter_dir), ids)
 
 
-def gguf_logits(gguf_file: Path, ids) -> torch.Tensor:
+def gguf_logits(gguf_file: Path, ids, dtype=torch.float32) -> torch.Tensor:
     """Logits of a GGUF as transformers' GGUF loader reads it (it un-permutes Llama q/k rows)."""
     from transformers import AutoModelForCausalLM
 
     gguf_file = Path(gguf_file)
-    return logits(AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
-                                                      dtype=torch.float32), ids)
+    return logits(AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=dtype), ids)
 
 
 def converter_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
