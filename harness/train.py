@@ -1,0 +1,661 @@
+"""`flip train`: LoRA SFT of a student model on an exported dataset (targets.md §3).
+
+Each sample is rendered through the tokenizer's own chat template (ChatML for SmolLM2 / Qwen2.5); the loss covers the
+response tokens and the closing end-of-turn token only. Too-long samples are dropped and counted, never truncated:
+a cut sample would train on a partial response or on nothing at all (the reference trainer's failure, §6).
+
+The training loop is plain torch (AdamW, warmup + cosine, grad clipping), not transformers.Trainer, because:
+- the loss only needs logits at the trainable positions: we pass them as `logits_to_keep`, so the lm_head (a third of
+  a 135M model's compute at these lengths) runs on ~40 response tokens instead of ~300; Trainer/TRL project every
+  position and, in TRL, also compute entropy / token accuracy over the whole vocabulary each step;
+- the data order is a pure function of (seed, epoch, rank), so resume needs no sampler state and a resumed run is
+  bit-identical to an uninterrupted one on CPU;
+- the same loop runs under `torchrun` (DDP) with rank-strided sharding and rank-0-only writes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness import FlipError
+from harness.atomic import atomic_dir, write_text
+
+IGNORE = -100  # the label value torch's cross_entropy skips
+END_OF_TURN = "<|im_end|>"  # ChatML; tokenizers without it fall back to their eos token
+CHECKPOINT = "checkpoint"
+# Config fields that do not change the trained weights: a checkpoint made with other values still resumes.
+NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every")
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    base: str
+    out: Path
+    rank: int = 16
+    alpha: int = 32
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lr: float = 2e-4
+    epochs: int = 3
+    max_steps: int | None = None  # when set, overrides epochs
+    batch_size: int = 1
+    grad_accum: int = 1
+    seed: int = 42
+    val_fraction: float = 0.2
+    warmup: float = 0.1  # fraction of the optimizer steps, then cosine decay to 0
+    grad_clip: float = 1.0
+    max_length: int = 1024
+    device: str = "auto"
+    eval_every: int | None = None  # optimizer steps between validations (and on_eval calls); always at the end
+    save_every: int | None = 50  # optimizer steps between checkpoints; always at the end
+    resume: bool = False  # demand a resume (error when no matching checkpoint); auto-resume happens anyway
+
+    def __post_init__(self):
+        self.data, self.out, self.targets = Path(self.data), Path(self.out), tuple(self.targets)
+        for name in ("rank", "alpha", "epochs", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, name) < 1:
+                raise FlipError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise FlipError("--max-steps must be at least 1")
+        if not 0 <= self.val_fraction < 1:
+            raise FlipError("--val-fraction must be in [0, 1)")
+        if not 0 <= self.warmup < 1:
+            raise FlipError("--warmup must be in [0, 1)")
+        if not self.targets:
+            raise FlipError("--targets names no module")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data: samples, the trajectory split, the chat-template encoding with its loss mask
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_samples(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        raise FlipError(f"dataset {path} not found")
+    samples = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except ValueError as err:
+                raise FlipError(f"{path}:{number}: not JSON ({err})") from None
+            for key in ("instruction", "response"):
+                if not isinstance(sample.get(key), str) or not sample[key].strip():
+                    raise FlipError(f"{path}:{number}: `{key}` must be a non-empty string")
+            samples.append(sample)
+    if not samples:
+        raise FlipError(f"dataset {path} holds no sample")
+    return samples
+
+
+def trajectory_of(sample: dict, index: int) -> str:
+    """metadata.trajectory, or a key of its own: a sample without one is its own trajectory."""
+    trajectory = (sample.get("metadata") or {}).get("trajectory")
+    return f"t:{trajectory}" if trajectory not in (None, "") else f"sample:{index}"
+
+
+def split_by_trajectory(samples: list[dict], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, val indices). Whole trajectories go to one side: steps of one trajectory share their task and
+    history, so a sample-level split would validate on near-copies of training samples. At least one trajectory
+    always trains."""
+    keys = sorted({trajectory_of(sample, i) for i, sample in enumerate(samples)})
+    random.Random(seed).shuffle(keys)
+    n_val = min(round(len(keys) * val_fraction), len(keys) - 1)
+    val_keys = set(keys[:n_val])
+    train, val = [], []
+    for i, sample in enumerate(samples):
+        (val if trajectory_of(sample, i) in val_keys else train).append(i)
+    return train, val
+
+
+def messages_of(sample: dict) -> list[dict]:
+    messages = [{"role": "system", "content": sample["system"]}] if sample.get("system") else []
+    messages.append({"role": "user", "content": sample["instruction"]})
+    return messages
+
+
+def end_of_turn_id(tokenizer) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        token_id = tokenizer.eos_token_id
+    if token_id is None:
+        raise FlipError(f"the tokenizer has neither {END_OF_TURN} nor an eos token: cannot find the end of a turn")
+    return token_id
+
+
+def _ids(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
+    rendered = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt)
+    return list(rendered["input_ids"])
+
+
+def encode(sample: dict, tokenizer, max_length: int) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) through the tokenizer's chat template, or None when the sample does not fit max_length.
+
+    labels are IGNORE everywhere but the response tokens and the end-of-turn token that closes them: the prompt is
+    rendered alone with add_generation_prompt=True and must be a token prefix of the full render (else we fail
+    rather than guess the span). Whatever the template appends after the end-of-turn token (ChatML's newline) is
+    cut: it carries no loss and, causally, changes no earlier logit.
+    """
+    prompt = _ids(tokenizer, messages_of(sample), generation_prompt=True)
+    full = _ids(tokenizer, messages_of(sample) + [{"role": "assistant", "content": sample["response"]}], False)
+    if full[:len(prompt)] != prompt:
+        raise FlipError(
+            "the chat template's prompt (add_generation_prompt=True) is not a token prefix of the full conversation; "
+            "the response span cannot be located, so this tokenizer's template is not supported for training")
+    eot = end_of_turn_id(tokenizer)
+    ends = [i for i in range(len(prompt), len(full)) if full[i] == eot]
+    if not ends:
+        raise FlipError("the chat template does not close the assistant turn with an end-of-turn token")
+    stop = ends[-1] + 1
+    if stop > max_length:
+        return None  # dropped and counted by the caller: truncation would cut the response
+    input_ids = full[:stop]
+    labels = [IGNORE] * len(prompt) + input_ids[len(prompt):]
+    assert any(label != IGNORE for label in labels), "a sample with zero trainable tokens"
+    return input_ids, labels
+
+
+def encode_all(samples: list[dict], indices: list[int], tokenizer, max_length: int):
+    """(encoded samples, dropped indices)."""
+    kept, dropped = [], []
+    for index in indices:
+        encoded = encode(samples[index], tokenizer, max_length)
+        if encoded is None:
+            dropped.append(index)
+        else:
+            kept.append(encoded)
+    return kept, dropped
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded input_ids, attention_mask, labels (padding carries IGNORE labels)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(batch):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, :len(labs)] = torch.tensor(labs)
+        mask[row, :len(ids)] = 1
+    return input_ids, mask, labels
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The loss
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def loss_sum(model, input_ids, attention_mask, labels):
+    """(sum of the cross-entropy over the trainable tokens, their count).
+
+    Position t's logits predict token t+1, so the positions to project are those whose NEXT label is trainable;
+    only those go through the lm_head (`logits_to_keep` with an index tensor).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # positions any row needs
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
+    kept_targets = targets[:, keep]
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), kept_targets.reshape(-1),
+                            ignore_index=IGNORE, reduction="sum")
+    return total, int((kept_targets != IGNORE).sum())
+
+
+def mean_loss(model, input_ids, attention_mask, labels) -> float:
+    """The mean cross-entropy over the trainable tokens of one batch (what training minimises)."""
+    total, count = loss_sum(model, input_ids, attention_mask, labels)
+    return float(total) / count
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Distributed set-up (torchrun), data order
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str):
+    """(Dist, torch device). Under torchrun: gloo on CPU, nccl on CUDA, one GPU per local rank."""
+    import torch
+    import torch.distributed as dist
+
+    from harness.models import pick_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world == 1:
+        return Dist(), device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def epoch_micro_batches(n: int, epoch: int, seed: int, dist: Dist, batch_size: int) -> list[list[int]]:
+    """This rank's micro-batches (lists of train indices) for one epoch: a permutation seeded by (seed, epoch), padded
+    by wrapping so every rank gets as many (as DistributedSampler does), strided by rank."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    per_rank = math.ceil(n / dist.world)
+    order = (order * math.ceil(per_rank * dist.world / n))[:per_rank * dist.world]
+    mine = order[dist.rank::dist.world]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def steps_per_epoch(n: int, dist: Dist, batch_size: int, grad_accum: int) -> int:
+    micro = math.ceil(math.ceil(n / dist.world) / batch_size)
+    return math.ceil(micro / grad_accum)
+
+
+def step_micro_batches(step: int, n: int, config: TrainConfig, dist: Dist) -> list[list[int]]:
+    """The micro-batches optimizer step `step` (0-based) consumes: a pure function, so resume needs no loader state."""
+    per_epoch = steps_per_epoch(n, dist, config.batch_size, config.grad_accum)
+    epoch, within = divmod(step, per_epoch)
+    micro = epoch_micro_batches(n, epoch, config.seed, dist, config.batch_size)
+    return micro[within * config.grad_accum:(within + 1) * config.grad_accum]
+
+
+def total_steps(n: int, config: TrainConfig, dist: Dist) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    return config.epochs * steps_per_epoch(n, dist, config.batch_size, config.grad_accum)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def fingerprint(config: TrainConfig, world: int) -> str:
+    """What must match for a checkpoint to resume: every weight-affecting option, the data's bytes, the world size."""
+    fields = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+              for k, v in asdict(config).items() if k not in NOT_IN_FINGERPRINT + ("resume", "data")}
+    fields["data_sha256"] = hashlib.sha256(Path(config.data).read_bytes()).hexdigest()
+    fields["world"] = world
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def save_checkpoint(out: Path, model, optimizer, scheduler, step: int, fingerprint_: str) -> None:
+    import numpy as np
+    import torch
+
+    with atomic_dir(out / CHECKPOINT) as tmp:
+        model.save_pretrained(tmp)
+        torch.save({
+            "step": step, "fingerprint": fingerprint_,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }, tmp / "state.pt")
+
+
+def load_checkpoint(out: Path, model, optimizer, scheduler, fingerprint_: str, demanded: bool, log) -> int:
+    """The step to continue from (0 when there is no usable checkpoint)."""
+    import numpy as np
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    directory = out / CHECKPOINT
+    if not (directory / "state.pt").is_file():
+        if demanded:
+            raise FlipError(f"--resume: no checkpoint in {directory}")
+        return 0
+    state = torch.load(directory / "state.pt", weights_only=False)
+    if state["fingerprint"] != fingerprint_:
+        if demanded:
+            raise FlipError(f"--resume: {directory} was made with other options or data; remove it to start over")
+        log(f"flip train: {directory} was made with other options or data: starting over")
+        return 0
+    set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    log(f"flip train: resuming from {directory} at step {state['step']}")
+    return int(state["step"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def save_adapter(model, out: Path, base_reference: str) -> None:
+    """adapter_model.safetensors + adapter_config.json, with base_model_name_or_path set to the reference the user gave
+    (e.g. "smollm2-135m", which harness.models.resolve understands; the cache path of a converted GGUF is not)."""
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = base_reference
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
+    try:
+        model.save_pretrained(tmp)
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_metrics(path: Path, up_to_step: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["step"] <= up_to_step]
+
+
+def plot_loss(rows: list[dict], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss", linewidth=1)
+    evaluated = [r for r in rows if "val_loss" in r]
+    if evaluated:
+        axes.plot([r["step"] for r in evaluated], [r["val_loss"] for r in evaluated], "o-", label="val loss")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("cross-entropy (response tokens)")
+    axes.legend()
+    figure.tight_layout()
+    with tempfile.NamedTemporaryFile(suffix=".png", dir=target.parent, delete=False) as tmp:
+        figure.savefig(tmp.name)
+    plt.close(figure)
+    os.replace(tmp.name, target)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainConfig, device):
+    """(peft model in train mode on the device, tokenizer)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from harness.models import load_model
+
+    model, tokenizer = load_model(config.base, device=str(device), dtype=None)
+    model.config.use_cache = False
+    torch.manual_seed(config.seed)  # LoRA A's initialisation: the same on every rank and every rerun
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.targets),
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as err:
+        raise FlipError(f"--targets {','.join(config.targets)}: {err}") from None
+    model.train()
+    return model, tokenizer
+
+
+def validation_loss(model, val, pad_id: int, batch_size: int, device, dist: Dist) -> float | None:
+    """Token-weighted mean CE over the validation set (each rank a strided share, summed across ranks)."""
+    import torch
+
+    if not val:
+        return None
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        mine = val[dist.rank::dist.world]
+        for start in range(0, len(mine), batch_size):
+            input_ids, mask, labels = (t.to(device) for t in collate(mine[start:start + batch_size], pad_id))
+            loss, count = loss_sum(model, input_ids, mask, labels)
+            total += torch.tensor([float(loss), count], dtype=torch.float64, device=device)
+    if dist.world > 1:
+        torch.distributed.all_reduce(total)
+    model.train(was_training)
+    return float(total[0] / total[1])
+
+
+def train_step(model, ddp_model, optimizer, scheduler, micro_batches, train, pad_id, device, config, dist):
+    """One optimizer step over its micro-batches: (mean loss, trainable tokens, all tokens). The loss is normalised by
+    the step's trainable-token count, so each token weighs the same whatever the batching."""
+    import torch
+
+    batches = [tuple(t.to(device) for t in collate([train[i] for i in micro], pad_id)) for micro in micro_batches]
+    n_target = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in batches)
+    running = 0.0
+    for index, (input_ids, mask, labels) in enumerate(batches):
+        last = index == len(batches) - 1
+        sync = nullcontext() if last or dist.world == 1 else ddp_model.no_sync()
+        with sync:
+            loss, _ = loss_sum(ddp_model, input_ids, mask, labels)
+            (loss / n_target).backward()
+        running += loss.item()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    n_tokens = sum(int(mask.sum()) for _, mask, _ in batches)
+    return running / n_target, n_target, n_tokens
+
+
+def _reduce_sum(values: list[float], device, dist: Dist) -> list[float]:
+    import torch
+
+    if dist.world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train(config: TrainConfig, on_eval=None) -> dict:
+    """Train, write the adapter, metrics.jsonl, loss.png and train_summary.json into config.out; return the summary.
+
+    on_eval(step, model, tokenizer) runs on rank 0 every eval_every optimizer steps and at the end, with the peft
+    model in eval mode (train mode is restored after)."""
+    import torch
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    dist, device = init_distributed(config.device)
+    log = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
+    random.seed(config.seed)
+    samples = load_samples(config.data)
+    model, tokenizer = build_model(config, device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_id(tokenizer)
+    timings["load_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    train_idx, val_idx = split_by_trajectory(samples, config.val_fraction, config.seed)
+    train_set, dropped_train = encode_all(samples, train_idx, tokenizer, config.max_length)
+    val_set, dropped_val = encode_all(samples, val_idx, tokenizer, config.max_length)
+    timings["tokenise_s"] = time.perf_counter() - clock
+    if not train_set:
+        raise FlipError(f"all {len(train_idx)} training samples exceed --max-length {config.max_length} tokens; "
+                        "raise --max-length or export with a smaller token budget")
+    if dropped_train or dropped_val:
+        log(f"flip train: dropped {len(dropped_train) + len(dropped_val)} samples longer than --max-length "
+            f"{config.max_length} tokens (never truncated: that would cut the response)")
+
+    steps = total_steps(len(train_set), config, dist)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup * steps), steps)
+    fingerprint_ = fingerprint(config, dist.world)
+    config.out.mkdir(parents=True, exist_ok=True)
+    start = load_checkpoint(config.out, model, optimizer, scheduler, fingerprint_, config.resume, log)
+    ddp_model = model
+    if dist.world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    metrics_path = config.out / "metrics.jsonl"
+    rows = read_metrics(metrics_path, start) if dist.main else []
+    if dist.main:
+        write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def call_on_eval(step: int) -> None:
+        if on_eval is not None and dist.main:
+            model.eval()
+            try:
+                on_eval(step, model, tokenizer)
+            finally:
+                model.train()
+
+    clock = time.perf_counter()
+    tokens_total, targets_total, eval_seconds = 0, 0, 0.0
+    last_loss, last_val = None, None
+    with open(metrics_path, "a", encoding="utf-8") if dist.main else nullcontext() as metrics_file:
+        progress = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not dist.main, file=sys.stderr)
+        for step in range(start, steps):
+            step_clock = time.perf_counter()
+            micro = step_micro_batches(step, len(train_set), config, dist)
+            loss, n_target, n_tokens = train_step(model, ddp_model, optimizer, scheduler, micro, train_set, pad_id,
+                                                  device, config, dist)
+            loss, n_tokens = (v for v in _reduce_sum([loss / dist.world, n_tokens], device, dist))
+            seconds = time.perf_counter() - step_clock
+            tokens_total += n_tokens
+            targets_total += n_target
+            done = step + 1
+            row = {"step": done, "loss": loss, "tokens_per_s": n_tokens / seconds, "lr": scheduler.get_last_lr()[0]}
+            last_loss = loss
+            if config.save_every and done % config.save_every == 0 and done < steps:
+                if dist.main:
+                    save_checkpoint(config.out, model, optimizer, scheduler, done, fingerprint_)
+            evaluating = bool(config.eval_every and done % config.eval_every == 0) or done == steps
+            eval_clock = time.perf_counter()
+            if evaluating and val_set:
+                row["val_loss"] = last_val = validation_loss(model, val_set, pad_id, config.batch_size, device, dist)
+            if dist.main:  # the row is written before on_eval, which may stop the run (a checkpoint is already out)
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+            if evaluating:
+                call_on_eval(done)
+            eval_seconds += time.perf_counter() - eval_clock
+            progress.set_postfix(loss=f"{loss:.3f}")
+            progress.update(1)
+        progress.close()
+    train_seconds = time.perf_counter() - clock - eval_seconds
+    timings["train_s"], timings["eval_s"] = train_seconds, eval_seconds
+    if start == steps:  # nothing left to train (a rerun of a finished run): still report a validation loss
+        last_val = validation_loss(model, val_set, pad_id, config.batch_size, device, dist)
+
+    clock = time.perf_counter()
+    summary = {
+        "steps": steps, "resumed_from": start, "world_size": dist.world, "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "samples": {"train": len(train_set), "val": len(val_set), "dropped": len(dropped_train) + len(dropped_val),
+                    "dropped_train": len(dropped_train), "dropped_val": len(dropped_val)},
+        "trajectories": {"train": len({trajectory_of(samples[i], i) for i in train_idx}),
+                         "val": len({trajectory_of(samples[i], i) for i in val_idx})},
+        "final_train_loss": last_loss, "final_val_loss": last_val,
+        "tokens_trained": tokens_total, "response_tokens_trained": targets_total,
+        "tokens_per_s": tokens_total / train_seconds if train_seconds > 0 else None,
+        "steps_per_s": (steps - start) / train_seconds if train_seconds > 0 else None,
+        "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                   for k, v in asdict(config).items()},
+    }
+    if dist.main:
+        save_adapter(model, config.out, config.base)
+        if start < steps:
+            save_checkpoint(config.out, model, optimizer, scheduler, steps, fingerprint_)  # a rerun resumes as done
+        plot_loss(read_metrics(metrics_path, steps), config.out / "loss.png")
+        timings["save_s"] = time.perf_counter() - clock
+        summary["timings"] = timings
+        write_text(config.out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    else:
+        timings["save_s"] = time.perf_counter() - clock
+        summary["timings"] = timings
+    if dist.world > 1:
+        torch.distributed.barrier()  # nobody exits (and tears down the group) before rank 0 has written
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _positive_or_none(text: str) -> int | None:
+    value = int(text)
+    return value if value > 0 else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(data=Path("."), base="", out=Path("."))
+    parser.add_argument("--data", type=Path, required=True, help="SFT jsonl (instruction, response, system, metadata)")
+    parser.add_argument("--base", required=True, help="smollm2-135m, a local HF directory or a .gguf")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (adapter, metrics, checkpoint)")
+    parser.add_argument("--rank", type=int, default=defaults.rank)
+    parser.add_argument("--alpha", type=int, default=defaults.alpha)
+    parser.add_argument("--targets", default=",".join(defaults.targets), help="comma-separated module names")
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--max-steps", type=_positive_or_none, default=None, help="optimizer steps; overrides epochs")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process")
+    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="of trajectories")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup, help="fraction of steps, then cosine")
+    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
+    parser.add_argument("--max-length", type=int, default=defaults.max_length,
+                        help="tokens; longer samples are dropped and counted, never truncated")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=defaults.device)
+    parser.add_argument("--eval-every", type=_positive_or_none, default=None, help="steps (default: at the end)")
+    parser.add_argument("--save-every", type=_positive_or_none, default=defaults.save_every, help="checkpoint steps")
+    parser.add_argument("--resume", action="store_true",
+                        help="require resuming from OUT/checkpoint (a matching checkpoint is resumed anyway)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        data=args.data, base=args.base, out=args.out, rank=args.rank, alpha=args.alpha,
+        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), lr=args.lr, epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
+        val_fraction=args.val_fraction, warmup=args.warmup, grad_clip=args.grad_clip, max_length=args.max_length,
+        device=args.device, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume)
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = train(config_from_args(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        samples = summary["samples"]
+        print(f"flip train: {summary['steps']} steps, {samples['train']} train / {samples['val']} val samples "
+              f"({samples['dropped']} dropped), final loss {summary['final_train_loss']:.4f}"
+              + (f", val {summary['final_val_loss']:.4f}" if summary["final_val_loss"] is not None else "")
+              + f", {summary['tokens_per_s'] or 0:.0f} tokens/s -> {args.out}")
+    return 0
