@@ -138,6 +138,7 @@ def test_loss_mask_is_exactly_response_and_end_of_turn(tokenizer, tiny_base):
             assert T.mean_loss(model, ids, mask, wider) != pytest.approx(ours, rel=1e-6)
 
 
+@pytest.mark.helper
 def test_batched_loss_equals_per_sample_loss(tokenizer, tiny_base):
     """Right padding with attention masks: a padded batch gives the token-weighted mean of its samples' losses."""
     from transformers import AutoModelForCausalLM
@@ -178,6 +179,7 @@ def test_too_long_samples_are_dropped_not_truncated(tokenizer):
     assert T.encode_all(samples, list(range(6)), tokenizer, 10) == ([], list(range(6)))
 
 
+@pytest.mark.helper
 def test_train_counts_dropped_samples(tmp_path, tiny_base):
     samples = small_dataset(3, 1) + [make_sample("long", 0, "x " * 3000)]
     summary = T.train(config_for(tiny_base, write_jsonl(tmp_path / "d.jsonl", samples), tmp_path / "out",
