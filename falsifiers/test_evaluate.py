@@ -1,0 +1,193 @@
+"""Falsifiers for harness.evaluate (contracts/eval.yaml): path extraction, grounding, absolute-path flags, schema
+validity, and a real greedy evaluation of the bundled base model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import FlipError
+from harness.evaluate import (
+    call_paths,
+    grounded,
+    load_prompts,
+    normalise_path,
+    summarise,
+    task_paths,
+    trace_record,
+)
+from harness.toolcall import ToolCall, render_tool_call
+
+
+def call(name: str, **tool_input) -> str:
+    return render_tool_call(name, tool_input)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Which paths a task names
+# ---------------------------------------------------------------------------------------------------------------------
+
+TASK_PATHS = [
+    ("Fix the off-by-one bug in src/lib.rs so that cargo test passes.", ["src/lib.rs"]),
+    ("Bump the version in Cargo.toml, then update `README.md`.", ["Cargo.toml", "README.md"]),
+    ("The mean() in stats/summary.py crashes on []: fix it (see tests/test_summary.py).",
+     ["stats/summary.py", "tests/test_summary.py"]),
+    ("Edit ./src/main.rs: add a --verbose flag.", ["src/main.rs"]),
+    ("Add a module under src/parser/ for the tokenizer.", ["src/parser"]),
+    ("Update the Makefile target.", ["Makefile"]),
+    # not paths: URLs, version numbers, abbreviations, domains, word/word, absolute paths
+    ("See https://docs.rs/serde/1.0/serde/index.html and upgrade serde from 1.0.197 to v1.0.210.", []),
+    ("Support Python 3.11, e.g. in the CI; use read/write locks and/or a mutex; see example.com.", []),
+    ("Do not touch /etc/hosts or ~/.bashrc.", []),
+    ("Write a function that returns the median of a list.", []),
+]
+
+
+@pytest.mark.parametrize("task,expected", TASK_PATHS, ids=[f"task{i}" for i in range(len(TASK_PATHS))])
+def test_task_paths(task, expected):
+    assert task_paths(task) == expected
+
+
+@pytest.mark.helper
+@pytest.mark.parametrize("raw,normal", [("./src/lib.rs", "src/lib.rs"), ("src//lib.rs", "src/lib.rs"),
+                                         ("src/", "src"), ("'src/lib.rs'", "src/lib.rs"), ("./", ""),
+                                         ("/tmp/x/./a.rs", "/tmp/x/a.rs")])
+def test_normalise_path(raw, normal):
+    assert normalise_path(raw) == normal
+
+
+@pytest.mark.helper
+def test_call_paths_by_tool():
+    assert call_paths(ToolCall("file_read", {"path": "./src/lib.rs"})) == ["src/lib.rs"]
+    assert call_paths(ToolCall("grep", {"pattern": "fn main", "path": "src/"})) == ["src"]
+    assert call_paths(ToolCall("glob", {"pattern": "src/**/*.rs"})) == []
+    assert call_paths(ToolCall("glob", {"pattern": "Cargo.toml"})) == ["Cargo.toml"]
+    assert "stats/summary.py" in call_paths(ToolCall("shell", {"command": "python -m pytest -q ./stats/summary.py"}))
+    assert "Cargo.toml" in call_paths(ToolCall("shell", {"command": "cargo test --manifest-path=Cargo.toml"}))
+    assert call_paths(ToolCall("memory", {"action": "recall", "key": "src/lib.rs"})) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Grounding: a valid call must name a path the task names
+# ---------------------------------------------------------------------------------------------------------------------
+
+FIX = "Fix the off-by-one bug in src/lib.rs so that cargo test passes."
+
+
+def test_grounding_requires_the_named_path():
+    assert grounded(FIX, [ToolCall("file_read", {"path": "src/lib.rs"})]) is True
+    assert grounded(FIX, [ToolCall("file_read", {"path": "./src/lib.rs"})]) is True
+    assert grounded(FIX, [ToolCall("shell", {"command": "cat src/lib.rs"})]) is True
+    # a call, even a valid one, on another file is not grounded
+    assert grounded(FIX, [ToolCall("file_read", {"path": "src/main.rs"})]) is False
+    assert grounded(FIX, [ToolCall("shell", {"command": "ls"})]) is False
+    # the reference's failure: a recording path that ends in the right name is not the workspace file
+    assert grounded(FIX, [ToolCall("file_read", {"path": "/tmp/fix-teacher.Ab12Cd/src/lib.rs"})]) is False
+    # an invalid call (wrong field name) does not ground the task even if it names the file elsewhere
+    assert grounded(FIX, [ToolCall("file_read", {"file_path": "src/lib.rs"})]) is False
+    assert grounded(FIX, [ToolCall("read_file", {"path": "src/lib.rs"})]) is False
+    assert grounded(FIX, []) is False
+    # a bare file name in the task is named by a call on a path ending in it
+    assert grounded("Fix the bug in lib.rs.", [ToolCall("file_read", {"path": "src/lib.rs"})]) is True
+    assert grounded("Fix the bug in lib.rs.", [ToolCall("file_read", {"path": "/tmp/fix-teacher.X/lib.rs"})]) is False
+    # a task naming no path cannot be grounded or ungrounded
+    assert grounded("Write a function that returns the median of a list.",
+                    [ToolCall("file_read", {"path": "src/lib.rs"})]) is None
+
+
+def test_absolute_paths_are_flagged():
+    rec = trace_record("t1", FIX, call("shell", command="ls /tmp/fix-teacher.Ab12Cd/src 2>/dev/null"))
+    assert rec["absolute_path_flag"] is True
+    assert rec["absolute_paths"] == ["/tmp/fix-teacher.Ab12Cd/src"]  # /dev/null is not a workspace escape
+    rec = trace_record("t2", FIX, call("file_read", path="~/notes.txt"))
+    assert rec["absolute_path_flag"] is True
+    rec = trace_record("t3", FIX, call("file_read", path="src/lib.rs"))
+    assert rec["absolute_path_flag"] is False and rec["absolute_paths"] == []
+    summary = summarise([trace_record("a", FIX, call("file_read", path="/tmp/x/src/lib.rs")),
+                         trace_record("b", FIX, call("file_read", path="src/lib.rs"))])
+    assert summary["absolute_path_calls"] == 1 and summary["tasks_with_absolute_path"] == 1
+    assert summary["tasks_grounded"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsing outputs into the trace: calls by the apr-code rules, validity by the tool schemas
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_trace_counts_valid_calls_by_schema():
+    outputs = {
+        "prose": "```rust\nfn main() {}\n```\nThis fixes it.",
+        "valid": call("file_read", path="src/lib.rs"),
+        "wrong_field": call("file_read", file_path="src/lib.rs"),  # parses, but apr-code's file_read needs `path`
+        "unknown_tool": call("read_file", path="src/lib.rs"),
+        "two_calls": call("file_read", path="src/lib.rs") + "\n" + call("shell", command="cargo test"),
+        "unclosed": '<tool_call>\n{"name": "shell", "input": {"command": "cargo test"}}',
+        "bad_json": "<tool_call>\n{name: shell}\n</tool_call>",
+    }
+    records = {k: trace_record(k, FIX, v) for k, v in outputs.items()}
+    assert records["prose"]["tool_calls"] == [] and records["prose"]["tool_use_count"] == 0
+    assert records["valid"]["valid"] == [True]
+    assert records["wrong_field"]["valid"] == [False] and records["wrong_field"]["errors"][0]
+    assert records["unknown_tool"]["valid"] == [False]
+    assert records["two_calls"]["tool_use_count"] == 2 and records["two_calls"]["valid"] == [True, True]
+    assert records["unclosed"]["tool_calls"] == [{"name": "shell", "input": {"command": "cargo test"}, "closed": False}]
+    assert records["unclosed"]["valid"] == [True]
+    assert records["bad_json"]["tool_use_count"] == 0
+    assert records["valid"]["grounded"] is True and records["wrong_field"]["grounded"] is False
+
+    summary = summarise(list(records.values()))
+    assert summary["tasks"] == 7
+    assert summary["tasks_with_call"] == 5
+    assert summary["tasks_with_valid_call"] == 3  # valid, two_calls, unclosed
+    assert summary["valid_rate"] == round(3 / 7, 4)
+    assert summary["total_calls"] == 6 and summary["valid_calls"] == 4
+    assert summary["calls_per_tool"] == {"file_read": 3, "read_file": 1, "shell": 2}
+    assert summary["tasks_naming_path"] == 7 and summary["tasks_grounded"] == 2
+    assert summary["unclosed_calls"] == 1
+
+
+@pytest.mark.helper
+def test_load_prompts_rejects_bad_lines(tmp_path):
+    good = tmp_path / "p.jsonl"
+    good.write_text('{"id": "a", "task": "Fix src/lib.rs"}\n\n{"id": 2, "task": "Add Cargo.toml"}\n')
+    assert load_prompts(good) == [{"id": "a", "task": "Fix src/lib.rs"}, {"id": "2", "task": "Add Cargo.toml"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\n')
+    with pytest.raises(FlipError, match="bad.jsonl:1"):
+        load_prompts(bad)
+    with pytest.raises(FlipError):
+        load_prompts(tmp_path / "missing.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A real greedy evaluation of the bundled base model
+# ---------------------------------------------------------------------------------------------------------------------
+
+HELD_OUT_LIKE = [
+    {"id": "like-fix", "task": "The function `clamp` in src/lib.rs returns the wrong bound when lo > hi; fix it so "
+                               "cargo test passes."},
+    {"id": "like-py", "task": "stats/summary.py: median() crashes on an empty list. Make it return None instead."},
+    {"id": "like-create", "task": "Add a unit test for parse_duration in tests/duration.rs."},
+]
+
+
+def test_base_model_emits_no_tool_call(tmp_path):
+    """The bundled base answers in prose: zero `<tool_call>` blocks in its own output (a few greedy tokens suffice:
+    a call would open the turn), and the trace holds the generated text only, never the prompt."""
+    from harness.cli import main as flip
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in HELD_OUT_LIKE))
+    trace = tmp_path / "base.jsonl"
+    assert flip(["eval", "--model", "smollm2-135m", "--prompts", str(prompts), "--out", str(trace),
+                 "--device", "cpu", "--max-new-tokens", "24"]) == 0
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    summary = json.loads((tmp_path / "base.summary.json").read_text())
+    print("base trace:", [r["output"] for r in records])
+    assert [r["id"] for r in records] == [p["id"] for p in HELD_OUT_LIKE]
+    for record in records:
+        assert record["output"].strip(), "the model generated nothing"
+        assert "<|im_start|>" not in record["output"] and "You are apr-code" not in record["output"]
+        assert 0 < record["new_tokens"] <= 24
+        assert record["tool_use_count"] == 0 and record["tool_calls"] == []
+    assert summary["tasks"] == 3 and summary["tasks_with_call"] == 0 and summary["total_calls"] == 0
+    assert summary["tasks_naming_path"] == 3 and summary["grounded_rate"] == 0.0

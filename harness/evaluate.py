@@ -1,0 +1,394 @@
+"""Greedy tool-call evaluation: does a model act (a valid `<tool_call>`) on held-out tasks, and on the right file?
+
+Each task becomes exactly what the student is trained on for a first step: the contracts' system prompt and the
+exporter's first-step instruction (the task only), rendered with the tokenizer's chat template and a generation
+prompt. Decoding is greedy and bounded, and stops at the end-of-turn token. The raw output is parsed by the apr-code
+runtime's rules (harness.toolcall), so a call counts only when apr-code itself would see it.
+
+Grounding (targets.md §6): the reference's students emitted valid calls on `/tmp/<old fixture>/` paths, so "a valid
+call" alone is not the goal. A task is grounded when one of its valid calls names a workspace-relative path that the
+task text names; calls naming absolute paths (outside any workspace apr-code runs in) are flagged.
+
+torch / transformers / peft are imported inside the functions that need them, so the path helpers stay cheap.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from harness import FlipError
+from harness.atomic import write_text
+from harness.contracts import system_prompt
+from harness.toolcall import ToolCall, call_errors, parse_tool_calls
+
+DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_BATCH_SIZE = 8
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Paths: which workspace paths a task names, which paths a call names
+# ---------------------------------------------------------------------------------------------------------------------
+
+# File extensions a bare name (no slash) must end in to count as a path: "Cargo.toml", "lib.rs", not "e.g." nor
+# "example.com" nor "v1.2". A name with a slash only needs an alphabetic extension or a trailing slash.
+FILE_EXTENSIONS = frozenset(
+    "rs toml lock py pyi md rst txt json jsonl yaml yml cfg ini conf js mjs cjs ts tsx jsx go c h cc cpp hpp cxx java "
+    "kt kts rb sh bash zsh fish ps1 csv tsv html htm css scss sql xml proto gradle swift php pl lua r ex exs erl hs ml "
+    "mli scala clj cs fs vue svelte dart zig nim jl tf env gitignore dockerignore editorconfig ipynb in gguf".split()
+)
+BARE_FILENAMES = frozenset({"Makefile", "Dockerfile", "Justfile", "Rakefile", "Gemfile", "Procfile", "LICENSE",
+                            "README", "CHANGELOG", "CODEOWNERS"})
+# A URL is removed before paths are looked for: its "host/dir/file.html" is not a workspace path.
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+|\bwww\.\S+")
+# Path-shaped tokens: word characters, dots, dashes, slashes, tildes. Quotes, backticks, "=", ":" and spaces end one,
+# which also splits `--manifest-path=Cargo.toml` and `tests/test_x.py::test_y` in shell commands.
+_TOKEN = re.compile(r"[\w.~/-]+")
+_EXTENSION = re.compile(r"\.([A-Za-z][A-Za-z0-9]{0,9})$")
+# Paths that are outside the workspace but harmless in a shell command (redirections).
+_HARMLESS_ABSOLUTE = frozenset({"/dev/null", "/dev/stdout", "/dev/stderr"})
+
+
+def normalise_path(path: str) -> str:
+    """`./src//lib.rs` -> `src/lib.rs`; `src/` -> `src`; absolute paths keep their leading `/`."""
+    path = path.strip().strip("'\"`")
+    if not path:
+        return ""
+    normal = posixpath.normpath(path)
+    return "" if normal == "." else normal
+
+
+def is_absolute(path: str) -> bool:
+    """Outside the workspace: apr-code paths are relative to the project directory, so `/x` and `~/x` are not in it."""
+    return path.startswith(("/", "~"))
+
+
+def _looks_like_path(token: str) -> bool:
+    token = token.rstrip(".-")  # sentence punctuation: "Fix src/lib.rs."
+    if not token or is_absolute(token) or not re.search(r"[A-Za-z]", token):
+        return False  # no letter at all: "1.2.3", "3/4"
+    if token.startswith("./"):
+        return len(token) > 2
+    name = token.rstrip("/").rsplit("/", 1)[-1]
+    if "/" in token.strip("/"):
+        # "src/lib.rs", "src/bin/", "stats/summary.py"; but "and/or" or "read/write" has neither marker
+        return token.endswith("/") or bool(_EXTENSION.search(name))
+    if name in BARE_FILENAMES:
+        return True
+    match = _EXTENSION.search(name)
+    return bool(match) and match.group(1).lower() in FILE_EXTENSIONS and len(name) > len(match.group(0))
+
+
+def task_paths(task: str) -> list[str]:
+    """The workspace-relative paths a task's text names, normalised, in order of first mention."""
+    text = _URL.sub(" ", task)
+    found: list[str] = []
+    for token in _TOKEN.findall(text):
+        if _looks_like_path(token):
+            path = normalise_path(token.rstrip(".-"))
+            if path and path not in found:
+                found.append(path)
+    return found
+
+
+def call_path_fields(call: ToolCall) -> list[str]:
+    """The raw path-bearing texts of a call: `path` of file_* / grep / glob, a literal glob pattern, a shell command."""
+    tool_input = call.input if isinstance(call.input, dict) else {}
+    values: list = []
+    if call.name.startswith("file_") or call.name in ("grep", "glob"):
+        values.append(tool_input.get("path"))
+    if call.name == "glob":
+        pattern = tool_input.get("pattern")
+        if isinstance(pattern, str) and not any(ch in pattern for ch in "*?[{"):
+            values.append(pattern)  # a pattern without wildcards names exactly one path
+    if call.name == "shell":
+        values.append(tool_input.get("command"))
+    return [v for v in values if isinstance(v, str) and v.strip()]
+
+
+def call_paths(call: ToolCall) -> list[str]:
+    """Every normalised path a call names (a shell command is split into path-shaped tokens)."""
+    paths: list[str] = []
+    for value in call_path_fields(call):
+        tokens = _TOKEN.findall(value) if call.name == "shell" else [value]
+        for token in tokens:
+            path = normalise_path(token)
+            if path and path not in paths:
+                paths.append(path)
+    return paths
+
+
+def names_path(call: ToolCall, wanted: str) -> bool:
+    """Whether the call names the workspace path `wanted` (relative paths only: an absolute recording path that
+    happens to end in `/src/lib.rs` is not the workspace's src/lib.rs). A bare file name in the task ("lib.rs")
+    is also named by a call on `src/lib.rs`."""
+    for path in call_paths(call):
+        if is_absolute(path):
+            continue
+        if path == wanted or ("/" not in wanted and path.endswith("/" + wanted)):
+            return True
+    return False
+
+
+def absolute_paths(call: ToolCall) -> list[str]:
+    """The absolute paths (outside the workspace) that a call names; /dev/null and friends excepted."""
+    return [p for p in call_paths(call) if is_absolute(p) and p not in _HARMLESS_ABSOLUTE]
+
+
+def grounded(task: str, calls: list[ToolCall]) -> bool | None:
+    """True when a valid call names a path the task names; None when the task names no path (not measurable)."""
+    wanted = task_paths(task)
+    if not wanted:
+        return None
+    return any(not call_errors(call) and names_path(call, path) for call in calls for path in wanted)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One task's trace line, and the summary over all of them
+# ---------------------------------------------------------------------------------------------------------------------
+
+def trace_record(task_id: str, task: str, output: str, **extra) -> dict:
+    """Everything measured about one generated output, as one JSON-serialisable trace line."""
+    calls = parse_tool_calls(output)
+    errors = [call_errors(call) for call in calls]
+    abs_paths = sorted({p for call in calls for p in absolute_paths(call)})
+    return {
+        "id": task_id,
+        "task": task,
+        "output": output,
+        "tool_calls": [{"name": c.name, "input": c.input, "closed": c.closed} for c in calls],
+        "valid": [not e for e in errors],
+        "errors": errors,
+        "tool_use_count": len(calls),
+        "task_paths": task_paths(task),
+        "grounded": grounded(task, calls),
+        "absolute_paths": abs_paths,
+        "absolute_path_flag": bool(abs_paths),
+        **extra,
+    }
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def summarise(records: list[dict]) -> dict:
+    tasks = len(records)
+    with_call = sum(1 for r in records if r["tool_use_count"] > 0)
+    with_valid = sum(1 for r in records if any(r["valid"]))
+    naming = [r for r in records if r["grounded"] is not None]
+    grounded_n = sum(1 for r in naming if r["grounded"])
+    calls = [c for r in records for c in r["tool_calls"]]
+    valid_calls = sum(sum(r["valid"]) for r in records)
+    return {
+        "tasks": tasks,
+        "tasks_with_call": with_call,
+        "tasks_with_valid_call": with_valid,
+        "valid_rate": _rate(with_valid, tasks),  # tasks with >= 1 valid call / tasks
+        "tasks_naming_path": len(naming),
+        "tasks_grounded": grounded_n,
+        "grounded_rate": _rate(grounded_n, len(naming)),  # over the tasks that name a path
+        "total_calls": len(calls),
+        "valid_calls": valid_calls,
+        "valid_call_rate": _rate(valid_calls, len(calls)),  # valid calls / calls
+        "calls_per_tool": dict(sorted(Counter(c["name"] for c in calls).items())),
+        "absolute_path_calls": sum(1 for r in records for c in r["tool_calls"]
+                                   if absolute_paths(ToolCall(c["name"], c["input"]))),
+        "tasks_with_absolute_path": sum(1 for r in records if r["absolute_path_flag"]),
+        "unclosed_calls": sum(1 for c in calls if not c["closed"]),
+        "hit_token_limit": sum(1 for r in records if r.get("hit_token_limit")),
+    }
+
+
+def format_summary(summary: dict, label: str = "") -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.0f}%"
+
+    head = f"{label}: " if label else ""
+    return (
+        f"{head}{summary['tasks']} tasks: {summary['tasks_with_call']} with a call, "
+        f"{summary['tasks_with_valid_call']} with a valid call ({pct(summary['valid_rate'])}); "
+        f"grounded {summary['tasks_grounded']}/{summary['tasks_naming_path']} naming a path "
+        f"({pct(summary['grounded_rate'])}); {summary['total_calls']} calls {summary['calls_per_tool']}; "
+        f"absolute-path calls {summary['absolute_path_calls']}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------------------------------
+
+def load_prompts(path: str | os.PathLike) -> list[dict]:
+    """`{"id", "task"}` per line; blank lines skipped; a bad line is a FlipError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlipError(f"prompts file {path} not found")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as err:
+            raise FlipError(f"{path}:{number}: not JSON ({err})") from err
+        if not isinstance(obj, dict) or not isinstance(obj.get("task"), str) or not obj["task"].strip():
+            raise FlipError(f"{path}:{number}: expected {{\"id\", \"task\"}} with a non-empty task")
+        prompts.append({"id": str(obj.get("id", number)), "task": obj["task"]})
+    if not prompts:
+        raise FlipError(f"{path}: no prompts")
+    return prompts
+
+
+def first_step_instruction(task: str) -> str:
+    """The exporter's first-step instruction (the task, no observations yet): what the student was trained on."""
+    from harness.export import render_instruction
+
+    return render_instruction(task)
+
+
+def chat_messages(task: str) -> list[dict]:
+    return [{"role": "system", "content": system_prompt()},
+            {"role": "user", "content": first_step_instruction(task)}]
+
+
+def render_prompt(tokenizer, task: str) -> str:
+    return tokenizer.apply_chat_template(chat_messages(task), tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------------------------
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """End of turn: ChatML's `<|im_end|>` where the vocabulary has it, and the tokenizer's eos."""
+    ids = []
+    for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+            ids.append(token_id)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:
+    """Greedy completions of chat-rendered prompts, `batch_size` at a time with left padding (so every row's
+    generation starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text."""
+    import torch
+
+    stops = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    device = next(model.parameters()).device
+    saved_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for start in range(0, len(texts), max(1, batch_size)):
+            chunk = texts[start:start + batch_size]
+            # the chat template already holds every special token; add_special_tokens would add a BOS twice
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.inference_mode():
+                out = model.generate(
+                    **enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
+                    use_cache=True,  # a trainer may have switched the cache off for gradient checkpointing
+                    temperature=None, top_p=None, top_k=None,  # the model's sampling defaults would only warn
+                )
+            for row in out[:, enc["input_ids"].shape[1]:].tolist():
+                ended = [i for i, t in enumerate(row) if t in stops]
+                body = row[: ended[0]] if ended else [t for t in row if t != pad_id]
+                results.append({
+                    "output": tokenizer.decode(body, skip_special_tokens=True),
+                    "new_tokens": len(body) + (1 if ended else 0),
+                    "hit_token_limit": not ended,
+                })
+    finally:
+        tokenizer.padding_side = saved_side
+        if was_training:
+            model.train()
+    return results
+
+
+def evaluate_loaded(model, tokenizer, prompts: list[dict], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[dict], dict]:
+    """Evaluate an already-loaded (model, tokenizer): (trace records, summary). Used by `flip run` from the trainer's
+    on_eval callback, so steps-to-flip is measured on the training model without a reload."""
+    start = time.perf_counter()
+    texts = [render_prompt(tokenizer, p["task"]) for p in prompts]
+    generated = generate(model, tokenizer, texts, max_new_tokens, batch_size)
+    records = [trace_record(p["id"], p["task"], g.pop("output"), **g) for p, g in zip(prompts, generated)]
+    summary = summarise(records)
+    summary["max_new_tokens"] = max_new_tokens
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return records, summary
+
+
+def load_for_eval(model: str, adapter: str | os.PathLike | None = None, device: str = "auto"):
+    """(model, tokenizer), with a peft adapter applied on top when one is given."""
+    from harness.models import load_model
+
+    loaded, tokenizer = load_model(model, device)
+    if adapter is not None:
+        adapter = Path(adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise FlipError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, str(adapter)).eval()
+    return loaded, tokenizer
+
+
+def write_trace(records: list[dict], summary: dict, out: str | os.PathLike) -> Path:
+    """TRACE.jsonl and TRACE.summary.json beside it, both written atomically; returns the summary path."""
+    out = Path(out)
+    write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    summary_path = summary_file(out)
+    write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    return summary_path
+
+
+def summary_file(trace: str | os.PathLike) -> Path:
+    trace = Path(trace)
+    stem = trace.name[: -len(".jsonl")] if trace.name.endswith(".jsonl") else trace.name
+    return trace.with_name(stem + ".summary.json")
+
+
+def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.PathLike,
+             adapter: str | os.PathLike | None = None, device: str = "auto",
+             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
+             label: str | None = None) -> dict:
+    """Load a model (+ adapter), evaluate it on the prompts, write the trace and its summary; returns the summary."""
+    prompt_list = load_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
+    loaded, tokenizer = load_for_eval(model, adapter, device)
+    records, summary = evaluate_loaded(loaded, tokenizer, prompt_list, max_new_tokens, batch_size)
+    summary = {"model": str(model), "adapter": str(adapter) if adapter else None, **summary}
+    write_trace(records, summary, out)
+    print(format_summary(summary, label or str(model)), file=sys.stderr)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="smollm2-135m, a local HF directory, or a .gguf file")
+    parser.add_argument("--adapter", help="a peft adapter directory to apply on top of --model")
+    parser.add_argument("--prompts", required=True, help='JSONL, one {"id", "task"} per line')
+    parser.add_argument("--out", required=True, help="trace JSONL (a .summary.json is written beside it)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, mps")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per generate() call")
+
+
+def main(args) -> int:
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise FlipError("--max-new-tokens and --batch-size must be >= 1")
+    evaluate(args.model, args.prompts, args.out, adapter=args.adapter, device=args.device,
+             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    return 0
