@@ -17,7 +17,7 @@ from harness.tokens import counter
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS_BYTES = 20 * 1024 * 1024
-pytestmark = pytest.mark.bench
+pytestmark = [pytest.mark.bench, pytest.mark.helper]
 
 
 def make_corpus(directory: Path, target_bytes: int, seed: int) -> int:

@@ -354,6 +354,7 @@ def test_real_transcripts_export_with_exact_counts(real_transcripts, tmp_path):
 
 # --------------------------------------------------------------------------------------- committed datasets
 
+@pytest.mark.helper
 def test_fixtures_reproduce_the_committed_datasets(tmp_path):
     committed = ROOT / "datasets"
     fixtures = ROOT / "fixtures" / "transcripts"

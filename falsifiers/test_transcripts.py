@@ -83,6 +83,8 @@ def test_split_message_parallel_calls_and_interleaved_results_pair_by_id(tmp_pat
          **env, "uuid": "7"},
         {"type": "assistant", "message": {"id": "m1", "content": [
             {"type": "tool_use", "id": "A", "name": "Read", "input": {"file_path": "/w/a"}}]}, **env, "uuid": "2"},
+        {"type": "assistant", "message": {"id": "m1", "content": [
+            {"type": "tool_use", "id": "B", "name": "Glob", "input": {"pattern": "*"}}]}, **env, "uuid": "2b"},
     ))
     stats = LineStats()
     read = read_file(path, stats)
