@@ -45,6 +45,7 @@ def test_merged_matches_peft(tiny, tmp_path, arch):
     assert report["merged"] == N_LAYERS * len(TARGETS) and report["total"] > report["merged"]
     assert report["max_abs_delta"] > 0
     diff = (_merged_logits(tmp_path / "merged", ids) - peft_logits(base, adapter, ids)).abs().max().item()
+    print(f"{arch}: merged HF vs peft max |logit diff| {diff:.3g}")
     assert diff < 1e-4, f"merged differs from peft by {diff}"
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
         assert (tmp_path / "merged" / name).is_file(), name
@@ -59,6 +60,7 @@ def test_merged_gguf_matches_merged_hf(tiny, tmp_path, arch):
     report = merge.merge(base, adapter, tmp_path / "merged")
     assert report["paths"]["gguf"] == str(tmp_path / "merged.gguf")
     diff = (gguf_logits(tmp_path / "merged.gguf", ids) - _merged_logits(tmp_path / "merged", ids)).abs().max().item()
+    print(f"{arch}: merged.gguf vs merged HF max |logit diff| {diff:.3g}")
     assert diff < 1e-4, f"merged.gguf differs from the merged HF model by {diff}"
 
 
@@ -123,8 +125,10 @@ def test_real_model_merge(tmp_path):
     assert report["merged"] == report["gguf_merged"] == 30 * 4
     merged = _merged_logits(tmp_path / "merged", ids, torch.float64)
     diff = (merged - expected).abs().max().item()
+    print(f"smollm2-135m: merged HF vs peft (float64 forward) max |logit diff| {diff:.3g}")
     assert diff < 1e-4, f"merged SmolLM2 differs from peft by {diff}"
     gguf_diff = (gguf_logits(tmp_path / "merged.gguf", ids, torch.float64) - merged).abs().max().item()
+    print(f"smollm2-135m: merged.gguf vs merged HF max |logit diff| {gguf_diff:.3g}")
     assert gguf_diff < 1e-4, f"merged.gguf differs from the merged HF model by {gguf_diff}"
     shutil.rmtree(tmp_path)
 

@@ -171,13 +171,14 @@ def test_apr_names_shapes_and_metadata(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_gguf_adapter_satisfies_llama_cpp_loader(tiny, tmp_path, arch):
+def test_gguf_adapter_satisfies_llama_cpp_loader(tiny, tmp_path, monkeypatch, arch):
     """The --gguf adapter passes llama.cpp's loader rules (llama-adapter.cpp) against the base GGUF: general.type
     adapter, adapter.type lora, adapter.lora.alpha float32, general.architecture equal to the base's; names end in
     .lora_a / .lora_b; pairs complete; the base tensor exists; a.ne[0] == base.ne[0], b.ne[1] == base.ne[1],
     a.ne[1] == b.ne[0] == rank."""
     import gguf
 
+    monkeypatch.setenv("FLIP_CACHE", str(tmp_path / "cache"))  # the GGUF base's cached HF conversion
     base, adapter = tiny[arch]
     base_gguf = tmp_path / "base.gguf"
     merge.export_gguf(base, base_gguf)
@@ -232,6 +233,7 @@ def test_gguf_layout_adapter_matches_peft(tiny, tmp_path, monkeypatch):
     save_file(renamed, str(tmp_path / "renamed.safetensors"), metadata=metadata)
     merge.merge(base_gguf, tmp_path / "renamed.safetensors", tmp_path / "bad", gguf_file=tmp_path / "bad.gguf")
     bad = (gguf_logits(tmp_path / "bad.gguf", ids) - expected).abs().max().item()
+    print(f"GGUF-layout merge vs peft {good:.3g}; plain rename vs peft {bad:.3g}")
     assert bad > 1e-2, f"a plain rename should be visibly wrong, differs by only {bad}"
 
 

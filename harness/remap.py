@@ -37,15 +37,14 @@ META_RANK, META_ALPHA = "lora_rank", "lora_alpha"
 # ---------------------------------------------------------------------------------------------------------------------
 
 def base_config(base):
-    """The base's transformers config. For a GGUF it is read from the GGUF metadata (no dequantization)."""
+    """The base's transformers config, from its HF directory. A GGUF base goes through harness.models' cached conversion:
+    reading the config straight from the GGUF parses all of its metadata (~50k tokenizer strings, ~10 s) on every call,
+    the cached config.json is read in milliseconds, and train / merge need that conversion anyway."""
     from transformers import AutoConfig
 
-    from harness.models import resolve
+    from harness.models import hf_directory
 
-    ref = resolve(base)
-    if ref.gguf_file is not None:
-        return AutoConfig.from_pretrained(ref.directory, gguf_file=ref.gguf_file.name)
-    return AutoConfig.from_pretrained(ref.path)
+    return AutoConfig.from_pretrained(hf_directory(base))
 
 
 def gguf_arch(model_type: str):
