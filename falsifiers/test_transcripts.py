@@ -32,10 +32,15 @@ def test_format_is_detected_from_content_not_name(tmp_path):
     session.write_bytes(_lines({"type": "summary", "summary": "x", "leafUuid": "y"},
                                {"type": "user", "parentUuid": None, "isSidechain": False, "sessionId": "s",
                                 "cwd": "/w", "uuid": "a", "message": {"role": "user", "content": "hi"}}))
+    resumed = tmp_path / "unknown-event-first.jsonl"  # a snake_case unknown event before the session records
+    resumed.write_bytes(_lines({"type": "brand_new_event", "session_id": "s"},
+                               {"type": "user", "parentUuid": None, "isSidechain": False, "sessionId": "s",
+                                "cwd": "/w", "uuid": "a", "message": {"role": "user", "content": "hi"}}))
     other = tmp_path / "package-lock.json"
     other.write_bytes(_lines({"name": "x", "version": "1"}))
     assert detect_format(stream) == STREAM_JSON
     assert detect_format(session) == SESSION
+    assert detect_format(resumed) == SESSION
     assert detect_format(other) is None
     assert read_file(other, LineStats()) is None
 

@@ -130,24 +130,29 @@ def _without_lone_surrogates(value):
 # ------------------------------------------------------------------------------------------- format detection
 
 def _record_format(record: dict) -> str | None:
+    """The format a record proves (strong markers only): a bare `session_id` is not proof, since unknown event
+    types of any release may carry it."""
     if "parentUuid" in record or "isSidechain" in record or "sessionId" in record:
         return SESSION
     if record.get("type") in ("summary", "file-history-snapshot", "queue-operation"):
         return SESSION
-    if "session_id" in record or "parent_tool_use_id" in record:
-        return STREAM_JSON
-    if record.get("type") in ("stream_event", "result") or record.get("subtype") == "init":
+    if "parent_tool_use_id" in record or record.get("type") in ("stream_event", "result", "assistant", "user"):
+        return STREAM_JSON  # an assistant/user line without parentUuid/sessionId is the headless envelope
+    if record.get("type") == "system" and record.get("subtype") == "init" and "session_id" in record:
         return STREAM_JSON
     return None
 
 
 def detect_format(path: Path) -> str | None:
     """STREAM_JSON, SESSION, or None when the file is neither (it is then reported and skipped)."""
+    weak = None
     for record in iter_records(path, limit=_DETECT_LINES):
         found = _record_format(record)
         if found:
             return found
-    return None
+        if weak is None and "session_id" in record and isinstance(record.get("type"), str):
+            weak = STREAM_JSON  # only snake_case envelopes (hooks, unknown events) seen so far
+    return weak
 
 
 # ----------------------------------------------------------------------------------------------- shared bits
