@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 OUT ?= runs/flip
 
-.PHONY: setup flip test bench mutation clean
+.PHONY: setup flip test verify bench mutation clean
 
 setup: $(VENV)/.setup-done
 
@@ -23,13 +23,19 @@ flip: setup
 	$(VENV)/bin/flip run --out $(OUT)
 
 test: setup
-	$(PY) -m pytest -m "not gpu and not bench" --junitxml=junit.xml $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not gpu and not bench and not mutation" --junitxml=junit.xml $(PYTEST_ARGS)
+
+# Mutation verification: every mutant declared in contracts/*.yaml must make its falsifier fail (CI runs it too).
+verify: setup
+	$(PY) -m pytest -m mutation --junitxml=junit-mutation.xml $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m pytest -m bench --benchmark-only --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
 
+# Whole-package mutation testing with mutmut; MUTANTS narrows it, e.g. MUTANTS='harness.remap*'.
+MUTANTS ?=
 mutation: setup
-	$(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
+	$(VENV)/bin/mutmut run $(MUTANTS) && $(PY) -m falsifiers.mutation mutmut-report
 
 clean:
 	rm -rf runs mutants .pytest_cache .hypothesis .benchmarks junit.xml

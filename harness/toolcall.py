@@ -28,6 +28,9 @@ class ToolCall:
 def render_tool_call(name: str, tool_input: dict) -> str:
     """One literal block, `name` first (the reference put `input` first and students learned the wrong order)."""
     body = json.dumps({"name": name, "input": tool_input}, ensure_ascii=False)
+    # A literal `</tool_call>` inside a string (a file that mentions the tag) would end the block early for the
+    # runtime's scanner; `<\/` is the same JSON string, and the scanner does not see it.
+    body = body.replace(CLOSE, "<\\/" + CLOSE[2:])
     return f"{OPEN}\n{body}\n{CLOSE}"
 
 
