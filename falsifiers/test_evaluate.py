@@ -86,6 +86,8 @@ def test_grounding_requires_the_named_path():
     # an invalid call (wrong field name) does not ground the task even if it names the file elsewhere
     assert grounded(FIX, [ToolCall("file_read", {"file_path": "src/lib.rs"})]) is False
     assert grounded(FIX, [ToolCall("read_file", {"path": "src/lib.rs"})]) is False
+    assert grounded(FIX, [ToolCall("file_edit", {"path": "src/lib.rs"})]) is False  # names it; misses old/new
+    assert grounded(FIX, [ToolCall("file_read", {"path": "src/lib.rs", "line": 3})]) is False  # unknown field
     assert grounded(FIX, []) is False
     # a bare file name in the task is named by a call on a path ending in it
     assert grounded("Fix the bug in lib.rs.", [ToolCall("file_read", {"path": "src/lib.rs"})]) is True
