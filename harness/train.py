@@ -551,7 +551,8 @@ def train(config: TrainConfig, on_eval=None) -> dict:
             tokens_total += n_tokens
             targets_total += n_target
             done = step + 1
-            row = {"step": done, "loss": loss, "tokens_per_s": n_tokens / seconds, "lr": scheduler.get_last_lr()[0]}
+            row = {"step": done, "loss": loss, "tokens": int(n_tokens), "tokens_per_s": n_tokens / seconds,
+                   "lr": scheduler.get_last_lr()[0]}
             last_loss = loss
             if config.save_every and done % config.save_every == 0 and done < steps:
                 if dist.main:
