@@ -1,0 +1,374 @@
+"""`flip run` (what `make flip` runs): the whole pipeline on the fixtures, and the flip report.
+
+    export fixtures/transcripts -> DIR/datasets/          (every mode; the default trains on one)
+    train the bundled base      -> DIR/adapter/           (steps-to-flip measured on the held-out tasks as it trains)
+    remap                       -> DIR/adapter_remapped.safetensors + DIR/adapter.gguf
+    merge                       -> DIR/merged/ + DIR/merged.gguf
+    evaluate base and student   -> DIR/traces/{base,student}.jsonl (+ .summary.json)
+    report                      -> DIR/report.json + DIR/report.md
+
+The held-out tasks are only ever evaluated, never trained on: the run refuses a dataset that contains one.
+The goal is checked, not assumed: the report states each floor with the measured number beside it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness import FlipError
+from harness.atomic import write_text
+from harness.contracts import ROOT
+
+# Defaults sized for a 2-core CPU (`make flip` in <= 10 minutes): the curated set is first actions only, which is
+# exactly the first-step prompt the evaluation asks for; its samples are short (task + system prompt), so a step is
+# about a second. lr 1e-3 instead of the reference 2e-4: at 2e-4 a 135M model needs several times more steps to
+# leave prose (targets.md §6 measured the flip at lr 1e-3).
+DEFAULT_BASE = "smollm2-135m"
+DEFAULT_MODE = "curated"
+DEFAULT_STEPS = 60
+DEFAULT_LR = 1e-3
+DEFAULT_EVAL_EVERY = 10
+FLIP_THRESHOLD = 0.9  # steps-to-flip: the first eval step with >= 90% of held-out tasks holding a valid call
+GOALS = {"base_tasks_with_call": 0, "student_valid_rate": 0.9, "student_grounded_rate": 0.7}
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    base: str = DEFAULT_BASE
+    data: Path | None = None  # an existing SFT jsonl instead of exporting
+    transcripts: Path = ROOT / "fixtures" / "transcripts"
+    holdout: Path = ROOT / "fixtures" / "holdout" / "tasks.jsonl"
+    mode: str = DEFAULT_MODE
+    steps: int = DEFAULT_STEPS
+    lr: float = DEFAULT_LR
+    rank: int = 16
+    alpha: int = 32
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    batch_size: int = 1
+    grad_accum: int = 1
+    seed: int = 42
+    max_length: int = 1024
+    eval_every: int | None = DEFAULT_EVAL_EVERY  # None: no progress evals, so no steps-to-flip
+    max_new_tokens: int = 128
+    # Progress evals during training decode fewer tokens: greedy decoding is prefix-stable, so a call that opens and
+    # closes within them is the same call the full eval sees; a base-like model's prose would otherwise cost the
+    # full budget at every eval.
+    progress_tokens: int = 64
+    eval_batch_size: int = 8
+    device: str = "auto"
+    merge: bool = True  # the student is the merged model; without merge it is base + adapter
+    timings: dict = field(default_factory=dict)  # wall seconds per phase
+    cpu_times: dict = field(default_factory=dict)  # CPU seconds per phase (all threads of this process)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.transcripts, self.holdout = Path(self.transcripts), Path(self.holdout)
+        self.data = Path(self.data) if self.data is not None else None
+        self.targets = tuple(self.targets)
+        if self.steps < 1:
+            raise FlipError("--steps must be at least 1")
+
+
+@contextmanager
+def phase(options: RunOptions, name: str):
+    """Times one phase into options.timings and says on stderr what is running."""
+    print(f"flip run: {name} ...", file=sys.stderr, flush=True)
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        options.timings[name] = round(time.perf_counter() - start, 1)
+        # CPU seconds too: on a shared machine wall time measures the neighbours as much as this run
+        options.cpu_times[name] = round(time.process_time() - cpu, 1)
+        print(f"flip run: {name} done in {options.timings[name]:.1f} s", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Phases
+# ---------------------------------------------------------------------------------------------------------------------
+
+def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
+    """(the training jsonl, export stats or None when --data was given)."""
+    if options.data is not None:
+        if not options.data.is_file():
+            raise FlipError(f"--data {options.data} not found")
+        return options.data, None
+    from harness.export import ExportOptions, export
+
+    out = options.out / "datasets"
+    stats = export([options.transcripts], out, ExportOptions(mode="all", max_tokens=options.max_length,
+                                                              seed=options.seed, progress=False))
+    data = out / f"apr_code_sft_{options.mode}.jsonl"
+    if not data.is_file():
+        raise FlipError(f"the export wrote no {data.name} (modes: curated, balanced, full)")
+    return data, stats
+
+
+def check_no_leak(data: Path, prompts: list[dict]) -> int:
+    """Refuse to train on a held-out task: no instruction may contain a held-out task's text. Returns samples read."""
+    tasks = {p["task"].strip(): p["id"] for p in prompts}
+    count = 0
+    with open(data, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            count += 1
+            instruction = json.loads(line).get("instruction", "")
+            for task, task_id in tasks.items():
+                if task in instruction:
+                    raise FlipError(f"{data}:{number} contains held-out task {task_id!r}: never train on the eval set")
+    return count
+
+
+def flip_step(progress: list[dict], threshold: float = FLIP_THRESHOLD) -> int | None:
+    """The first eval step at which the student held a valid call on >= threshold of the held-out tasks."""
+    return next((row["step"] for row in progress if (row["valid_rate"] or 0) >= threshold), None)
+
+
+def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[dict, list[dict]]:
+    """Train into DIR/adapter, evaluating the held-out tasks on the training model every eval_every steps."""
+    from harness.evaluate import evaluate_loaded
+    from harness.train import TrainConfig, train
+
+    adapter = options.out / "adapter"
+    # A fresh run: the trainer would resume a matching checkpoint, and a resumed run skips the progress evals that
+    # steps-to-flip is read from.
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    progress: list[dict] = []
+
+    def on_eval(step, model, tokenizer):
+        _, summary = evaluate_loaded(model, tokenizer, prompts, options.progress_tokens, options.eval_batch_size)
+        row = {"step": step, **{k: summary[k] for k in ("tasks_with_call", "tasks_with_valid_call", "valid_rate",
+                                                          "tasks_grounded", "grounded_rate", "seconds")}}
+        progress.append(row)
+        print(f"flip run: step {step}: {row['tasks_with_valid_call']}/{summary['tasks']} tasks with a valid call, "
+              f"grounded {row['tasks_grounded']}/{summary['tasks_naming_path']} ({row['seconds']:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    config = TrainConfig(data=data, base=options.base, out=adapter, rank=options.rank, alpha=options.alpha,
+                         targets=options.targets, lr=options.lr, max_steps=options.steps,
+                         batch_size=options.batch_size, grad_accum=options.grad_accum, seed=options.seed,
+                         max_length=options.max_length, device=options.device, eval_every=options.eval_every,
+                         save_every=None)
+    # Without progress evals the trainer's end-of-training call is skipped too: the final eval measures the student.
+    summary = train(config, on_eval=on_eval if options.eval_every else None)
+    write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in progress))
+    return summary, progress
+
+
+def remap_phase(options: RunOptions) -> dict:
+    from harness.remap import remap_to_apr
+
+    return remap_to_apr(options.out / "adapter", options.out / "adapter_remapped.safetensors",
+                        gguf_file=options.out / "adapter.gguf", base=options.base)
+
+
+def merge_phase(options: RunOptions) -> dict:
+    from harness.merge import merge
+
+    return merge(options.base, options.out / "adapter", options.out / "merged",
+                 gguf_file=options.out / "merged.gguf")
+
+
+def eval_phase(options: RunOptions, prompts: list[dict]) -> dict:
+    """Base and student on the held-out tasks, with the same prompts, decoding and token budget."""
+    from harness.evaluate import evaluate
+
+    traces = options.out / "traces"
+    common = dict(device=options.device, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size)
+    base = evaluate(options.base, prompts, traces / "base.jsonl", label="base", **common)
+    if options.merge:
+        student = evaluate(str(options.out / "merged"), prompts, traces / "student.jsonl", label="student", **common)
+    else:
+        student = evaluate(options.base, prompts, traces / "student.jsonl", adapter=options.out / "adapter",
+                           label="student", **common)
+    return {"base": base, "student": student}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------------------------------
+
+def goals(base: dict, student: dict) -> dict:
+    """Each floor with its measured value; `met` only when every one holds."""
+    rows = {
+        "base_tasks_with_call": {"floor": "== 0", "value": base["tasks_with_call"],
+                                 "met": base["tasks_with_call"] == GOALS["base_tasks_with_call"]},
+        "student_valid_rate": {"floor": f">= {GOALS['student_valid_rate']}", "value": student["valid_rate"],
+                               "met": (student["valid_rate"] or 0) >= GOALS["student_valid_rate"]},
+        "student_grounded_rate": {"floor": f">= {GOALS['student_grounded_rate']}", "value": student["grounded_rate"],
+                                  "met": (student["grounded_rate"] or 0) >= GOALS["student_grounded_rate"]},
+    }
+    return {"met": all(r["met"] for r in rows.values()), "checks": rows}
+
+
+def build_report(options: RunOptions, data: Path, export_stats, train_summary: dict, progress: list[dict],
+                 artifacts: dict, results: dict) -> dict:
+    base, student = results["base"], results["student"]
+    return {
+        "goal": goals(base, student),
+        "base_model": options.base,
+        "dataset": {"path": str(data), "mode": options.mode if export_stats is not None else None,
+                    "samples": train_summary["samples"],
+                    "export_samples": export_stats.get("samples") if export_stats else None},
+        "held_out": {"path": str(options.holdout), "tasks": base["tasks"]},
+        "base": base,
+        "student": student,
+        "steps_trained": train_summary["steps"],
+        "steps_to_flip": flip_step(progress),
+        "flip_threshold": FLIP_THRESHOLD,
+        "progress": progress,
+        "training": {k: train_summary.get(k) for k in ("final_train_loss", "final_val_loss", "tokens_per_s",
+                                                         "steps_per_s", "device", "config")},
+        "loss_curve": "adapter/loss.png",
+        "artifacts": artifacts,
+        "wall_time_s": dict(options.timings),
+        "cpu_time_s": dict(options.cpu_times),
+    }
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def render_markdown(report: dict) -> str:
+    base, student = report["base"], report["student"]
+    goal = report["goal"]
+    lines = [
+        "# apr-flip: the flip report",
+        "",
+        f"Base `{report['base_model']}`, trained {report['steps_trained']} steps on "
+        f"`{report['dataset']['path']}` ({report['dataset']['samples']['train']} train / "
+        f"{report['dataset']['samples']['val']} val samples), evaluated greedily on "
+        f"{report['held_out']['tasks']} held-out tasks (never trained on).",
+        "",
+        f"**Goal {'met' if goal['met'] else 'NOT met'}.**",
+        "",
+        "| check | floor | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for name, row in goal["checks"].items():
+        value = row["value"] if isinstance(row["value"], int) else _pct(row["value"])
+        lines.append(f"| {name} | {row['floor']} | {value} | {'yes' if row['met'] else 'NO'} |")
+    lines += [
+        "",
+        "| | base | student |",
+        "|---|---|---|",
+        f"| tasks with >= 1 call | {base['tasks_with_call']}/{base['tasks']} | {student['tasks_with_call']}/{student['tasks']} |",
+        f"| tasks with >= 1 valid call | {base['tasks_with_valid_call']} ({_pct(base['valid_rate'])}) | "
+        f"{student['tasks_with_valid_call']} ({_pct(student['valid_rate'])}) |",
+        f"| grounded (of tasks naming a path) | {base['tasks_grounded']}/{base['tasks_naming_path']} "
+        f"({_pct(base['grounded_rate'])}) | {student['tasks_grounded']}/{student['tasks_naming_path']} "
+        f"({_pct(student['grounded_rate'])}) |",
+        f"| valid calls / calls | {_pct(base['valid_call_rate'])} | {_pct(student['valid_call_rate'])} |",
+        f"| calls per tool | {base['calls_per_tool'] or '-'} | {student['calls_per_tool'] or '-'} |",
+        f"| calls naming an absolute path | {base['absolute_path_calls']} | {student['absolute_path_calls']} |",
+        f"| outputs that hit the token limit | {base['hit_token_limit']} | {student['hit_token_limit']} |",
+        "",
+        f"Steps trained: {report['steps_trained']}. Steps to flip (first eval step with a valid call on >= "
+        f"{_pct(report['flip_threshold'])} of held-out tasks): "
+        f"{report['steps_to_flip'] if report['steps_to_flip'] is not None else 'never (within this run)'}.",
+        "",
+    ]
+    if report["progress"]:
+        lines += ["| step | tasks with a valid call | grounded |", "|---|---|---|"]
+        lines += [f"| {r['step']} | {r['tasks_with_valid_call']} ({_pct(r['valid_rate'])}) | "
+                  f"{r['tasks_grounded']} ({_pct(r['grounded_rate'])}) |" for r in report["progress"]]
+        lines.append("")
+    training = report["training"]
+    lines += [
+        f"Final train loss {training['final_train_loss']:.4f}"
+        + (f", val loss {training['final_val_loss']:.4f}" if training["final_val_loss"] is not None else "")
+        + f" on {training['device']}.",
+        "",
+        "![loss curve](adapter/loss.png)",
+        "",
+        "Wall time per phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["wall_time_s"].items()) + "; "
+        "CPU time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["cpu_time_s"].items()) + ".",
+        "",
+        "Traces: `traces/base.jsonl`, `traces/student.jsonl` (one line per task: output, calls, validity, grounding).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------------
+
+def run(options: RunOptions) -> dict:
+    from harness.evaluate import load_prompts
+
+    start, cpu = time.perf_counter(), time.process_time()
+    options.out.mkdir(parents=True, exist_ok=True)
+    prompts = load_prompts(options.holdout)
+    with phase(options, "export"):
+        data, export_stats = export_phase(options)
+        check_no_leak(data, prompts)
+    with phase(options, "train"):
+        train_summary, progress = train_phase(options, data, prompts)
+    artifacts = {"adapter": "adapter/"}
+    with phase(options, "remap"):
+        remap = remap_phase(options)
+        artifacts.update(remapped="adapter_remapped.safetensors", adapter_gguf=Path(remap["gguf"]).name)
+    if options.merge:
+        with phase(options, "merge"):
+            merged = merge_phase(options)
+            artifacts.update(merged="merged/", merged_gguf=Path(merged["paths"]["gguf"]).name
+                             if merged["paths"]["gguf"] else None)
+    with phase(options, "eval"):
+        results = eval_phase(options, prompts)
+    options.timings["total"] = round(time.perf_counter() - start, 1)
+    options.cpu_times["total"] = round(time.process_time() - cpu, 1)
+    report = build_report(options, data, export_stats, train_summary, progress, artifacts, results)
+    write_text(options.out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text(options.out / "report.md", render_markdown(report))
+    return report
+
+
+def add_arguments(parser) -> None:
+    defaults = RunOptions(out=Path("."))
+    parser.add_argument("--out", type=Path, required=True, help="run directory (datasets, adapter, merged, traces, report)")
+    parser.add_argument("--base", default=DEFAULT_BASE, help="smollm2-135m, a local HF directory, or a .gguf")
+    parser.add_argument("--data", type=Path, help="train on this SFT jsonl instead of exporting the fixtures")
+    parser.add_argument("--transcripts", type=Path, default=defaults.transcripts, help="transcripts to export")
+    parser.add_argument("--holdout", type=Path, default=defaults.holdout, help='held-out {"id", "task"} JSONL')
+    parser.add_argument("--mode", choices=("curated", "balanced", "full"), default=DEFAULT_MODE,
+                        help="which exported dataset to train on")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
+    parser.add_argument("--rank", type=int, default=defaults.rank)
+    parser.add_argument("--alpha", type=int, default=defaults.alpha)
+    parser.add_argument("--targets", default=",".join(defaults.targets), help="comma-separated LoRA target modules")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--max-length", type=int, default=defaults.max_length, help="token budget of a sample")
+    parser.add_argument("--eval-every", type=int, default=DEFAULT_EVAL_EVERY,
+                        help="steps between held-out evals during training (0: none, no steps-to-flip)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="final evals")
+    parser.add_argument("--progress-tokens", type=int, default=defaults.progress_tokens, help="evals during training")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, mps")
+    parser.add_argument("--no-merge", dest="merge", action="store_false",
+                        help="skip the merge; the student is base + adapter")
+
+
+def main(args) -> int:
+    options = RunOptions(
+        out=args.out, base=args.base, data=args.data, transcripts=args.transcripts, holdout=args.holdout,
+        mode=args.mode, steps=args.steps, lr=args.lr, rank=args.rank, alpha=args.alpha,
+        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), batch_size=args.batch_size,
+        grad_accum=args.grad_accum, seed=args.seed, max_length=args.max_length,
+        eval_every=args.eval_every or None, max_new_tokens=args.max_new_tokens, progress_tokens=args.progress_tokens,
+        device=args.device, merge=args.merge)
+    report = run(options)
+    print(render_markdown(report), file=sys.stderr)
+    print(f"flip run: report -> {options.out / 'report.md'}", file=sys.stderr)
+    return 0
