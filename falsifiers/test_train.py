@@ -306,11 +306,13 @@ def test_cli_writes_all_outputs(tmp_path, tiny_base):
 
     data = write_jsonl(tmp_path / "d.jsonl", small_dataset(5, 1))
     out = tmp_path / "run"
-    code = main(["train", "--data", str(data), "--base", str(tiny_base), "--out", str(out), "--max-steps", "3",
+    base = tmp_path / "base-link"  # the reference the user typed differs from the resolved model directory
+    base.symlink_to(tiny_base)
+    code = main(["train", "--data", str(data), "--base", str(base), "--out", str(out), "--max-steps", "3",
                  "--eval-every", "2", "--device", "cpu", "--rank", "4", "--alpha", "8", "--targets", "q_proj,k_proj"])
     assert code == 0
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(tiny_base) and resolve(config["base_model_name_or_path"])
+    assert config["base_model_name_or_path"] == str(base) and resolve(config["base_model_name_or_path"])
     assert config["r"] == 4 and config["lora_alpha"] == 8 and set(config["target_modules"]) == {"q_proj", "k_proj"}
     assert any(".k_proj.lora_A" in name for name in _adapter(out))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
