@@ -362,7 +362,8 @@ def test_real_model_adapter_loads_and_changes_logits(tmp_path, tokenizer):
     from harness.models import load_model
 
     config = T.TrainConfig(data=write_jsonl(tmp_path / "d.jsonl", small_dataset(3, 1)), base="smollm2-135m",
-                           out=tmp_path / "out", max_steps=3, lr=1e-3, device="cpu", save_every=None, warmup=0.0)
+                           out=tmp_path / "out", max_steps=2, lr=1e-3, device="cpu", save_every=None, warmup=0.0,
+                           val_fraction=0.0)
     summary = T.train(config)
     assert summary["dtype"] == "float32" and summary["samples"]["dropped"] == 0
     adapter_config = json.loads((config.out / "adapter_config.json").read_text())
