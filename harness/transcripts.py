@@ -303,9 +303,7 @@ def read_stream_json(path: Path, stats: LineStats) -> FileRead:
             stats.skip(f"ignored:{kind}")
             continue
         if kind not in ("assistant", "user"):
-            stats.skip("unknown_type" if kind else "no_type")
-            if kind:
-                stats.unknown_types[str(kind)] += 1
+            _skip_unknown(stats, kind)
             continue
         message = _message(record)
         content = message.get("content")
@@ -332,6 +330,13 @@ def read_stream_json(path: Path, stats: LineStats) -> FileRead:
 
 # ------------------------------------------------------------------------------------------ on-disk sessions
 
+def _skip_unknown(stats: LineStats, kind) -> None:
+    """A record type this reader does not know (new ones come with every release): counted by name, skipped."""
+    stats.skip("unknown_type" if kind else "no_type")
+    if kind:
+        stats.unknown_types[str(kind)] += 1
+
+
 def read_session(path: Path, stats: LineStats) -> FileRead:
     builder = _Builder(stats)
     roots: list[str] = []
@@ -351,9 +356,7 @@ def read_session(path: Path, stats: LineStats) -> FileRead:
             stats.skip(f"ignored:{kind}")
             continue
         if kind not in ("assistant", "user"):
-            stats.skip("unknown_type" if kind else "no_type")
-            if kind:
-                stats.unknown_types[str(kind)] += 1
+            _skip_unknown(stats, kind)
             continue
         if record.get("isMeta"):
             stats.skip("meta")  # an expanded slash command: its <command-args> record holds the task
