@@ -258,14 +258,27 @@ def test_cli_remap_both_directions(tiny, tmp_path, capsys):
     assert "not a peft adapter directory" in capsys.readouterr().err
 
 
-@pytest.mark.helper
-def test_refuses_rslora(tiny, tmp_path):
-    """rsLoRA scales by alpha / sqrt(r); apr and llama.cpp use alpha / r, so such an adapter is refused."""
+NOT_PLAIN_LORA = {  # adapter_config.json changes apr / llama.cpp cannot express as W + (alpha / r) B A
+    "rslora": ({"use_rslora": True}, "rsLoRA"),
+    "dora": ({"use_dora": True}, "DoRA"),
+    "rank_pattern": ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
+    "alpha_pattern": ({"alpha_pattern": {"q_proj": 8}}, "alpha_pattern"),
+    "bias": ({"bias": "lora_only"}, "biases"),
+    "modules_to_save": ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    "peft_type": ({"peft_type": "IA3"}, "not LORA"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_PLAIN_LORA))
+def test_refuses_adapters_that_are_not_plain_lora(tiny, tmp_path, case):
+    """rsLoRA scales by alpha / sqrt(r), DoRA rescales columns, patterns give per-module ranks, biases and saved modules
+    are not LoRA pairs: apr and llama.cpp would silently apply something else, so each is refused with its reason."""
     import shutil
 
+    change, reason = NOT_PLAIN_LORA[case]
     base, adapter = tiny["qwen2"]
-    shutil.copytree(adapter, tmp_path / "rs")
-    config = json.loads((tmp_path / "rs" / "adapter_config.json").read_text())
-    (tmp_path / "rs" / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
-    with pytest.raises(FlipError, match="rsLoRA"):
-        remap.remap_to_apr(tmp_path / "rs", tmp_path / "x.safetensors", base=base)
+    shutil.copytree(adapter, tmp_path / "odd")
+    config = json.loads((tmp_path / "odd" / "adapter_config.json").read_text())
+    (tmp_path / "odd" / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(FlipError, match=reason):
+        remap.remap_to_apr(tmp_path / "odd", tmp_path / "x.safetensors", base=base)
