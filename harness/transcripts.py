@@ -235,6 +235,23 @@ class _Builder:
             self.main = self.new(None, False)
         return self.main
 
+    def add_record(self, kind: str, content, side_key: str | None) -> bool:
+        """An assistant or user record of the main agent (side_key None) or of one sub-agent run: calls, results, or
+        a prompt (the run's task). False when a user record held none of them."""
+        if kind == "assistant":
+            self.add_calls(self.sidechain(side_key) if side_key else self.main_trajectory(), content)
+            return True
+        if self.add_results(content):
+            return True
+        prompt = prompt_text(content)
+        if prompt is None:
+            return False
+        if side_key:
+            self.sidechain(side_key, prompt)
+        else:
+            self.main_prompt(prompt)
+        return True
+
     def sidechain(self, key: str, prompt: str | None = None) -> Trajectory:
         trajectory = self.side.get(key)
         if trajectory is None:
@@ -305,30 +322,19 @@ def read_stream_json(path: Path, stats: LineStats) -> FileRead:
         if kind not in ("assistant", "user"):
             _skip_unknown(stats, kind)
             continue
-        message = _message(record)
-        content = message.get("content")
         parent = record.get("parent_tool_use_id")
-        if kind == "assistant":
-            trajectory = builder.sidechain(str(parent)) if parent else builder.main_trajectory()
-            builder.add_calls(trajectory, content)
-            stats.used += 1
-            continue
-        if builder.add_results(content):
-            stats.used += 1
-            continue
-        prompt = prompt_text(content)
-        if prompt is None:
-            stats.skip("user_without_prompt")
-        elif parent:
-            builder.sidechain(str(parent), prompt)
-            stats.used += 1
-        else:
-            builder.main_prompt(prompt)
-            stats.used += 1
+        _use(stats, builder.add_record(kind, _message(record).get("content"), str(parent) if parent else None))
     return FileRead(STREAM_JSON, builder.trajectories, roots)
 
 
 # ------------------------------------------------------------------------------------------ on-disk sessions
+
+def _use(stats: LineStats, used: bool) -> None:
+    if used:
+        stats.used += 1
+    else:
+        stats.skip("user_without_prompt")
+
 
 def _skip_unknown(stats: LineStats, kind) -> None:
     """A record type this reader does not know (new ones come with every release): counted by name, skipped."""
@@ -365,31 +371,15 @@ def read_session(path: Path, stats: LineStats) -> FileRead:
             stats.skip("compact_summary")
             continue
         content = _message(record).get("content")
-        trajectory = None
+        side_key = None
         if record.get("isSidechain"):
             parent = record.get("parentUuid")
             key = chain_root.get(parent, parent) if isinstance(parent, str) else None
             key = key or (uuid if isinstance(uuid, str) else f"line{stats.read}")
             if isinstance(uuid, str):
                 chain_root[uuid] = key
-            trajectory = builder.sidechain("chain:" + key)
-        if kind == "assistant":
-            builder.add_calls(trajectory or builder.main_trajectory(), content)
-            stats.used += 1
-            continue
-        if builder.add_results(content):
-            stats.used += 1
-            continue
-        prompt = prompt_text(content)
-        if prompt is None:
-            stats.skip("user_without_prompt")
-        elif trajectory is not None:
-            if trajectory.task is None:
-                trajectory.task = prompt
-            stats.used += 1
-        else:
-            builder.main_prompt(prompt)
-            stats.used += 1
+            side_key = "chain:" + key
+        _use(stats, builder.add_record(kind, content, side_key))
     return FileRead(SESSION, builder.trajectories, roots)
 
 
