@@ -318,6 +318,40 @@ def test_bad_paths_are_flip_errors_and_foreign_files_are_reported(tmp_path):
     assert stats["files"] == 0 and list(stats["files_skipped"]) == ["other.jsonl"]
 
 
+def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, capsys):
+    """`flip export` is a thin door onto export(): for the defaults and for every option set on the command line the
+    files are byte-identical to the library's, and the printed summary states export_stats.json's counts."""
+    from harness.cli import main
+
+    calls = [("Read", {"file_path": f"/w/{name}.py"}, name * 300) for name in "abcdef"]
+    calls += [("TodoWrite", {"todos": []}, "ok"), ("TodoWrite", {"todos": []}, "ok"), ("WebFetch", {"url": "u"}, "x"),
+              ("Grep", {"pattern": "def", "path": "/w"}, "a.py:1")]
+    _stream(tmp_path / "in" / "t.ndjson", "/w", calls, task="fix a.py")
+    (tmp_path / "in" / "other.jsonl").write_text('{"a": 1}\n')
+    assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "cli")]) == 0
+    stats = _export([tmp_path / "in"], tmp_path / "lib")
+    assert _outputs(tmp_path / "cli") == _outputs(tmp_path / "lib")
+    summary = capsys.readouterr().err.splitlines()
+    expected = {"files": stats["files"], "files skipped": 1, "trajectories": 1, "raw tool_use": 10, "remappable": 7,
+                "unmappable": 3, "without task": 0, "lines read": stats["lines"]["read"],
+                "lines skipped": sum(stats["lines"]["skipped"].values()), "redactions": 0, "dropped: too long": 0}
+    for label, value in expected.items():
+        assert label.split() + [str(value)] in [line.split() for line in summary], (label, value, summary)
+    for mode in ("curated", "balanced", "full"):
+        row = f"samples {mode}".split() + [str(stats["samples"][mode]), "(duplicates", f"{stats['duplicates'][mode]})"]
+        assert row in [line.split() for line in summary], (mode, summary)
+    assert "  unmappable: TodoWrite 2, WebFetch 1" in summary and "  skipped other.jsonl: " + stats["files_skipped"]["other.jsonl"] in summary
+
+    options = dict(mode="balanced", target="messages", max_tokens=300, per_tool=1, seed=7, max_result_chars=100)
+    argv = ["--mode", "balanced", "--target", "messages", "--max-tokens", "300", "--per-tool", "1", "--seed", "7",
+            "--max-result-chars", "100", "--quiet"]
+    assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "cli2"), *argv]) == 0
+    _export([tmp_path / "in"], tmp_path / "lib2", **options)
+    assert _outputs(tmp_path / "cli2") == _outputs(tmp_path / "lib2")
+    assert json.loads((tmp_path / "cli2" / "export_stats.json").read_text())["options"]["max_result_chars"] == 100
+    assert capsys.readouterr().err == ""  # --quiet: no progress bar, no summary
+
+
 def test_flip_export_and_help_do_not_import_torch(tmp_path):
     _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a"}, "A")], task="t")
     probe = (

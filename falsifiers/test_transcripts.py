@@ -153,6 +153,28 @@ def test_lines_of_many_megabytes_are_read(tmp_path):
     assert _all_calls(read)[0].result == big
 
 
+def test_lone_surrogates_are_replaced_and_counted_not_dropped(tmp_path):
+    """JSON may escape a lone UTF-16 surrogate (a tool cut an emoji in half); it cannot be written as UTF-8, so it
+    becomes U+FFFD and the line is counted as repaired, nested at any depth, and the rest of the text is kept."""
+    path = tmp_path / "t.ndjson"
+    path.write_bytes(_lines(
+        {"type": "system", "subtype": "init", "cwd": "/w", "session_id": "s"},
+        {"type": "assistant", "session_id": "s", "message": {"id": "m", "content": [
+            {"type": "tool_use", "id": "A", "name": "Grep", "input": {"pattern": "ok \ud83d", "path": "/w"}},
+            {"type": "tool_use", "id": "B", "name": "Read", "input": {"file_path": "/w/b"}}]}},
+        {"type": "user", "session_id": "s", "message": {"content": [
+            {"type": "tool_result", "tool_use_id": "A", "content": [{"type": "text", "text": "head \udc00 tail"}]},
+            {"type": "tool_result", "tool_use_id": "B", "content": "fine \u00e9"}]}}))
+    stats = LineStats()
+    calls = _all_calls(read_file(path, stats))
+    assert stats.repaired_surrogates == 2 and stats.used == 2
+    assert calls[0].input["pattern"] == "ok \ufffd" and "head \ufffd tail" in calls[0].result
+    assert calls[1].input == {"file_path": "/w/b"} and calls[1].result == "fine \u00e9"
+    for call in calls:
+        json.dumps(call.input, ensure_ascii=False).encode("utf-8")
+        call.result.encode("utf-8")
+
+
 def test_real_stream_json_transcript(real_transcripts):
     stats = LineStats()
     read = read_file(real_transcripts / "stream-json-2.1.154.ndjson", stats)

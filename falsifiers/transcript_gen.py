@@ -262,16 +262,18 @@ def damaged(draw, base=None):
 def damage(rec: Recording, kinds, rng: random.Random) -> None:
     lines = rec.lines
     # The stream-json init line is the only record of the recording's cwd; it is kept (see the report's limits).
-    protected = {i for i, line in enumerate(lines) if b'"subtype":"init"' in line}
+    # Looked up on every pick: inserted lines shift the indices.
+    def protected(i: int) -> bool:
+        return b'"subtype":"init"' in lines[i]
 
     def pick():
-        choices = [i for i in range(len(lines)) if i not in protected]
+        choices = [i for i in range(len(lines)) if not protected(i)]
         return rng.choice(choices) if choices else None
 
     for kind in kinds:
         if kind == "truncate" and lines:
             i = len(lines) - 1
-            if i not in protected and len(lines[i]) > 3:
+            if not protected(i) and len(lines[i]) > 3:
                 lines[i] = lines[i][: rng.randrange(1, len(lines[i]) - 2)]  # no newline: the process died
         elif kind == "garbage":
             lines.insert(rng.randrange(len(lines) + 1), b"Warning: no stdin data received in 3s, proceeding\n")

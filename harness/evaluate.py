@@ -377,13 +377,19 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
 # ---------------------------------------------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="smollm2-135m, a local HF directory, or a .gguf file")
-    parser.add_argument("--adapter", help="a peft adapter directory to apply on top of --model")
-    parser.add_argument("--prompts", required=True, help='JSONL, one {"id", "task"} per line')
-    parser.add_argument("--out", required=True, help="trace JSONL (a .summary.json is written beside it)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, mps")
+    parser.add_argument("--model", required=True,
+                        help="smollm2-135m, a local HF directory, or a .gguf file")
+    parser.add_argument("--adapter",
+                        help="a peft adapter directory to apply on top of --model")
+    parser.add_argument("--prompts", required=True,
+                        help='JSONL, one {"id", "task"} per line')
+    parser.add_argument("--out", required=True,
+                        help="trace JSONL (a .summary.json is written beside it)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present), cpu, cuda, mps")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per generate() call")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="prompts per generate() call")
 
 
 def main(args) -> int:

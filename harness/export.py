@@ -636,21 +636,25 @@ def summary_table(stats: dict) -> str:
 # --------------------------------------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="transcript files or directories (walked)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--mode", choices=MODES + ("all",), default="all",
-                        help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; "
-                             "all: the three, each in its own file (default)")
-    parser.add_argument("--target", choices=TARGETS, default="apr-code",
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="transcript files or directories (walked)")
+    parser.add_argument("--out", required=True,
+                        help="output directory")
+    parser.add_argument("--mode", choices=MODES + ("all",), default=ExportOptions.mode,
+                        help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; all: the three (default)")
+    parser.add_argument("--target", choices=TARGETS, default=ExportOptions.target,
                         help="apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="token budget of the whole ChatML sample")
-    parser.add_argument("--tokenizer", default=None,
+    parser.add_argument("--max-tokens", type=int, default=ExportOptions.max_tokens,
+                        help="token budget of the whole ChatML sample")
+    parser.add_argument("--tokenizer", default=ExportOptions.tokenizer,
                         help="tokenizer.json, HF dir, .gguf or model reference (default: smollm2-135m)")
-    parser.add_argument("--per-tool", type=int, default=40, help="balanced mode: samples per apr-code tool")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max-result-chars", type=int, default=2000,
+    parser.add_argument("--per-tool", type=int, default=ExportOptions.per_tool,
+                        help="balanced mode: samples per apr-code tool")
+    parser.add_argument("--seed", type=int, default=ExportOptions.seed)
+    parser.add_argument("--max-result-chars", type=int, default=ExportOptions.max_result_chars,
                         help="a tool result longer than this keeps its head and tail around a marker")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no summary")
 
 
 def main(args) -> int:

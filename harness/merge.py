@@ -263,10 +263,14 @@ def merge(base, adapter, out_dir, gguf_file=None) -> dict:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--base", required=True, help="base model: smollm2-135m, an HF directory or a .gguf")
-    parser.add_argument("--adapter", required=True, help="a peft adapter dir or an apr .safetensors from `flip remap`")
-    parser.add_argument("--out", required=True, help="the merged Hugging Face directory to write")
-    parser.add_argument("--gguf", help="the merged GGUF to write (default: <OUT>.gguf beside OUT)")
+    parser.add_argument("--base", required=True,
+                        help="base model: smollm2-135m, an HF directory or a .gguf")
+    parser.add_argument("--adapter", required=True,
+                        help="a peft adapter dir or an apr .safetensors from `flip remap`")
+    parser.add_argument("--out", required=True,
+                        help="the merged Hugging Face directory to write")
+    parser.add_argument("--gguf",
+                        help="the merged GGUF to write (default: <OUT>.gguf beside OUT)")
 
 
 def main(args) -> int:

@@ -321,12 +321,16 @@ def remap_to_peft(apr_file, out_dir, base) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
-    parser.add_argument("adapter", help="a peft adapter dir (default direction) or an apr .safetensors (--to peft)")
-    parser.add_argument("--out", required=True, help="apr .safetensors to write (or the peft dir with --to peft)")
-    parser.add_argument("--gguf", help="also write a llama.cpp LoRA adapter GGUF here")
-    parser.add_argument("--base", help="base model: smollm2-135m, an HF dir or a .gguf "
-                                       "(default: adapter_config.json's base_model_name_or_path; required with --to peft)")
-    parser.add_argument("--to", choices=("apr", "peft"), default="apr", help="direction (default apr)")
+    parser.add_argument("adapter",
+                        help="a peft adapter dir (default direction) or an apr .safetensors (--to peft)")
+    parser.add_argument("--out", required=True,
+                        help="apr .safetensors to write (or the peft dir with --to peft)")
+    parser.add_argument("--gguf",
+                        help="also write a llama.cpp LoRA adapter GGUF here")
+    parser.add_argument("--base",
+                        help="smollm2-135m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
+    parser.add_argument("--to", choices=("apr", "peft"), default="apr",
+                        help="direction (default apr)")
 
 
 def main(args) -> int:

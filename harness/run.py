@@ -335,27 +335,38 @@ def run(options: RunOptions) -> dict:
 
 def add_arguments(parser) -> None:
     defaults = RunOptions(out=Path("."))
-    parser.add_argument("--out", type=Path, required=True, help="run directory (datasets, adapter, merged, traces, report)")
-    parser.add_argument("--base", default=DEFAULT_BASE, help="smollm2-135m, a local HF directory, or a .gguf")
-    parser.add_argument("--data", type=Path, help="train on this SFT jsonl instead of exporting the fixtures")
-    parser.add_argument("--transcripts", type=Path, default=defaults.transcripts, help="transcripts to export")
-    parser.add_argument("--holdout", type=Path, default=defaults.holdout, help='held-out {"id", "task"} JSONL')
+    parser.add_argument("--out", type=Path, required=True,
+                        help="run directory (datasets, adapter, merged, traces, report)")
+    parser.add_argument("--base", default=DEFAULT_BASE,
+                        help="smollm2-135m, a local HF directory, or a .gguf")
+    parser.add_argument("--data", type=Path,
+                        help="train on this SFT jsonl instead of exporting the fixtures")
+    parser.add_argument("--transcripts", type=Path, default=defaults.transcripts,
+                        help="transcripts to export")
+    parser.add_argument("--holdout", type=Path, default=defaults.holdout,
+                        help='held-out {"id", "task"} JSONL')
     parser.add_argument("--mode", choices=("curated", "balanced", "full"), default=DEFAULT_MODE,
                         help="which exported dataset to train on")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help="optimizer steps")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--rank", type=int, default=defaults.rank)
     parser.add_argument("--alpha", type=int, default=defaults.alpha)
-    parser.add_argument("--targets", default=",".join(defaults.targets), help="comma-separated LoRA target modules")
+    parser.add_argument("--targets", default=",".join(defaults.targets),
+                        help="comma-separated LoRA target modules")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--max-length", type=int, default=defaults.max_length, help="token budget of a sample")
+    parser.add_argument("--max-length", type=int, default=defaults.max_length,
+                        help="token budget of a sample")
     parser.add_argument("--eval-every", type=int, default=DEFAULT_EVAL_EVERY,
                         help="steps between held-out evals during training (0: none, no steps-to-flip)")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="final evals")
-    parser.add_argument("--progress-tokens", type=int, default=defaults.progress_tokens, help="evals during training")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, mps")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help="final evals")
+    parser.add_argument("--progress-tokens", type=int, default=defaults.progress_tokens,
+                        help="evals during training")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present), cpu, cuda, mps")
     parser.add_argument("--no-merge", dest="merge", action="store_false",
                         help="skip the merge; the student is base + adapter")
 

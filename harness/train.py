@@ -618,26 +618,36 @@ def _positive_or_none(text: str) -> int | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(data=Path("."), base="", out=Path("."))
-    parser.add_argument("--data", type=Path, required=True, help="SFT jsonl (instruction, response, system, metadata)")
-    parser.add_argument("--base", required=True, help="smollm2-135m, a local HF directory or a .gguf")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (adapter, metrics, checkpoint)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="SFT jsonl (instruction, response, system, metadata)")
+    parser.add_argument("--base", required=True,
+                        help="smollm2-135m, a local HF directory or a .gguf")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output directory (adapter, metrics, checkpoint)")
     parser.add_argument("--rank", type=int, default=defaults.rank)
     parser.add_argument("--alpha", type=int, default=defaults.alpha)
-    parser.add_argument("--targets", default=",".join(defaults.targets), help="comma-separated module names")
+    parser.add_argument("--targets", default=",".join(defaults.targets),
+                        help="comma-separated module names")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--max-steps", type=_positive_or_none, default=None, help="optimizer steps; overrides epochs")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process")
+    parser.add_argument("--max-steps", type=_positive_or_none, default=None,
+                        help="optimizer steps; overrides epochs")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="per process")
     parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="of trajectories")
-    parser.add_argument("--warmup", type=float, default=defaults.warmup, help="fraction of steps, then cosine")
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                        help="of trajectories")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup,
+                        help="fraction of steps, then cosine")
     parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
     parser.add_argument("--max-length", type=int, default=defaults.max_length,
                         help="tokens; longer samples are dropped and counted, never truncated")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=defaults.device)
-    parser.add_argument("--eval-every", type=_positive_or_none, default=None, help="steps (default: at the end)")
-    parser.add_argument("--save-every", type=_positive_or_none, default=defaults.save_every, help="checkpoint steps")
+    parser.add_argument("--eval-every", type=_positive_or_none, default=None,
+                        help="steps (default: at the end)")
+    parser.add_argument("--save-every", type=_positive_or_none, default=defaults.save_every,
+                        help="checkpoint steps")
     parser.add_argument("--resume", action="store_true",
                         help="require resuming from OUT/checkpoint (a matching checkpoint is resumed anyway)")
 

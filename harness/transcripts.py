@@ -117,7 +117,8 @@ def _without_lone_surrogates(value):
             value.encode("utf-8")
             return value, 0
         except UnicodeEncodeError:
-            return value.encode("utf-8", "replace").decode("utf-8"), 1
+            # Each lone surrogate becomes U+FFFD, the standard replacement mark (utf-8 "replace" would write "?").
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), 1
     if isinstance(value, list):
         pairs = [_without_lone_surrogates(v) for v in value]
         return [v for v, _ in pairs], int(any(c for _, c in pairs))
