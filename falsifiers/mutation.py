@@ -12,6 +12,8 @@ The working tree is never modified: others may be running tests in it.
 
 Also a command line (``python -m falsifiers.mutation --help``):
   verify [MUTANT_ID ...]   run the declared mutants and print a verdict per mutant
+  mutmut [MODULE ...]      mutmut over the given harness modules (default: all of harness/) in a scratch copy,
+                           then the report below
   mutmut-report            per-file mutmut score and surviving mutants, from `mutmut results`
 """
 from __future__ import annotations
@@ -549,9 +551,10 @@ def count_problems(claims: list[Claim], minimum: int = MIN_CLAIMS) -> list[str]:
 # mutmut report
 # ---------------------------------------------------------------------------------------------------------------------
 
-# mutmut's statuses that count as the tests catching the mutant, and those that say nothing about the tests.
+# mutmut's statuses that count as the tests catching the mutant, and those of mutants that were not run at all.
+# "no tests" is neither: the mutant was generated and no test reaches its function, so it counts as not caught.
 MUTMUT_CAUGHT = {"killed", "timeout", "caught by type check"}
-MUTMUT_UNTESTED = {"no tests", "skipped", "not checked"}
+MUTMUT_NOT_RUN = {"skipped", "not checked"}
 MUTMUT_LINE = re.compile(r"^\s*(?P<name>\S+__mutmut_\d+): (?P<status>.+?)\s*$")
 
 
@@ -568,19 +571,52 @@ def mutmut_summary(results_text: str) -> dict[str, dict]:
 
 
 def mutmut_report(results_text: str) -> str:
-    lines = [f"{'module':<28} {'score':>7} {'caught':>7} {'tested':>7} {'no tests':>9}"]
+    """Score per module = caught / (every mutant that was run, "no tests" included); then the mutants not caught."""
+    lines = [f"{'module':<28} {'score':>7} {'caught':>7} {'of':>6} {'survived':>9} {'no tests':>9} {'not run':>8}"]
     survivors = []
     for module, by_status in sorted(mutmut_summary(results_text).items()):
-        caught = sum(len(v) for k, v in by_status.items() if k in MUTMUT_CAUGHT)
-        untested = sum(len(v) for k, v in by_status.items() if k in MUTMUT_UNTESTED)
-        tested = sum(len(v) for k, v in by_status.items() if k not in MUTMUT_UNTESTED)
-        score = f"{100 * caught / tested:.1f}%" if tested else "-"
-        lines.append(f"{module:<28} {score:>7} {caught:>7} {tested:>7} {untested:>9}")
-        survivors += [f"  {n}  ({k})" for k, v in sorted(by_status.items())
-                      if k not in MUTMUT_CAUGHT | MUTMUT_UNTESTED for n in v]
+        count = {status: len(names) for status, names in by_status.items()}
+        caught = sum(n for status, n in count.items() if status in MUTMUT_CAUGHT)
+        not_run = sum(n for status, n in count.items() if status in MUTMUT_NOT_RUN)
+        scored = sum(count.values()) - not_run
+        score = f"{100 * caught / scored:.1f}%" if scored else "-"
+        lines.append(f"{module:<28} {score:>7} {caught:>7} {scored:>6} {count.get('survived', 0):>9} "
+                     f"{count.get('no tests', 0):>9} {not_run:>8}")
+        survivors += [f"  {name}  ({status})" for status, names in sorted(by_status.items())
+                      if status not in MUTMUT_CAUGHT | MUTMUT_NOT_RUN for name in names]
     if survivors:
-        lines += ["", "surviving mutants (`mutmut show NAME` prints the diff):"] + survivors
+        lines += ["", "mutants not caught (`mutmut show NAME` in the run directory prints the diff):"] + survivors
     return "\n".join(lines)
+
+
+def narrow_mutmut_config(pyproject: str, modules: list[str]) -> str:
+    """pyproject.toml text with [tool.mutmut] source_paths set to `modules`; the rest of harness/ is then copied
+    unmutated (also_copy), because the mutated modules import it."""
+    source = re.compile(r"^source_paths = .*$", re.M)
+    also = re.compile(r'^also_copy = \[', re.M)
+    if len(source.findall(pyproject)) != 1 or len(also.findall(pyproject)) != 1:
+        raise ValueError("[tool.mutmut] must have exactly one source_paths line and one also_copy line")
+    pyproject = source.sub("source_paths = " + json.dumps(modules), pyproject)
+    return also.sub('also_copy = ["harness/", ', pyproject)
+
+
+def run_mutmut(modules: list[str], workdir: Path, children: int) -> int:
+    """mutmut over `modules` in `workdir` (a copy of the project made on the first call; later calls resume it)."""
+    if not workdir.exists():
+        make_copy(ROOT, workdir)
+        if modules:
+            config = workdir / "pyproject.toml"
+            config.write_text(narrow_mutmut_config(config.read_text(encoding="utf-8"), modules), encoding="utf-8")
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    proc = subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=workdir)
+    if proc.returncode:
+        return proc.returncode
+    results = subprocess.run([mutmut, "results", "--all", "true"], cwd=workdir, capture_output=True, text=True)
+    if results.returncode:
+        print(results.stdout + results.stderr, file=sys.stderr)
+        return results.returncode
+    print(mutmut_report(results.stdout))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -604,9 +640,17 @@ def _cmd_verify(args) -> int:
     return 1 if bad else 0
 
 
+def _cmd_mutmut(args) -> int:
+    for module in args.modules:
+        if not (ROOT / module).is_file() or not module.startswith("harness/"):
+            raise SystemExit(f"{module}: not a module under harness/")
+    name = "-".join(Path(m).stem for m in args.modules) or "harness"
+    return run_mutmut(args.modules, Path(args.workdir or ROOT / "build" / f"mutmut-{name}"), args.children)
+
+
 def _cmd_mutmut_report(args) -> int:
     mutmut = Path(sys.executable).with_name("mutmut")
-    proc = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=args.workdir, capture_output=True, text=True)
     if proc.returncode:
         print(proc.stdout + proc.stderr, file=sys.stderr)
         return proc.returncode
@@ -621,9 +665,16 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("ids", nargs="*", metavar="MUTANT_ID")
     verify.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per falsifier run")
     verify.add_argument("-v", "--verbose", action="store_true", help="explain every mutant that was not killed")
-    sub.add_parser("mutmut-report", help="mutmut score and survivors per module (run `mutmut run` first)")
+    run = sub.add_parser("mutmut", help="mutmut over harness modules in a scratch copy (build/mutmut-<modules>/), "
+                                        "resumed when that copy exists; then the report")
+    run.add_argument("modules", nargs="*", metavar="MODULE", help="e.g. harness/export.py (default: all of harness/)")
+    run.add_argument("--workdir", help="the scratch copy (default: build/mutmut-<module names>)")
+    run.add_argument("--children", type=int, default=os.cpu_count() or 1, help="parallel mutant runs")
+    report = sub.add_parser("mutmut-report", help="mutmut score and survivors per module of a finished run")
+    report.add_argument("--workdir", default=str(ROOT), help="where `mutmut run` ran")
     args = parser.parse_args(argv)
-    return {"verify": _cmd_verify, "mutmut-report": _cmd_mutmut_report}[args.command](args)
+    commands = {"verify": _cmd_verify, "mutmut": _cmd_mutmut, "mutmut-report": _cmd_mutmut_report}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

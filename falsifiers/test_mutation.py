@@ -238,13 +238,29 @@ def test_mutant_env_reaches_the_falsifier(synthetic, project):
 
 @pytest.mark.helper
 def test_mutmut_report_scores_each_module():
+    """A mutant no test reaches counts as not caught; mutants that were not run do not count at all."""
     text = textwrap.dedent("""\
         harness.toolcall.x_parse_tool_calls__mutmut_1: killed
         harness.toolcall.x_parse_tool_calls__mutmut_2: survived
+        harness.toolcall.x_parse_tool_calls__mutmut_3: timeout
         harness.toolcall.xǁToolCallǁ__init____mutmut_1: no tests
+        harness.toolcall.x_render__mutmut_1: not checked
         harness.atomic.x_write_text__mutmut_1: timeout
     """)
     report = mutation.mutmut_report(text)
-    assert "harness.toolcall" in report and "50.0%" in report
-    assert "harness.atomic" in report and "100.0%" in report
+    rows = {line.split()[0]: line.split()[1:] for line in report.splitlines()[1:3]}
+    assert rows == {"harness.atomic": ["100.0%", "1", "1", "0", "0", "0"],
+                    "harness.toolcall": ["50.0%", "2", "4", "1", "1", "1"]}
     assert "harness.toolcall.x_parse_tool_calls__mutmut_2  (survived)" in report
+    assert "harness.toolcall.xǁToolCallǁ__init____mutmut_1  (no tests)" in report
+    assert "x_render__mutmut_1" not in report
+
+
+@pytest.mark.helper
+def test_narrowed_mutmut_config_mutates_only_the_given_modules(repo_root):
+    import tomllib
+
+    text = mutation.narrow_mutmut_config((repo_root / "pyproject.toml").read_text(), ["harness/export.py"])
+    config = tomllib.loads(text)["tool"]["mutmut"]
+    assert config["source_paths"] == ["harness/export.py"]
+    assert config["also_copy"][0] == "harness/" and "falsifiers/" in config["also_copy"]
