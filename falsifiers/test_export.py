@@ -16,13 +16,19 @@ from hypothesis import strategies as st
 import transcript_gen as gen
 from harness import FlipError
 from harness.contracts import system_prompt
-from harness.export import ExportOptions, export, render_chatml, render_instruction
+from harness.export import ExportOptions, export, omitted_marker, render_instruction
 from harness.tokens import counter
 from harness.toolcall import call_errors, parse_tool_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QUIET = dict(progress=False)
+
+
+def _chatml(sample: dict) -> str:
+    """The sample as the trainer renders it through SmolLM2's chat template (pinned in test_the_budget_is_counted...)."""
+    return (f"<|im_start|>system\n{sample['system']}<|im_end|>\n<|im_start|>user\n{sample['instruction']}<|im_end|>\n"
+            f"<|im_start|>assistant\n{sample['response']}<|im_end|>")
 
 
 def _export(paths, out, **options):
@@ -118,7 +124,7 @@ def test_every_sample_fits_the_token_budget(recs, max_tokens):
         stats = _export([tmp / "in"], tmp / "out", mode="full", max_tokens=max_tokens, max_result_chars=600)
         samples = _samples(tmp / "out" / "apr_code_sft_full.jsonl")
         for sample in samples:
-            assert tok.count(render_chatml(sample["system"], sample["instruction"], sample["response"])) <= max_tokens
+            assert tok.count(_chatml(sample)) <= max_tokens
         assert stats["candidates"] == len(samples) + stats["duplicates"]["full"] + \
             stats["truncated"]["samples_dropped_too_long"]
 
@@ -232,10 +238,88 @@ def test_oldest_observations_dropped_first_with_a_marker(tmp_path):
     _stream(tmp_path / "in" / "t.ndjson", "/w", calls, task="the task")
     stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_tokens=900)
     last = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[-1]
-    assert last["instruction"].startswith("Task:\nthe task\n\n[")
-    assert "earlier actions and results omitted]" in last["instruction"]
+    samples = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    dropped = [int(s["instruction"].split("\n\n[")[1].split()[0]) for s in samples if "\n\n[" in s["instruction"]]
+    assert last["instruction"].startswith(f"Task:\nthe task\n\n[{dropped[-1]} earlier actions and results omitted]\n\n")
     assert "echo 6" in last["instruction"] and "echo 0" not in last["instruction"]
-    assert stats["truncated"]["observations_dropped"] > 0
+    assert stats["truncated"]["observations_dropped"] == sum(dropped) > 0
+    assert stats["truncated"]["samples_with_observations_dropped"] == len(dropped)
+    assert omitted_marker(1) == "[1 earlier action and result omitted]"
+    assert omitted_marker(2) == "[2 earlier actions and results omitted]"
+
+
+def _cut_oracle(text: str, keep: int) -> str:
+    head = keep * 2 // 3
+    return f"{text[:head]}\n[... {len(text) - keep} characters omitted ...]\n{text[len(text) - (keep - head):]}"
+
+
+def test_long_results_and_tasks_keep_head_and_tail_around_a_counted_marker(tmp_path):
+    """A result over --max-result-chars keeps its first 2/3 and last 1/3 around a marker stating how many characters
+    went; a task that alone overflows the budget is cut the same way (shortened by quarters) and counted; a task
+    that cannot fit even when cut to 32 characters drops the sample, counted."""
+    result = "".join(f"{i:04d}" for i in range(100))  # 400 characters, every cut point distinguishable
+    task = " ".join(f"w{i}" for i in range(900))
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Bash", {"command": "ls"}, result), ("Read", {"file_path": "/w/a"}, "A")],
+            task=task)
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_result_chars=90, max_tokens=600)
+    first, second = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    keep = len(task)
+    while render_instruction(_cut_oracle(task, keep)) != first["instruction"] and keep > 32:
+        keep = keep * 3 // 4
+    assert first["instruction"] == render_instruction(_cut_oracle(task, keep)) and keep < len(task)
+    assert second["instruction"] == render_instruction(_cut_oracle(task, keep), (), omitted=1)
+    assert "[1 earlier action and result omitted]" in second["instruction"]
+    assert stats["truncated"] == {"results_shortened": 1, "samples_with_observations_dropped": 1,
+                                  "observations_dropped": 1, "tasks_shortened": 2, "samples_dropped_too_long": 0}
+
+    huge = "".join(f"{i:05d}" for i in range(2000))  # 10,000 characters: only its kept ends are scrubbed
+    _stream(tmp_path / "in2" / "t.ndjson", "/w", [("Bash", {"command": "ls"}, result), ("Bash", {"command": "ls"}, huge),
+                                                  ("Read", {"file_path": "/w/a"}, "A")], task="short task")
+    _export([tmp_path / "in2"], tmp_path / "out2", mode="full", max_result_chars=90)
+    last = _samples(tmp_path / "out2" / "apr_code_sft_full.jsonl")[2]["instruction"]
+    assert f"Result:\n{_cut_oracle(result, 90)}\n\n" in last and f"Result:\n{_cut_oracle(huge, 90)}\n\n" in last
+
+    _stream(tmp_path / "in3" / "t.ndjson", "/w", [("Write", {"file_path": "/w/a", "content": "x " * 400}, "ok")],
+            task=task)
+    stats = _export([tmp_path / "in3"], tmp_path / "out3", mode="full", max_tokens=300)
+    assert stats["samples"]["full"] == 0 and stats["truncated"]["samples_dropped_too_long"] == 1
+    assert stats["truncated"]["tasks_shortened"] == 0
+
+
+@pytest.mark.parametrize("option, bad, good", [("max_tokens", 0, 1), ("per_tool", 0, 1),
+                                                ("max_result_chars", 63, 64)])
+def test_out_of_range_options_are_refused_before_anything_is_written(tmp_path, option, bad, good):
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a"}, "A")], task="t")
+    with pytest.raises(FlipError, match="--" + option.replace("_", "-")):
+        _export([tmp_path / "in"], tmp_path / "bad", **{option: bad})
+    assert not (tmp_path / "bad").exists()
+    _export([tmp_path / "in"], tmp_path / "good", mode="curated", **{option: good})
+    assert (tmp_path / "good" / "export_stats.json").is_file()
+
+
+def test_the_budget_is_counted_with_the_chosen_tokenizer(tmp_path):
+    """--tokenizer decides the count: with a one-token-per-character tokenizer the same budget that a SmolLM2 count
+    easily meets forces the oldest observations out, and every sample fits when counted that way."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+
+    chars = Tokenizer(BPE(vocab={"[UNK]": 0}, merges=[], unk_token="[UNK]"))  # no merges: each character a token
+    chars.save(str(tmp_path / "chars.json"))
+    calls = [("Bash", {"command": f"echo {i}"}, "word " * 100) for i in range(6)]
+    _stream(tmp_path / "in" / "t.ndjson", "/w", calls, task="the task")
+    default = _export([tmp_path / "in"], tmp_path / "smollm2", mode="full", max_tokens=2500)
+    per_char = _export([tmp_path / "in"], tmp_path / "chars", mode="full", max_tokens=2500,
+                       tokenizer=str(tmp_path / "chars.json"))
+    assert default["truncated"]["observations_dropped"] == 0 < per_char["truncated"]["observations_dropped"]
+    count = counter(str(tmp_path / "chars.json"))
+    samples = _samples(tmp_path / "chars" / "apr_code_sft_full.jsonl")
+    assert all(count.count(_chatml(sample)) <= 2500 for sample in samples)
+    # the oracle above is what the trainer tokenizes: SmolLM2's own chat template, up to its closing <|im_end|>
+    from harness.models import load_tokenizer
+    template = load_tokenizer("smollm2-135m").apply_chat_template(
+        [{"role": r, "content": samples[-1][k]} for r, k in (("system", "system"), ("user", "instruction"),
+                                                              ("assistant", "response"))], tokenize=False)
+    assert template.rstrip("\n") == _chatml(samples[-1])
 
 
 def test_duplicates_need_same_instruction_and_response(tmp_path):
@@ -276,6 +360,8 @@ def test_messages_target_loads_with_datasets(tmp_path):
     rows = _samples(path)
     assert rows[2]["messages"][2]["tool_calls"][0]["function"] == {
         "name": "file_edit", "arguments": {"path": "a.rs", "old": "x", "new": "y"}}
+    assert [[m["role"] for m in row["messages"]] for row in rows] == [["system", "user", "assistant"]] * 3
+    assert rows[0]["messages"][0]["content"] == system_prompt()
     assert {t["function"]["name"] for t in rows[0]["tools"]} >= {"file_read", "file_edit", "shell"}
     loaded = datasets.load_dataset("json", data_files=str(path), split="train",
                                    cache_dir=str(tmp_path / "hf-cache"))
@@ -315,7 +401,8 @@ def test_bad_paths_are_flip_errors_and_foreign_files_are_reported(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "other.jsonl").write_text('{"a": 1}\nnot json\n')
     stats = _export([tmp_path / "in"], tmp_path / "out")
-    assert stats["files"] == 0 and list(stats["files_skipped"]) == ["other.jsonl"]
+    assert stats["files"] == 0
+    assert stats["files_skipped"] == {"other.jsonl": "neither stream-json nor a Claude Code session"}
 
 
 def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, capsys):
@@ -348,6 +435,7 @@ def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, 
     assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "cli2"), *argv]) == 0
     _export([tmp_path / "in"], tmp_path / "lib2", **options)
     assert _outputs(tmp_path / "cli2") == _outputs(tmp_path / "lib2")
+    assert set(_outputs(tmp_path / "cli2")) == {"messages_balanced.jsonl", "export_stats.json"}
     assert json.loads((tmp_path / "cli2" / "export_stats.json").read_text())["options"]["max_result_chars"] == 100
     assert capsys.readouterr().err == ""  # --quiet: no progress bar, no summary
 

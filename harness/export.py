@@ -152,17 +152,26 @@ class Scrubber:
             if len(text) <= limit:
                 return text, False
             return _cut(text, limit, len(text)), True
-        head_n = limit * 2 // 3
-        tail_n = limit - head_n
+        head_n, tail_n = _cut_lengths(limit)
         head = self.text(text[: head_n + CUT_MARGIN])[:head_n]
         tail = self.text(text[-(tail_n + CUT_MARGIN):])[-tail_n:]
-        return f"{head}\n[... {len(text) - head_n - tail_n} characters omitted ...]\n{tail}", True
+        return _marked(head, len(text) - head_n - tail_n, tail), True
+
+
+def _cut_lengths(limit: int) -> tuple[int, int]:
+    """Characters kept at the head and at the tail of a text cut to `limit`: the head holds what a reader needs first
+    (a command's first errors, a task's request), the tail how it ended."""
+    head_n = limit * 2 // 3
+    return head_n, limit - head_n
+
+
+def _marked(head: str, omitted: int, tail: str) -> str:
+    return f"{head}\n[... {omitted} characters omitted ...]\n{tail}"
 
 
 def _cut(text: str, limit: int, original: int) -> str:
-    head_n = limit * 2 // 3
-    tail_n = limit - head_n
-    return f"{text[:head_n]}\n[... {original - head_n - tail_n} characters omitted ...]\n{text[len(text) - tail_n:]}"
+    head_n, tail_n = _cut_lengths(limit)
+    return _marked(text[:head_n], original - head_n - tail_n, text[len(text) - tail_n:])
 
 
 # --------------------------------------------------------------------------------------------------- remap
