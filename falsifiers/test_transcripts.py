@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 import transcript_gen as gen
 from harness import FlipError
-from harness.transcripts import SESSION, STREAM_JSON, LineStats, detect_format, read_file
+from harness.transcripts import SESSION, STREAM_JSON, LineStats, detect_format, prompt_text, read_file, result_text
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -173,6 +173,57 @@ def test_lone_surrogates_are_replaced_and_counted_not_dropped(tmp_path):
     for call in calls:
         json.dumps(call.input, ensure_ascii=False).encode("utf-8")
         call.result.encode("utf-8")
+
+
+PROMPTS = [  # (user message content, the task it gives)
+    ("  fix the parser  ", "fix the parser"),
+    ([{"type": "text", "text": "fix"}, {"type": "image", "source": {}}, {"type": "text", "text": "it"}], "fix\nit"),
+    ([{"type": "text"}], None),
+    ([{"type": "text", "text": "see"}, {"type": "tool_result", "tool_use_id": "A", "content": "x"}], None),
+    ("<command-name>/fix</command-name>\n<command-args> the bug </command-args>", "the bug"),
+    ("<command-name>/clear</command-name>", None),
+    ("<local-command-stdout>cleared</local-command-stdout>", None),
+    ("[Request interrupted by user]", None),
+    ("", None),
+    (42, None),
+]
+
+
+@pytest.mark.parametrize("content, task", PROMPTS)
+def test_what_counts_as_the_users_task(content, task):
+    """A user message is a task only when a human wrote it: tool results, local command output, interruptions and
+    empty turns are not; a slash command's task is its arguments; text blocks join with newlines."""
+    assert prompt_text(content) == task
+
+
+RESULTS = [  # (tool_result content, its text)
+    (None, ""),
+    ("plain", "plain"),
+    ([{"type": "text", "text": "a"}, {"type": "image", "source": {}}, {"type": "text"}], "a\n[image]\n"),
+    ([{"x": 1, "type": "other"}, "raw"], '{"type": "other", "x": 1}\nraw'),
+    ({"b": 1, "a": "é"}, '{"a": "é", "b": 1}'),
+]
+
+
+@pytest.mark.parametrize("content, text", RESULTS)
+def test_tool_result_text(content, text):
+    assert result_text(content) == text
+
+
+def test_prompts_before_the_first_call_join_into_one_task(tmp_path):
+    env = {"session_id": "s", "parent_tool_use_id": None}
+    path = tmp_path / "t.ndjson"
+    path.write_bytes(_lines(
+        {"type": "system", "subtype": "init", "cwd": "/w", **env},
+        {"type": "user", "message": {"content": "first"}, **env},
+        {"type": "user", "message": {"content": "second"}, **env},
+        {"type": "assistant", "message": {"id": "m", "content": [
+            {"type": "tool_use", "id": "A", "name": "Read", "input": {"file_path": "/w/a"}}]}, **env},
+        {"type": "user", "message": {"content": "third"}, **env},
+        {"type": "assistant", "message": {"id": "n", "content": [
+            {"type": "tool_use", "id": "B", "name": "Read", "input": {"file_path": "/w/b"}}]}, **env}))
+    read = read_file(path, LineStats())
+    assert [(t.task, len(t.calls)) for t in read.trajectories] == [("first\n\nsecond", 1), ("third", 1)]
 
 
 def test_real_stream_json_transcript(real_transcripts):
