@@ -103,6 +103,29 @@ def converter_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+def _safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
+def _edited_copy(adapter: Path, dest: Path, config=None, tensors=None) -> Path:
+    """A copy of a peft adapter dir with adapter_config.json keys changed (None deletes) and its tensors edited."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(adapter, dest)
+    if config:
+        data = json.loads((dest / "adapter_config.json").read_text())
+        data = {k: v for k, v in {**data, **config}.items() if v is not None}
+        (dest / "adapter_config.json").write_text(json.dumps(data))
+    if tensors:
+        save_file(tensors(read_peft_tensors(adapter)), str(dest / "adapter_model.safetensors"))
+    return dest
+
+
 def read_peft_tensors(adapter_dir: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -138,6 +161,11 @@ def test_round_trip_is_exact(tiny, tmp_path, arch):
         assert before[key].dtype == after[key].dtype and torch.equal(before[key], after[key]), key
     config = json.loads((tmp_path / "back" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], sorted(config["target_modules"])) == (RANK, ALPHA, sorted(TARGETS))
+    assert type(config["lora_alpha"]) is int  # an integral alpha stays an integer, as peft wrote it
+    assert (config["peft_type"], config["task_type"], config["bias"], config["lora_dropout"]) == (
+        "LORA", "CAUSAL_LM", "none", 0.0)
+    assert config["base_model_name_or_path"] == str(base)
+    assert _safetensors_metadata(tmp_path / "back" / "adapter_model.safetensors") == {"format": "pt"}
 
 
 def test_apr_names_shapes_and_metadata(tiny, tmp_path):
@@ -237,23 +265,161 @@ def test_gguf_layout_adapter_matches_peft(tiny, tmp_path, monkeypatch):
     assert bad > 1e-2, f"a plain rename should be visibly wrong, differs by only {bad}"
 
 
+def test_fractional_alpha_survives_the_round_trip(tiny, tmp_path):
+    """lora_alpha 6.5 is written as the metadata text "6.5" (not rounded) and comes back as 6.5; an integral alpha is
+    written without a decimal point ("8"), which apr parses as an integer or a float."""
+    from safetensors import safe_open
+
+    base, adapter = tiny["qwen2"]
+    odd = _edited_copy(adapter, tmp_path / "odd", config={"lora_alpha": 6.5})
+    report = remap.remap_to_apr(odd, tmp_path / "apr.safetensors", base=base)
+    with safe_open(str(tmp_path / "apr.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == {"lora_rank": str(RANK), "lora_alpha": "6.5", "architecture": "qwen2"}
+    assert report["alpha"] == 6.5
+    remap.remap_to_peft(tmp_path / "apr.safetensors", tmp_path / "back", base=base)
+    assert json.loads((tmp_path / "back" / "adapter_config.json").read_text())["lora_alpha"] == 6.5
+    remap.remap_to_apr(adapter, tmp_path / "int.safetensors", base=base)
+    assert _safetensors_metadata(tmp_path / "int.safetensors")["lora_alpha"] == str(ALPHA)
+
+
+Q0 = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+def _apr_copy(tiny, tmp_path, metadata=None, edit=None) -> Path:
+    """The qwen2 adapter as an apr file, with its header metadata replaced and its tensors edited."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    base, adapter = tiny["qwen2"]
+    remap.remap_to_apr(adapter, tmp_path / "good.safetensors", base=base)
+    with safe_open(str(tmp_path / "good.safetensors"), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        original = handle.metadata()
+    save_file(edit(tensors) if edit else tensors, str(tmp_path / "bad.safetensors"),
+              metadata=original if metadata is None else metadata)
+    return tmp_path / "bad.safetensors"
+
+
+def _without(mapping: dict, key: str) -> dict:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+def _with(mapping: dict, key: str, value) -> dict:
+    return {**mapping, key: value.clone()}  # a copy: safetensors refuses to save tensors that share memory
+
+
+BAD_PEFT = {  # name: (adapter_config.json changes, tensor edit, the error must say)
+    "no base model": ({"base_model_name_or_path": None}, None, r"odd: no base model: pass --base"),
+    "rank differs": ({"r": 8}, None, r"says r=8 but the tensors have rank \[4\]"),
+    "lone lora_A": (None, lambda t: _without(t, Q0 + ".lora_B.weight"),
+                    r"adapter_model.safetensors: LoRA pairs without both lora_A and lora_B: \['model.layers.0.self_attn.q_proj'\]"),
+    "foreign tensor": (None, lambda t: _with(t, "base_model.model.lm_head.weight", t[Q0 + ".lora_A.weight"]),
+                       r"unexpected tensor 'base_model.model.lm_head.weight' in a peft LoRA adapter"),
+    "lora bias": (None, lambda t: _with(t, Q0 + ".lora_A.bias", t[Q0 + ".lora_A.weight"][0]),
+                  r"unexpected tensor '.*q_proj.lora_A.bias'"),
+    "no prefix": (None, lambda t: _with(t, "model.x.lora_A.weight", t[Q0 + ".lora_A.weight"]),
+                  r"unexpected tensor 'model.x.lora_A.weight'"),
+    "unknown module": (None, lambda t: _with(_with(t, "base_model.model.model.layers.0.mystery.lora_A.weight",
+                                                   t[Q0 + ".lora_A.weight"]),
+                                             "base_model.model.model.layers.0.mystery.lora_B.weight", t[Q0 + ".lora_B.weight"]),
+                       r"no GGUF name for module 'model.layers.0.mystery' of a qwen2 model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PEFT))
+def test_bad_peft_adapters_are_refused_naming_the_problem(tiny, tmp_path, case):
+    """A damaged or foreign adapter is refused with a FlipError that names the file or tensor and what is wrong,
+    before any output is written."""
+    config, edit, message = BAD_PEFT[case]
+    base, adapter = tiny["qwen2"]
+    odd = _edited_copy(adapter, tmp_path / "odd", config=config, tensors=edit)
+    with pytest.raises(FlipError, match=message):
+        remap.remap_to_apr(odd, tmp_path / "x.safetensors", base=None if case == "no base model" else base)
+    assert not (tmp_path / "x.safetensors").exists()
+    for missing in ("adapter_config.json", "adapter_model.safetensors"):
+        partial = _edited_copy(adapter, tmp_path / f"no-{missing}")
+        (partial / missing).unlink()
+        with pytest.raises(FlipError, match=f"no-{missing} is not a peft adapter directory"):
+            remap.read_peft(partial)
+
+
+BAD_APR = {  # name: (header metadata or None to keep it, tensor edit, the error must say)
+    "no metadata": ({}, None, r"bad.safetensors has no lora_rank / lora_alpha in its safetensors header metadata"),
+    "no alpha": ({"lora_rank": "4"}, None, r"has no lora_alpha in its"),
+    "unreadable rank": ({"lora_rank": "four", "lora_alpha": "8"}, None, r"unreadable lora_rank / lora_alpha metadata"),
+    "rank 0": ({"lora_rank": "0", "lora_alpha": "8"}, None, r"lora_rank=0 / lora_alpha=8.0 are not usable"),
+    "alpha nan": ({"lora_rank": "4", "lora_alpha": "nan"}, None, r"lora_rank=4 / lora_alpha=nan are not usable"),
+    "lone lora_a": (None, lambda t: _without(t, "blk.0.attn_q.weight.lora_b"),
+                    r"incomplete lora_a / lora_b pairs for \['model.layers.0.self_attn.q_proj'\]"),
+    "not a lora tensor": (None, lambda t: _with(t, "blk.0.attn_q.weight.lora_c", t["blk.0.attn_q.weight.lora_a"]),
+                          r"unexpected tensor 'blk.0.attn_q.weight.lora_c' in an apr adapter for a qwen2 base"),
+    "not a linear": (None, lambda t: _with(t, "blk.0.attn_norm.weight.lora_a", t["blk.0.attn_q.weight.lora_a"]),
+                     r"unexpected tensor 'blk.0.attn_norm.weight.lora_a'"),
+    "no .weight": (None, lambda t: _with(t, "blk.0.attn_q.lora_a", t["blk.0.attn_q.weight.lora_a"]),
+                   r"unexpected tensor 'blk.0.attn_q.lora_a'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_APR))
+def test_bad_apr_files_are_refused_naming_the_problem(tiny, tmp_path, case):
+    """An apr file without usable lora_rank / lora_alpha (apr itself would silently assume 64 / 16), with a tensor
+    that is not a LoRA factor of a linear layer of the base, or with half a pair is refused, naming it."""
+    metadata, edit, message = BAD_APR[case]
+    bad = _apr_copy(tiny, tmp_path, metadata, edit)
+    with pytest.raises(FlipError, match=message):
+        remap.remap_to_peft(bad, tmp_path / "back", base=tiny["qwen2"][0])
+    assert not (tmp_path / "back").exists()
+
+
+def test_gguf_adapter_is_checked_against_the_base_gguf():
+    """llama.cpp refuses an adapter whose tensor is missing from the base or whose shapes do not fit: so do we, before
+    writing. Shapes are torch order ([r, in], [out, r]); the base's ne is ggml order ([in, out])."""
+    a, b = torch.zeros(4, 64), torch.zeros(32, 4)
+    fine = {"blk.0.attn_q.weight": [64, 32]}
+    remap._check_against_base({"blk.0.attn_q.weight.lora_a": a, "blk.0.attn_q.weight.lora_b": b}, fine)
+    with pytest.raises(FlipError, match=r"blk.0.attn_k.weight does not exist in the base GGUF"):
+        remap._check_against_base({"blk.0.attn_k.weight.lora_a": a, "blk.0.attn_k.weight.lora_b": b}, fine)
+    for bad_a, bad_b, base_ne in ((torch.zeros(4, 63), b, [64, 32]), (a, torch.zeros(31, 4), [64, 32]),
+                                  (a, torch.zeros(32, 3), [64, 32]), (a, b, [32, 64])):
+        with pytest.raises(FlipError, match=r"blk.0.attn_q.weight: adapter shapes a\[\d+, \d+\] b\[\d+, \d+\] do not fit"
+                                            r" the base ne \[\d+, \d+\]"):
+            remap._check_against_base({"blk.0.attn_q.weight.lora_a": bad_a, "blk.0.attn_q.weight.lora_b": bad_b},
+                                      {"blk.0.attn_q.weight": base_ne})
+    with pytest.raises(FlipError, match=r"architecture 'no-such-arch' has no GGUF tensor naming"):
+        remap.gguf_arch("no-such-arch")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.helper
 def test_cli_remap_both_directions(tiny, tmp_path, capsys):
-    """`flip remap` writes the apr file (and GGUF), `--to peft` writes it back, bad inputs exit 2 with a message."""
+    """`flip remap` writes the apr file (and GGUF) and prints its JSON report, `--to peft` writes it back, bad inputs
+    exit 2 with a message and write nothing."""
     from harness.cli import main
 
     base, adapter = tiny["qwen2"]
+    # the adapter records a base that has moved away: --base must win
+    adapter = _edited_copy(adapter, tmp_path / "moved", config={"base_model_name_or_path": str(tmp_path / "gone")})
+    capsys.readouterr()
     assert main(["remap", str(adapter), "--out", str(tmp_path / "a.safetensors"), "--gguf", str(tmp_path / "a.gguf"),
                  "--base", str(base)]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "out": str(tmp_path / "a.safetensors"), "tensors": 2 * N_LAYERS * len(TARGETS), "pairs": N_LAYERS * len(TARGETS),
+        "rank": RANK, "alpha": ALPHA, "arch": "qwen2", "permuted": 0, "base": str(base), "gguf": str(tmp_path / "a.gguf")}
     assert (tmp_path / "a.gguf").is_file()
     assert main(["remap", str(tmp_path / "a.safetensors"), "--to", "peft", "--out", str(tmp_path / "p"),
                  "--base", str(base)]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "out": str(tmp_path / "p"), "tensors": 2 * N_LAYERS * len(TARGETS), "rank": RANK, "alpha": ALPHA,
+        "arch": "qwen2", "targets": sorted(TARGETS)}
     assert (tmp_path / "p" / "adapter_config.json").is_file()
     assert main(["remap", str(tmp_path / "a.safetensors"), "--to", "peft", "--out", str(tmp_path / "q")]) == 2
+    assert "--to peft needs --base" in capsys.readouterr().err
+    assert main(["remap", str(tmp_path / "a.safetensors"), "--to", "peft", "--out", str(tmp_path / "q"),
+                 "--base", str(base), "--gguf", str(tmp_path / "q.gguf")]) == 2
+    assert "--gguf is only written in the peft -> apr direction" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists() and not (tmp_path / "q.gguf").exists()
     assert main(["remap", str(tmp_path), "--out", str(tmp_path / "x.safetensors"), "--base", str(base)]) == 2
     assert "not a peft adapter directory" in capsys.readouterr().err
 

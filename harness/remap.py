@@ -54,7 +54,7 @@ def gguf_arch(model_type: str):
     for arch, name in gguf.MODEL_ARCH_NAMES.items():
         if name == model_type:
             return arch
-    raise FlipError(f"architecture {model_type!r} has no GGUF tensor naming in gguf-py {gguf.__version__ if hasattr(gguf, '__version__') else ''}")
+    raise FlipError(f"architecture {model_type!r} has no GGUF tensor naming in gguf-py (gguf.MODEL_ARCH_NAMES)")
 
 
 def name_map(config):
@@ -146,7 +146,7 @@ def _check_plain_lora(config: dict, where) -> None:
 def _split_peft_key(key: str) -> tuple[str, str]:
     """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` -> (`model.layers.0.self_attn.q_proj`, `lora_A`)."""
     parts = key.split(".")
-    if not key.startswith(PEFT_PREFIX) or len(parts) < 4 or parts[-1] != "weight" or parts[-2] not in PEFT_SUFFIXES:
+    if not key.startswith(PEFT_PREFIX) or parts[-1] != "weight" or parts[-2] not in PEFT_SUFFIXES:
         raise FlipError(f"unexpected tensor {key!r} in a peft LoRA adapter (want ...lora_A.weight / ...lora_B.weight)")
     return ".".join(parts[:-2])[len(PEFT_PREFIX):], parts[-2]
 
