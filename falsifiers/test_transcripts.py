@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 
 import transcript_gen as gen
 from harness import FlipError
-from harness.transcripts import SESSION, STREAM_JSON, LineStats, detect_format, prompt_text, read_file, result_text
+from harness.transcripts import (SESSION, STREAM_JSON, LineStats, detect_format, prompt_text, read_file, result_text,
+                                 sibling_prompt)
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -168,6 +169,13 @@ def test_lone_surrogates_are_replaced_and_counted_not_dropped(tmp_path):
     stats = LineStats()
     calls = _all_calls(read_file(path, stats))
     assert stats.repaired_surrogates == 2 and stats.used == 2
+    paired = tmp_path / "paired.ndjson"  # an escaped surrogate *pair* is a valid character: nothing to repair
+    paired.write_bytes(_lines({"type": "system", "subtype": "init", "cwd": "/w", "session_id": "s"},
+                              {"type": "user", "session_id": "s", "message": {"content": "fix \U0001F600 [x]"}}))
+    assert b"\\ud83d\\ude00" in paired.read_bytes()
+    paired_stats = LineStats()
+    assert read_file(paired, paired_stats).trajectories[0].task == "fix \U0001F600 [x]"
+    assert paired_stats.repaired_surrogates == 0
     assert calls[0].input["pattern"] == "ok \ufffd" and "head \ufffd tail" in calls[0].result
     assert calls[1].input == {"file_path": "/w/b"} and calls[1].result == "fine \u00e9"
     for call in calls:
@@ -224,6 +232,79 @@ def test_prompts_before_the_first_call_join_into_one_task(tmp_path):
             {"type": "tool_use", "id": "B", "name": "Read", "input": {"file_path": "/w/b"}}]}, **env}))
     read = read_file(path, LineStats())
     assert [(t.task, len(t.calls)) for t in read.trajectories] == [("first\n\nsecond", 1), ("third", 1)]
+
+
+def test_repeated_compacted_and_unknown_records_are_skipped_by_name(tmp_path):
+    """A resumed session repeats records (same uuid): read once. A compaction summary is not a prompt. Unknown and
+    untyped records are skipped and counted by type, in both formats."""
+    base = {"sessionId": "s", "cwd": "/w", "isSidechain": False}
+    call = {"type": "assistant", "parentUuid": "1", "uuid": "2", **base, "message": {"content": [
+        {"type": "tool_use", "id": "A", "name": "Read", "input": {"file_path": "/w/a"}}]}}
+    session = tmp_path / "s.jsonl"
+    session.write_bytes(_lines(
+        {"type": "user", "parentUuid": None, "uuid": "1", **base, "message": {"content": "the task"}},
+        call, call,
+        {"type": "user", "parentUuid": "2", "uuid": "3", "isCompactSummary": True, **base,
+         "message": {"content": "This session is being continued from a previous conversation..."}},
+        {"type": "brand_new", "uuid": "4", **base}, {"type": "brand_new", "uuid": "5", **base}, {"uuid": "6", **base}))
+    stats = LineStats()
+    read = read_file(session, stats)
+    assert [(t.task, [c.id for c in t.calls]) for t in read.trajectories] == [("the task", ["A"])]
+    assert stats.skipped == Counter({"duplicate_uuid": 1, "compact_summary": 1, "unknown_type": 2, "no_type": 1})
+    assert stats.unknown_types == Counter({"brand_new": 2}) and stats.used == 2
+
+    stream = tmp_path / "t.ndjson"
+    env = {"session_id": "s", "parent_tool_use_id": None}
+    stream.write_bytes(_lines({"type": "system", "subtype": "init", "cwd": "/w", "uuid": "i", **env},
+                              {"type": "user", "uuid": "u", "message": {"content": "go"}, **env},
+                              {"type": "user", "uuid": "u", "message": {"content": "go"}, **env},
+                              {"type": "brand_new", **env}, {"session_id": "s"}))
+    stats = LineStats()
+    assert read_file(stream, stats).trajectories[0].task == "go"
+    assert stats.skipped == Counter({"ignored:system": 1, "duplicate_uuid": 1, "unknown_type": 1, "no_type": 1})
+    assert stats.unknown_types == Counter({"brand_new": 1})
+
+
+def test_a_sub_agents_task_is_its_own_prompt_else_its_callers(tmp_path):
+    """A sub-agent run's task is the prompt its own first user message carries; without one, the `prompt` input of
+    the call that started it; a prompt arriving after its first action still becomes the task of a run without one."""
+    env = {"session_id": "s"}
+
+    def agent(call_id, tool_input):
+        return {"type": "assistant", "parent_tool_use_id": None, "message": {"id": "m" + call_id, "content": [
+            {"type": "tool_use", "id": call_id, "name": "Agent", "input": tool_input}]}, **env}
+
+    def inside(call_id, record):
+        return {**record, "parent_tool_use_id": call_id, **env}
+
+    read_call = {"type": "assistant", "message": {"id": "r", "content": [
+        {"type": "tool_use", "id": "R", "name": "Read", "input": {"file_path": "/w/x"}}]}}
+    path = tmp_path / "t.ndjson"
+    path.write_bytes(_lines(
+        {"type": "system", "subtype": "init", "cwd": "/w", **env},
+        agent("T1", {"prompt": "from the caller"}), inside("T1", {"type": "user", "message": {"content": "its own"}}),
+        agent("T2", {"prompt": "from the caller"}),
+        inside("T2", {**read_call, "message": {"id": "r2", "content": [{**read_call["message"]["content"][0], "id": "R2"}]}}),
+        agent("T3", {"prompt": ["not", "text"]}),
+        inside("T3", {**read_call, "message": {"id": "r3", "content": [{**read_call["message"]["content"][0], "id": "R3"}]}}),
+        inside("T3", {"type": "user", "message": {"content": "late prompt"}}),
+        inside("T4", {**read_call, "message": {"id": "r4", "content": [{**read_call["message"]["content"][0], "id": "R4"}]}}),
+    ))
+    read = read_file(path, LineStats())
+    assert [t.task for t in read.trajectories if t.sidechain] == ["its own", "from the caller", "late prompt", None]
+
+
+def test_a_headless_runs_task_comes_from_the_prompt_file_beside_it(tmp_path):
+    """`-p` prompts are not echoed in stream-json: the task is prompt.txt, else prompt.md, beside the transcript;
+    an empty file is passed over; undecodable bytes become U+FFFD rather than losing the task."""
+    transcript = tmp_path / "teacher.stream.ndjson"
+    assert sibling_prompt(transcript) is None
+    (tmp_path / "prompt.md").write_text("  from the md  \n")
+    assert sibling_prompt(transcript) == "from the md"
+    (tmp_path / "prompt.txt").write_text("\n")
+    assert sibling_prompt(transcript) == "from the md"
+    (tmp_path / "prompt.txt").write_bytes(b"fix caf\xe9.py")
+    assert sibling_prompt(transcript) == "fix caf\ufffd.py"
 
 
 def test_real_stream_json_transcript(real_transcripts):

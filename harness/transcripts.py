@@ -304,12 +304,8 @@ def read_stream_json(path: Path, stats: LineStats) -> FileRead:
     seen_uuids: set[str] = set()
     for record in iter_records(path, stats):
         kind = record.get("type")
-        uuid = record.get("uuid")
-        if isinstance(uuid, str):
-            if uuid in seen_uuids:
-                stats.skip("duplicate_uuid")
-                continue
-            seen_uuids.add(uuid)
+        if _repeated(record, seen_uuids, stats):
+            continue
         if kind == "system" and record.get("subtype") == "init" and isinstance(record.get("cwd"), str):
             _add_root(roots, record["cwd"])
             stats.skip("ignored:system")
@@ -329,6 +325,18 @@ def read_stream_json(path: Path, stats: LineStats) -> FileRead:
 
 
 # ------------------------------------------------------------------------------------------ on-disk sessions
+
+def _repeated(record: dict, seen_uuids: set[str], stats: LineStats) -> bool:
+    """A record whose uuid was already read: resumed sessions and replayed lines repeat records; counted once."""
+    uuid = record.get("uuid")
+    if not isinstance(uuid, str):
+        return False
+    if uuid in seen_uuids:
+        stats.skip("duplicate_uuid")
+        return True
+    seen_uuids.add(uuid)
+    return False
+
 
 def _use(stats: LineStats, used: bool) -> None:
     if used:
@@ -352,11 +360,8 @@ def read_session(path: Path, stats: LineStats) -> FileRead:
     for record in iter_records(path, stats):
         kind = record.get("type")
         uuid = record.get("uuid")
-        if isinstance(uuid, str):
-            if uuid in seen_uuids:
-                stats.skip("duplicate_uuid")  # resumed sessions repeat records
-                continue
-            seen_uuids.add(uuid)
+        if _repeated(record, seen_uuids, stats):
+            continue
         if isinstance(record.get("cwd"), str):
             _add_root(roots, record["cwd"])
         if kind in _SESSION_IGNORED:
@@ -375,8 +380,8 @@ def read_session(path: Path, stats: LineStats) -> FileRead:
         side_key = None
         if record.get("isSidechain"):
             parent = record.get("parentUuid")
-            key = chain_root.get(parent, parent) if isinstance(parent, str) else None
-            key = key or (uuid if isinstance(uuid, str) else f"line{stats.read}")
+            # a chain starts where the parent is not a sidechain record already seen (null, or a lost line)
+            key = (chain_root.get(parent) if isinstance(parent, str) else None) or f"line{stats.read}"
             if isinstance(uuid, str):
                 chain_root[uuid] = key
             side_key = "chain:" + key
