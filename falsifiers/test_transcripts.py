@@ -208,7 +208,7 @@ RESULTS = [  # (tool_result content, its text)
     (None, ""),
     ("plain", "plain"),
     ([{"type": "text", "text": "a"}, {"type": "image", "source": {}}, {"type": "text"}], "a\n[image]\n"),
-    ([{"x": 1, "type": "other"}, "raw"], '{"type": "other", "x": 1}\nraw'),
+    ([{"x": "é", "type": "other"}, "raw"], '{"type": "other", "x": "é"}\nraw'),
     ({"b": 1, "a": "é"}, '{"a": "é", "b": 1}'),
 ]
 
@@ -305,6 +305,39 @@ def test_a_headless_runs_task_comes_from_the_prompt_file_beside_it(tmp_path):
     assert sibling_prompt(transcript) == "from the md"
     (tmp_path / "prompt.txt").write_bytes(b"fix caf\xe9.py")
     assert sibling_prompt(transcript) == "fix caf\ufffd.py"
+
+
+def test_malformed_blocks_are_kept_and_counted_not_lost(tmp_path):
+    """Blocks missing their id, name or input are kept as calls (the exporter then counts them as unmappable or
+    invalid); a replayed block is skipped without losing the new block after it; results that answer no call and
+    user turns that carry nothing are counted."""
+    env = {"session_id": "s", "parent_tool_use_id": None}
+
+    def assistant(message_id, *blocks):
+        return {"type": "assistant", "message": {"id": message_id, "content": list(blocks)}, **env}
+
+    def use(**block):
+        return {"type": "tool_use", **block}
+
+    path = tmp_path / "t.ndjson"
+    path.write_bytes(_lines(
+        {"type": "system", "subtype": "init", "cwd": "/w", **env},
+        assistant("m1", use(name="Read", input={"file_path": "/w/a"}), use(name="Read", input={"file_path": "/w/b"})),
+        assistant("m2", use(id="N", input={"x": 1}), use(id="I", name="Read")),
+        assistant("m3", use(id="X", name="Read", input={"file_path": "/w/x"})),
+        assistant("m3", use(id="X", name="Read", input={"file_path": "/w/x"}), use(id="Y", name="Bash", input={"command": "ls"})),
+        {"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "nope", "content": "?"},
+                                                 {"type": "tool_result", "tool_use_id": "gone", "content": "?"},
+                                                 {"type": "tool_result", "content": "?"}]}, **env},
+        {"type": "user", "message": {"content": "   "}, **env},
+    ))
+    stats = LineStats()
+    read = read_file(path, stats)
+    assert [(c.id, c.name, c.input) for c in _all_calls(read)] == [
+        ("", "Read", {"file_path": "/w/a"}), ("", "Read", {"file_path": "/w/b"}), ("N", "", {"x": 1}), ("I", "Read", {}),
+        ("X", "Read", {"file_path": "/w/x"}), ("Y", "Bash", {"command": "ls"})]
+    assert stats.orphan_results == 3
+    assert stats.skipped == Counter({"ignored:system": 1, "user_without_prompt": 1}) and stats.used == 5
 
 
 def test_real_stream_json_transcript(real_transcripts):
