@@ -415,11 +415,14 @@ def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, 
               ("Grep", {"pattern": "def", "path": "/w"}, "a.py:1")]
     _stream(tmp_path / "in" / "t.ndjson", "/w", calls, task="fix a.py")
     (tmp_path / "in" / "other.jsonl").write_text('{"a": 1}\n')
-    assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "cli")]) == 0
+    assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "runs" / "cli")]) == 0  # parents made
+    err = capsys.readouterr().err
+    assert "flip export: " in err  # the progress bar (tqdm, on stderr)
+    assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "runs" / "cli")]) == 0  # into an existing dir
     stats = _export([tmp_path / "in"], tmp_path / "lib")
-    assert _outputs(tmp_path / "cli") == _outputs(tmp_path / "lib")
+    assert _outputs(tmp_path / "runs" / "cli") == _outputs(tmp_path / "lib")
     summary = capsys.readouterr().err.splitlines()
-    expected = {"files": stats["files"], "files skipped": 1, "trajectories": 1, "raw tool_use": 10, "remappable": 7,
+    expected = {"files": 1, "files skipped": 1, "trajectories": 1, "raw tool_use": 10, "remappable": 7,
                 "unmappable": 3, "without task": 0, "lines read": stats["lines"]["read"],
                 "lines skipped": sum(stats["lines"]["skipped"].values()), "redactions": 0, "dropped: too long": 0}
     for label, value in expected.items():
