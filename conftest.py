@@ -22,6 +22,16 @@ MARKERS = {
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    _hypothesis_profiles()
+
+
+def _hypothesis_profiles() -> None:
+    """HYPOTHESIS_PROFILE=mutmut (set by `make mutation`): same examples, no shrinking. A mutant only needs one failing
+    example to be killed; shrinking it to a minimal one can take minutes per mutant and tells mutmut nothing."""
+    from hypothesis import Phase, settings
+
+    settings.register_profile("mutmut", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -609,7 +609,8 @@ def run_mutmut(modules: list[str], workdir: Path, children: int) -> int:
             config.write_text(narrow_mutmut_config(config.read_text(encoding="utf-8"), modules), encoding="utf-8")
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     # The copy has no ../shared beside it: point the real-transcript tests at this checkout's.
-    env = {"FLIP_REAL_TRANSCRIPTS": str(ROOT.parent / "shared" / "real-transcripts"), **os.environ}
+    env = {"FLIP_REAL_TRANSCRIPTS": str(ROOT.parent / "shared" / "real-transcripts"), **os.environ,
+           "HYPOTHESIS_PROFILE": "mutmut"}  # see conftest.py
     proc = subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=workdir, env=env)
     if proc.returncode:
         return proc.returncode
