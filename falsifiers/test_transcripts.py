@@ -135,10 +135,12 @@ def test_sub_agents_are_their_own_trajectories_with_their_prompt_as_task(tmp_pat
             {"type": "tool_use", "id": "Bx", "name": "Bash", "input": {"command": "ls"}}]}},
         {"type": "assistant", "parentUuid": "a1", "isSidechain": True, "uuid": "a2", **base, "message": {"content": [
             {"type": "tool_use", "id": "Ax", "name": "Read", "input": {"file_path": "/w/a"}}]}},
+        {"type": "assistant", "parentUuid": ["damaged"], "isSidechain": True, "uuid": "c1", **base, "message": {
+            "content": [{"type": "tool_use", "id": "Cx", "name": "Read", "input": {"file_path": "/w/c"}}]}},
     ))
     read = read_file(session, LineStats())
     assert [(t.sidechain, t.task, [c.id for c in t.calls]) for t in read.trajectories] == [
-        (False, "build it", ["T1", "T2"]), (True, "p1", ["Ax"]), (True, "p2", ["Bx"])]
+        (False, "build it", ["T1", "T2"]), (True, "p1", ["Ax"]), (True, "p2", ["Bx"]), (True, None, ["Cx"])]
 
 
 def test_lines_of_many_megabytes_are_read(tmp_path):
@@ -171,7 +173,7 @@ def test_lone_surrogates_are_replaced_and_counted_not_dropped(tmp_path):
     assert stats.repaired_surrogates == 2 and stats.used == 2
     paired = tmp_path / "paired.ndjson"  # an escaped surrogate *pair* is a valid character: nothing to repair
     paired.write_bytes(_lines({"type": "system", "subtype": "init", "cwd": "/w", "session_id": "s"},
-                              {"type": "user", "session_id": "s", "message": {"content": "fix \U0001F600 [x]"}}))
+                              {"type": "user", "session_id": "s", "n": 1, "message": {"content": "fix \U0001F600 [x]"}}))
     assert b"\\ud83d\\ude00" in paired.read_bytes()
     paired_stats = LineStats()
     assert read_file(paired, paired_stats).trajectories[0].task == "fix \U0001F600 [x]"
@@ -223,6 +225,7 @@ def test_prompts_before_the_first_call_join_into_one_task(tmp_path):
     path = tmp_path / "t.ndjson"
     path.write_bytes(_lines(
         {"type": "system", "subtype": "init", "cwd": "/w", **env},
+        {"type": "assistant", "message": {"id": "hi", "content": [{"type": "text", "text": "Hello"}]}, **env},
         {"type": "user", "message": {"content": "first"}, **env},
         {"type": "user", "message": {"content": "second"}, **env},
         {"type": "assistant", "message": {"id": "m", "content": [
@@ -283,6 +286,7 @@ def test_a_sub_agents_task_is_its_own_prompt_else_its_callers(tmp_path):
     path.write_bytes(_lines(
         {"type": "system", "subtype": "init", "cwd": "/w", **env},
         agent("T1", {"prompt": "from the caller"}), inside("T1", {"type": "user", "message": {"content": "its own"}}),
+        inside("T1", {"type": "user", "message": {"content": "a follow-up"}}),
         agent("T2", {"prompt": "from the caller"}),
         inside("T2", {**read_call, "message": {"id": "r2", "content": [{**read_call["message"]["content"][0], "id": "R2"}]}}),
         agent("T3", {"prompt": ["not", "text"]}),

@@ -111,21 +111,22 @@ def iter_records(path: Path, stats: LineStats | None = None, limit: int | None =
             yield record
 
 
-def _without_lone_surrogates(value):
+def _without_lone_surrogates(value) -> tuple[object, bool]:
+    """(value with each lone UTF-16 surrogate replaced by U+FFFD, whether any was)."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
-            return value, 0
+            return value, False
         except UnicodeEncodeError:
-            # Each lone surrogate becomes U+FFFD, the standard replacement mark (utf-8 "replace" would write "?").
-            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), 1
+            # U+FFFD is the standard replacement mark (utf-8 "replace" would write "?").
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), True
     if isinstance(value, list):
         pairs = [_without_lone_surrogates(v) for v in value]
-        return [v for v, _ in pairs], int(any(c for _, c in pairs))
+        return [v for v, _ in pairs], any(c for _, c in pairs)
     if isinstance(value, dict):
         pairs = {k: _without_lone_surrogates(v) for k, v in value.items()}
-        return {k: v for k, (v, _) in pairs.items()}, int(any(c for _, c in pairs.values()))
-    return value, 0
+        return {k: v for k, (v, _) in pairs.items()}, any(c for _, c in pairs.values())
+    return value, False
 
 
 # ------------------------------------------------------------------------------------------- format detection
@@ -376,16 +377,14 @@ def read_session(path: Path, stats: LineStats) -> FileRead:
         if record.get("isCompactSummary"):
             stats.skip("compact_summary")
             continue
-        content = _message(record).get("content")
-        side_key = None
+        chain = None  # the main agent's records
         if record.get("isSidechain"):
             parent = record.get("parentUuid")
             # a chain starts where the parent is not a sidechain record already seen (null, or a lost line)
-            key = (chain_root.get(parent) if isinstance(parent, str) else None) or f"line{stats.read}"
+            chain = (chain_root.get(parent) if isinstance(parent, str) else None) or f"line{stats.read}"
             if isinstance(uuid, str):
-                chain_root[uuid] = key
-            side_key = "chain:" + key
-        _use(stats, builder.add_record(kind, content, side_key))
+                chain_root[uuid] = chain
+        _use(stats, builder.add_record(kind, _message(record).get("content"), chain))
     return FileRead(SESSION, builder.trajectories, roots)
 
 
