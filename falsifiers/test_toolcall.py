@@ -47,5 +47,18 @@ def test_calls_are_validated_against_the_contract_schemas():
     assert call_errors(ToolCall("shell", {"command": ""}))
     assert call_errors(ToolCall("memory", {"action": "forget"}))
     assert call_errors(ToolCall("nope", {})) == ["unknown tool 'nope'"]
-    assert call_errors(ToolCall("shell", ["ls"]))
+    assert call_errors(ToolCall("shell", ["ls"])) == ["input is list, not an object"]
     assert is_valid(ToolCall("grep", {"pattern": "fn", "case_insensitive": True}))
+
+
+def test_tag_text_inside_strings_never_splits_a_call():
+    """A file that mentions `</tool_call>` is written as `<\\/tool_call>` (the same JSON string), so the runtime's
+    scanner does not end the block early; a string that mentions `<tool_call>` does not open a block; non-ASCII text
+    stays literal UTF-8 (fewer tokens than \\u escapes, and what the student should write)."""
+    tricky = {"path": "notes.md", "content": "see </tool_call> and <tool_call> here, café"}
+    text = render_tool_call("file_write", tricky)
+    assert text.count("</tool_call>") == 1 and "café" in text
+    second = render_tool_call("shell", {"command": "echo <tool_call>"})
+    calls = parse_tool_calls(text + "\n" + second + "\n" + render_tool_call("file_read", {"path": "a.py"}))
+    assert [(c.name, c.input) for c in calls] == [("file_write", tricky), ("shell", {"command": "echo <tool_call>"}),
+                                                  ("file_read", {"path": "a.py"})]

@@ -59,10 +59,8 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
             break
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             break
-        tool_input = obj.get("input", {})
-        if tool_input is None:
-            tool_input = {}
-        calls.append(ToolCall(obj["name"], tool_input, closed))
+        tool_input = obj.get("input")
+        calls.append(ToolCall(obj["name"], {} if tool_input is None else tool_input, closed))
     return calls
 
 
