@@ -443,6 +443,49 @@ def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, 
     assert capsys.readouterr().err == ""  # --quiet: no progress bar, no summary
 
 
+def test_a_failed_export_leaves_the_previous_outputs_whole(tmp_path, monkeypatch):
+    """Outputs are replaced atomically: an export that fails part-way (here the second transcript cannot be read, as
+    when a file vanishes mid-run) leaves the previous outputs byte for byte and no partial or temporary files."""
+    import harness.export as export_module
+
+    for name in ("a", "b"):
+        _stream(tmp_path / "in" / name / "t.ndjson", "/w", [("Read", {"file_path": f"/w/{name}"}, name)], task=name)
+    _export([tmp_path / "in"], tmp_path / "out", mode="all")
+    before = _outputs(tmp_path / "out")
+    real_read, reads = export_module.read_file, []
+
+    def vanishing(path, stats):
+        reads.append(path)
+        if len(reads) == 2:
+            raise FlipError(f"cannot read {path}: No such file or directory")
+        return real_read(path, stats)
+
+    monkeypatch.setattr(export_module, "read_file", vanishing)
+    with pytest.raises(FlipError, match="cannot read"):
+        _export([tmp_path / "in"], tmp_path / "out", mode="all", seed=7)
+    assert len(reads) == 2
+    assert _outputs(tmp_path / "out") == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(before)
+
+
+def test_sources_are_relative_to_the_common_parent_of_the_given_paths(tmp_path):
+    """Several paths: each sample's source is relative to their common parent (POSIX), so the same files give the
+    same datasets wherever they live; a file named twice is read once; in directories only .jsonl / .ndjson count."""
+    from harness.export import discover
+
+    a = _stream(tmp_path / "runs" / "a" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a"}, "A")], task="a")
+    _stream(tmp_path / "runs" / "b" / "x" / "s.jsonl", "/w", [("Read", {"file_path": "/w/b"}, "B")], task="b")
+    (tmp_path / "runs" / "b" / "x" / "notes.txt").write_text("not a transcript")
+    found = discover([tmp_path / "runs" / "b", a, a])
+    assert [source for source, _ in found] == ["a/t.ndjson", "b/x/s.jsonl"]
+    stats = _export([tmp_path / "runs" / "b", a], tmp_path / "out", mode="full")
+    assert stats["files"] == 2
+    assert [s["metadata"]["source"] for s in _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")] == [
+        "a/t.ndjson", "b/x/s.jsonl"]
+    with pytest.raises(FlipError, match="nope: no such file or directory"):
+        discover([tmp_path / "nope"])
+
+
 def test_flip_export_and_help_do_not_import_torch(tmp_path):
     _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a"}, "A")], task="t")
     probe = (
