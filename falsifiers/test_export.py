@@ -183,9 +183,10 @@ def test_remap_follows_the_tool_map_fields(tmp_path):
     assert stats["unmappable"] == {"TodoWrite": 1}
 
 
-def test_paths_are_relative_in_results_and_tasks_too(tmp_path):
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_paths_are_relative_in_results_and_tasks_too(tmp_path, slash):
     cwd = "/tmp/fix-teacher.AbC123"
-    _stream(tmp_path / "in" / "t.ndjson", cwd, [
+    _stream(tmp_path / "in" / "t.ndjson", cwd + slash, [
         ("Bash", {"command": "cargo test"}, f"error at {cwd}/src/lib.rs:3\nin {cwd}"),
         ("Read", {"file_path": f"{cwd}/src/lib.rs"}, "1\tfn a() {}"),
     ], prompt_file=f"Fix {cwd}/src/lib.rs please")

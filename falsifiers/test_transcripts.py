@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 
 import transcript_gen as gen
 from harness import FlipError
-from harness.transcripts import (SESSION, STREAM_JSON, LineStats, detect_format, prompt_text, read_file, result_text,
-                                 sibling_prompt)
+from harness.transcripts import (_DETECT_LINES, SESSION, STREAM_JSON, LineStats, detect_format, iter_records, prompt_text,
+                                 read_file, result_text, sibling_prompt)
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -48,8 +48,61 @@ def test_format_is_detected_from_content_not_name(tmp_path):
 
 @pytest.mark.helper
 def test_unreadable_path_is_a_flip_error(tmp_path):
-    with pytest.raises(FlipError):
+    with pytest.raises(FlipError, match=r"cannot read .*missing.jsonl: No such file or directory"):
         read_file(tmp_path / "missing.jsonl", LineStats())
+
+
+ONE_RECORD = [  # (a file's records, the format they prove)
+    ([{"type": "summary", "summary": "s", "leafUuid": "u"}], SESSION),
+    ([{"type": "file-history-snapshot", "messageId": "m"}], SESSION),
+    ([{"type": "queue-operation", "operation": "enqueue"}], SESSION),
+    ([{"type": "user", "parentUuid": None}], SESSION),
+    ([{"type": "user", "isSidechain": False}], SESSION),
+    ([{"type": "user", "sessionId": "s"}], SESSION),
+    ([{"type": "x", "parent_tool_use_id": None}], STREAM_JSON),
+    ([{"type": "stream_event", "event": {}}], STREAM_JSON),
+    ([{"type": "result", "subtype": "success"}], STREAM_JSON),
+    ([{"type": "assistant", "message": {}}], STREAM_JSON),
+    ([{"type": "user", "message": {}}], STREAM_JSON),
+    ([{"type": "system", "subtype": "init", "session_id": "s"}], STREAM_JSON),
+    ([{"type": "system", "subtype": "init"}], None),
+    ([{"type": "hook_event", "session_id": "s"}], STREAM_JSON),  # weak: a snake_case envelope, nothing else seen
+    ([{"session_id": "s"}], None),
+    ([{"type": 3, "session_id": "s"}], None),
+    ([{"type": "hook_event", "session_id": "s"}, {"type": "summary", "summary": "s", "leafUuid": "u"}], SESSION),
+    ([{"type": "hook_event", "session_id": "s"}, {"type": "new_event"}], STREAM_JSON),
+    ([{"name": "package"}], None),
+]
+
+
+@pytest.mark.parametrize("records, expected", ONE_RECORD)
+def test_each_format_marker_alone_decides_the_format(tmp_path, records, expected):
+    """Every strong marker decides on its own (a file may hold nothing else); a snake_case envelope with a session_id
+    is weak evidence of stream-json that any strong marker overrides; the first 200 lines are looked at, no more."""
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(_lines(*records))
+    assert detect_format(path) == expected
+    late = tmp_path / "late.jsonl"  # the deciding record is line 200
+    late.write_bytes(_lines(*[{"name": "x"}] * (_DETECT_LINES - len(records)), *records))
+    assert detect_format(late) == expected
+    too_late = tmp_path / "too-late.jsonl"  # ... or line 201
+    too_late.write_bytes(_lines(*[{"name": "x"}] * _DETECT_LINES, *records))
+    assert detect_format(too_late) is None
+
+
+def test_each_damaged_line_is_skipped_by_its_reason(tmp_path):
+    """The reasons are export_stats.json's names for what was lost: blank, invalid_utf8, not_json, not_an_object, and
+    truncated_last_line for a last line without its newline (the process died); the lines after each are read."""
+    good = json.dumps({"type": "user", "message": {"content": "x"}}).encode() + b"\n"
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n" + good + b'{"a": "\xff"}\n' + good + b"{not json\n" + good + b"[1, 2]\n" + good
+                     + b'{"u": "\\uD800"}\n' + b'{"type": "us')
+    stats = LineStats()
+    records = list(iter_records(path, stats))
+    assert len(records) == 5 and records[-1] == {"u": "\ufffd"}
+    assert stats.skipped == Counter({"blank": 1, "invalid_utf8": 1, "not_json": 1, "not_an_object": 1,
+                                     "truncated_last_line": 1})
+    assert stats.read == 10 and stats.repaired_surrogates == 1
 
 
 @SETTINGS
@@ -334,6 +387,7 @@ def test_malformed_blocks_are_kept_and_counted_not_lost(tmp_path):
                                                  {"type": "tool_result", "tool_use_id": "gone", "content": "?"},
                                                  {"type": "tool_result", "content": "?"}]}, **env},
         {"type": "user", "message": {"content": "   "}, **env},
+        {"type": "user", "message": "not an object", **env},
     ))
     stats = LineStats()
     read = read_file(path, stats)
@@ -341,7 +395,7 @@ def test_malformed_blocks_are_kept_and_counted_not_lost(tmp_path):
         ("", "Read", {"file_path": "/w/a"}), ("", "Read", {"file_path": "/w/b"}), ("N", "", {"x": 1}), ("I", "Read", {}),
         ("X", "Read", {"file_path": "/w/x"}), ("Y", "Bash", {"command": "ls"})]
     assert stats.orphan_results == 3
-    assert stats.skipped == Counter({"ignored:system": 1, "user_without_prompt": 1}) and stats.used == 5
+    assert stats.skipped == Counter({"ignored:system": 1, "user_without_prompt": 2}) and stats.used == 5
 
 
 def test_real_stream_json_transcript(real_transcripts):
