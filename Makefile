@@ -34,10 +34,12 @@ bench: setup
 
 # mutmut over harness/ (all of it by default: ~7,000 mutants, hours on 2 cores), or over MODULES, e.g.
 # `make mutation MODULES="harness/export.py harness/transcripts.py"`. It runs in a scratch copy under build/ (an
-# interrupted run resumes there) and prints the score per module and every mutant not caught.
+# interrupted run resumes there) and prints the score per module and every mutant not caught. After adding tests,
+# `make mutation MODULES=... MUTMUT_ARGS=--survivors` re-runs only the mutants not caught, against the new tests.
 MODULES ?=
+MUTMUT_ARGS ?=
 mutation: setup
-	$(PY) -m falsifiers.mutation mutmut $(MODULES)
+	$(PY) -m falsifiers.mutation mutmut $(MODULES) $(MUTMUT_ARGS)
 
 clean:
 	rm -rf runs mutants .pytest_cache .hypothesis .benchmarks junit.xml

@@ -600,25 +600,59 @@ def narrow_mutmut_config(pyproject: str, modules: list[str]) -> str:
     return also.sub('also_copy = ["harness/", ', pyproject)
 
 
-def run_mutmut(modules: list[str], workdir: Path, children: int) -> int:
-    """mutmut over `modules` in `workdir` (a copy of the project made on the first call; later calls resume it)."""
-    if not workdir.exists():
+def _mutmut_results(mutmut: str, workdir: Path) -> str:
+    results = subprocess.run([mutmut, "results", "--all", "true"], cwd=workdir, capture_output=True, text=True)
+    if results.returncode:
+        raise SystemExit(results.stdout + results.stderr)
+    return results.stdout
+
+
+def _refresh_tests(workdir: Path) -> None:
+    """Bring the copy's tests up to date with the working tree; the modules it mutates must not have changed (the
+    scores it reports are for them)."""
+    import tomllib
+
+    config = tomllib.loads((workdir / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mutmut"]
+    sources = [workdir / source for source in config["source_paths"]]
+    mutated = [p for source in sources for p in ([source] if source.is_file() else sorted(source.rglob("*.py")))]
+    changed = [str(p.relative_to(workdir)) for p in mutated
+               if p.read_bytes() != (ROOT / p.relative_to(workdir)).read_bytes()]
+    if changed:
+        raise SystemExit(f"{', '.join(changed)} changed since {workdir} was made: delete it and run again")
+    for name in ("falsifiers", "contracts"):
+        shutil.copytree(ROOT / name, workdir / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(ROOT / "conftest.py", workdir / "conftest.py")
+
+
+def run_mutmut(modules: list[str], workdir: Path, children: int, survivors: bool = False) -> int:
+    """mutmut over `modules` in `workdir` (a copy of the project made on the first call; later calls resume it).
+    With `survivors`, the copy's tests are refreshed from the working tree and only the mutants not yet caught run
+    again (new tests for old survivors, without re-running thousands of caught mutants)."""
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    names = []
+    if survivors:
+        if not workdir.exists():
+            raise SystemExit(f"{workdir} does not exist: run without --survivors first")
+        _refresh_tests(workdir)
+        per_module = mutmut_summary(_mutmut_results(mutmut, workdir))
+        names = [name for by_status in per_module.values() for status, found in by_status.items()
+                 if status not in MUTMUT_CAUGHT | MUTMUT_NOT_RUN for name in found]
+        if not names:
+            print(mutmut_report(_mutmut_results(mutmut, workdir)))
+            return 0
+    elif not workdir.exists():
         make_copy(ROOT, workdir)
         if modules:
             config = workdir / "pyproject.toml"
             config.write_text(narrow_mutmut_config(config.read_text(encoding="utf-8"), modules), encoding="utf-8")
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
     # The copy has no ../shared beside it: point the real-transcript tests at this checkout's.
     env = {"FLIP_REAL_TRANSCRIPTS": str(ROOT.parent / "shared" / "real-transcripts"), **os.environ,
            "HYPOTHESIS_PROFILE": "mutmut"}  # see conftest.py
-    proc = subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=workdir, env=env)
+    proc = subprocess.run([mutmut, "run", "--max-children", str(children), *names], cwd=workdir, env=env)
     if proc.returncode:
         return proc.returncode
-    results = subprocess.run([mutmut, "results", "--all", "true"], cwd=workdir, capture_output=True, text=True)
-    if results.returncode:
-        print(results.stdout + results.stderr, file=sys.stderr)
-        return results.returncode
-    print(mutmut_report(results.stdout))
+    print(mutmut_report(_mutmut_results(mutmut, workdir)))
     return 0
 
 
@@ -648,16 +682,12 @@ def _cmd_mutmut(args) -> int:
         if not (ROOT / module).is_file() or not module.startswith("harness/"):
             raise SystemExit(f"{module}: not a module under harness/")
     name = "-".join(Path(m).stem for m in args.modules) or "harness"
-    return run_mutmut(args.modules, Path(args.workdir or ROOT / "build" / f"mutmut-{name}"), args.children)
+    return run_mutmut(args.modules, Path(args.workdir or ROOT / "build" / f"mutmut-{name}"), args.children,
+                      survivors=args.survivors)
 
 
 def _cmd_mutmut_report(args) -> int:
-    mutmut = Path(sys.executable).with_name("mutmut")
-    proc = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=args.workdir, capture_output=True, text=True)
-    if proc.returncode:
-        print(proc.stdout + proc.stderr, file=sys.stderr)
-        return proc.returncode
-    print(mutmut_report(proc.stdout))
+    print(mutmut_report(_mutmut_results(str(Path(sys.executable).with_name("mutmut")), Path(args.workdir))))
     return 0
 
 
@@ -673,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("modules", nargs="*", metavar="MODULE", help="e.g. harness/export.py (default: all of harness/)")
     run.add_argument("--workdir", help="the scratch copy (default: build/mutmut-<module names>)")
     run.add_argument("--children", type=int, default=os.cpu_count() or 1, help="parallel mutant runs")
+    run.add_argument("--survivors", action="store_true",
+                     help="refresh the copy's tests from the working tree and re-run only the mutants not caught")
     report = sub.add_parser("mutmut-report", help="mutmut score and survivors per module of a finished run")
     report.add_argument("--workdir", default=str(ROOT), help="where `mutmut run` ran")
     args = parser.parse_args(argv)

@@ -260,18 +260,19 @@ def test_long_results_and_tasks_keep_head_and_tail_around_a_counted_marker(tmp_p
     that cannot fit even when cut to 32 characters drops the sample, counted."""
     result = "".join(f"{i:04d}" for i in range(100))  # 400 characters, every cut point distinguishable
     task = " ".join(f"w{i}" for i in range(900))
-    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Bash", {"command": "ls"}, result), ("Read", {"file_path": "/w/a"}, "A")],
-            task=task)
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Bash", {"command": "ls"}, result), ("Read", {"file_path": "/w/a"}, "A"),
+                                                 ("Glob", {"pattern": "*.py"}, "a.py")], task=task)
     stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_result_chars=90, max_tokens=600)
-    first, second = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    first, second, third = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
     keep = len(task)
     while render_instruction(_cut_oracle(task, keep)) != first["instruction"] and keep > 32:
         keep = keep * 3 // 4
     assert first["instruction"] == render_instruction(_cut_oracle(task, keep)) and keep < len(task)
     assert second["instruction"] == render_instruction(_cut_oracle(task, keep), (), omitted=1)
+    assert third["instruction"] == render_instruction(_cut_oracle(task, keep), (), omitted=2)
     assert "[1 earlier action and result omitted]" in second["instruction"]
-    assert stats["truncated"] == {"results_shortened": 1, "samples_with_observations_dropped": 1,
-                                  "observations_dropped": 1, "tasks_shortened": 2, "samples_dropped_too_long": 0}
+    assert stats["truncated"] == {"results_shortened": 1, "samples_with_observations_dropped": 2,
+                                  "observations_dropped": 3, "tasks_shortened": 3, "samples_dropped_too_long": 0}
 
     huge = "".join(f"{i:05d}" for i in range(2000))  # 10,000 characters: only its kept ends are scrubbed
     _stream(tmp_path / "in2" / "t.ndjson", "/w", [("Bash", {"command": "ls"}, result), ("Bash", {"command": "ls"}, huge),
@@ -279,6 +280,15 @@ def test_long_results_and_tasks_keep_head_and_tail_around_a_counted_marker(tmp_p
     _export([tmp_path / "in2"], tmp_path / "out2", mode="full", max_result_chars=90)
     last = _samples(tmp_path / "out2" / "apr_code_sft_full.jsonl")[2]["instruction"]
     assert f"Result:\n{_cut_oracle(result, 90)}\n\n" in last and f"Result:\n{_cut_oracle(huge, 90)}\n\n" in last
+
+    # the default limit (2000): exactly 2000 characters are kept whole, 20,000 keep 1333 + 667 around the marker
+    exact, long = "x" * 2000, "".join(f"{i:05d}" for i in range(4000))
+    _stream(tmp_path / "in4" / "t.ndjson", "/w", [("Bash", {"command": "a"}, exact), ("Bash", {"command": "b"}, long),
+                                                  ("Read", {"file_path": "/w/a"}, "A")], task="t")
+    stats = _export([tmp_path / "in4"], tmp_path / "out4", mode="full", max_tokens=20000)
+    last = _samples(tmp_path / "out4" / "apr_code_sft_full.jsonl")[2]["instruction"]
+    assert f"Result:\n{exact}\n\n" in last and f"Result:\n{_cut_oracle(long, 2000)}\n\n" in last
+    assert stats["truncated"]["results_shortened"] == 1
 
     _stream(tmp_path / "in3" / "t.ndjson", "/w", [("Write", {"file_path": "/w/a", "content": "x " * 400}, "ok")],
             task=task)
@@ -362,6 +372,9 @@ def test_messages_target_loads_with_datasets(tmp_path):
     assert rows[2]["messages"][2]["tool_calls"][0]["function"] == {
         "name": "file_edit", "arguments": {"path": "a.rs", "old": "x", "new": "y"}}
     assert [[m["role"] for m in row["messages"]] for row in rows] == [["system", "user", "assistant"]] * 3
+    assert rows[0]["messages"][2] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "file_read", "arguments": {"path": "a.rs"}}}]}
+    assert rows[0]["metadata"] == {"trajectory": "t.ndjson#0", "step": 0, "tool": "file_read", "source": "t.ndjson"}
     assert rows[0]["messages"][0]["content"] == system_prompt()
     assert {t["function"]["name"] for t in rows[0]["tools"]} >= {"file_read", "file_edit", "shell"}
     loaded = datasets.load_dataset("json", data_files=str(path), split="train",
@@ -412,8 +425,8 @@ def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, 
     from harness.cli import main
 
     calls = [("Read", {"file_path": f"/w/{name}.py"}, name * 300) for name in "abcdef"]
-    calls += [("TodoWrite", {"todos": []}, "ok"), ("TodoWrite", {"todos": []}, "ok"), ("WebFetch", {"url": "u"}, "x"),
-              ("Grep", {"pattern": "def", "path": "/w"}, "a.py:1")]
+    calls += [("WebFetch", {"url": "u"}, "x"), ("WebFetch", {"url": "v"}, "x"), ("TodoWrite", {"todos": []}, "ok"),
+              ("Agent", {"prompt": "p"}, "ok"), ("Grep", {"pattern": "def", "path": "/w"}, "a.py:1")]
     _stream(tmp_path / "in" / "t.ndjson", "/w", calls, task="fix a.py")
     (tmp_path / "in" / "other.jsonl").write_text('{"a": 1}\n')
     assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "runs" / "cli")]) == 0  # parents made
@@ -423,25 +436,40 @@ def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, 
     stats = _export([tmp_path / "in"], tmp_path / "lib")
     assert _outputs(tmp_path / "runs" / "cli") == _outputs(tmp_path / "lib")
     summary = capsys.readouterr().err.splitlines()
-    expected = {"files": 1, "files skipped": 1, "trajectories": 1, "raw tool_use": 10, "remappable": 7,
-                "unmappable": 3, "without task": 0, "lines read": stats["lines"]["read"],
+    expected = {"files": 1, "files skipped": 1, "trajectories": 1, "raw tool_use": 11, "remappable": 7,
+                "unmappable": 4, "without task": 0, "lines read": stats["lines"]["read"],
                 "lines skipped": sum(stats["lines"]["skipped"].values()), "redactions": 0, "dropped: too long": 0}
     for label, value in expected.items():
         assert label.split() + [str(value)] in [line.split() for line in summary], (label, value, summary)
     for mode in ("curated", "balanced", "full"):
         row = f"samples {mode}".split() + [str(stats["samples"][mode]), "(duplicates", f"{stats['duplicates'][mode]})"]
         assert row in [line.split() for line in summary], (mode, summary)
-    assert "  unmappable: TodoWrite 2, WebFetch 1" in summary and "  skipped other.jsonl: " + stats["files_skipped"]["other.jsonl"] in summary
+    assert "flip export" in summary  # the title line
+    assert "  unmappable: WebFetch 2, Agent 1, TodoWrite 1" in summary and "  skipped other.jsonl: " + stats["files_skipped"]["other.jsonl"] in summary
 
-    options = dict(mode="balanced", target="messages", max_tokens=300, per_tool=1, seed=7, max_result_chars=100)
-    argv = ["--mode", "balanced", "--target", "messages", "--max-tokens", "300", "--per-tool", "1", "--seed", "7",
-            "--max-result-chars", "100", "--quiet"]
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+
+    Tokenizer(BPE(vocab={"[UNK]": 0}, merges=[], unk_token="[UNK]")).save(str(tmp_path / "chars.json"))
+    options = dict(mode="balanced", target="messages", max_tokens=1500, per_tool=1, seed=7, max_result_chars=100,
+                   tokenizer=str(tmp_path / "chars.json"))
+    argv = ["--mode", "balanced", "--target", "messages", "--max-tokens", "1500", "--per-tool", "1", "--seed", "7",
+            "--max-result-chars", "100", "--tokenizer", str(tmp_path / "chars.json"), "--quiet"]
     assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "cli2"), *argv]) == 0
     _export([tmp_path / "in"], tmp_path / "lib2", **options)
     assert _outputs(tmp_path / "cli2") == _outputs(tmp_path / "lib2")
     assert set(_outputs(tmp_path / "cli2")) == {"messages_balanced.jsonl", "export_stats.json"}
     assert json.loads((tmp_path / "cli2" / "export_stats.json").read_text())["options"]["max_result_chars"] == 100
     assert capsys.readouterr().err == ""  # --quiet: no progress bar, no summary
+    assert json.loads((tmp_path / "cli2" / "export_stats.json").read_text())["truncated"] != \
+        json.loads((tmp_path / "runs" / "cli" / "export_stats.json").read_text())["truncated"]  # the tokenizer told
+
+    for bad, says in (([], "the following arguments are required: PATH, --out"),
+                      ([str(tmp_path / "in"), "--out", "o", "--mode", "most"], "argument --mode: invalid choice"),
+                      ([str(tmp_path / "in"), "--out", "o", "--target", "chat"], "argument --target: invalid choice")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", *bad])
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_a_failed_export_leaves_the_previous_outputs_whole(tmp_path, monkeypatch):
