@@ -71,6 +71,7 @@ ONE_RECORD = [  # (a file's records, the format they prove)
     ([{"type": 3, "session_id": "s"}], None),
     ([{"type": "hook_event", "session_id": "s"}, {"type": "summary", "summary": "s", "leafUuid": "u"}], SESSION),
     ([{"type": "hook_event", "session_id": "s"}, {"type": "new_event"}], STREAM_JSON),
+    ([{"type": "system", "subtype": "init", "session_id": "s"}, {"type": "summary", "summary": "s"}], STREAM_JSON),
     ([{"name": "package"}], None),
 ]
 
