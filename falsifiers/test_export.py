@@ -205,13 +205,14 @@ def test_each_secret_pattern_is_redacted_and_counted(tmp_path):
         "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
     }
     result = "\n".join(secrets.values()) + "\npassword=hunter2hunter2 " + secrets["github_token"]
-    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Bash", {"command": "env"}, result), ("Bash", {"command": "ls"}, "")],
-            task="go")
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Bash", {"command": "env"}, result),
+                                                 ("Bash", {"command": "echo " + secrets["github_token"]}, ""),
+                                                 ("Bash", {"command": "ls"}, "")], task="go")
     stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
     text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
     for name, value in secrets.items():
         assert value not in text and f"[REDACTED:{name}]" in text
-        assert stats["redactions"][name] == (2 if name == "github_token" else 1)
+        assert stats["redactions"][name] == (3 if name == "github_token" else 1)
     assert "hunter2hunter2" not in text and "password=[REDACTED:assignment]" in text
 
 
