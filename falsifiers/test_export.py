@@ -402,6 +402,37 @@ def test_sub_agent_calls_get_the_sub_agent_prompt_as_task(tmp_path):
     assert stats["trajectories"] == 2 and stats["without_task"] == 0
 
 
+def test_every_count_adds_up_across_calls_and_trajectories(tmp_path):
+    """Each count in export_stats.json is a sum, not a flag: two of everything gives two. A call whose result never
+    came is shown as "(no result recorded)"; an unnamed call is counted as "(unnamed)"."""
+    env = {"session_id": "s", "parent_tool_use_id": None}
+
+    def call(call_id, name, tool_input):
+        block = {"type": "tool_use", "id": call_id, "input": tool_input, **({"name": name} if name else {})}
+        return {"type": "assistant", "message": {"id": "m" + call_id, "content": [block]}, **env}
+
+    def result(call_id, text):
+        return {"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": call_id, "content": text}]},
+                **env}
+
+    for name in ("one", "two"):  # no task (no prompt, no prompt.txt)
+        path = tmp_path / "in" / name / "t.ndjson"
+        path.parent.mkdir(parents=True)
+        lines = [{"type": "system", "subtype": "init", "cwd": "/w", **env},
+                 call("A", "Read", {"file_path": "/w/a"}),  # never answered
+                 call("B", "Read", {"nope": 1}), result("B", "x"),  # no file_path: invalid input
+                 call("C", None, {}), result("C", "x"),
+                 call("D", "Bash", {"command": "cat big"}), result("D", "y" * 500),
+                 call("E", "Bash", {"command": "ls"}), result("E", "z")]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_result_chars=100)
+    assert stats["without_task"] == 2 and stats["calls_without_result"] == 2
+    assert stats["unmappable"] == {"(unnamed)": 2, "Read:invalid_input": 2}
+    assert stats["truncated"]["results_shortened"] == 2
+    last = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[-1]["instruction"]
+    assert 'Action: <tool_call>\n{"name": "file_read", "input": {"path": "a"}}\n</tool_call>\nResult:\n(no result recorded)' in last
+
+
 def test_without_task_is_counted(tmp_path):
     _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a"}, "A")])
     stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
