@@ -22,6 +22,7 @@ import argparse
 import ast
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -625,13 +626,22 @@ def _refresh_tests(workdir: Path) -> None:
     shutil.copy2(ROOT / "conftest.py", workdir / "conftest.py")
 
 
-def run_mutmut(modules: list[str], workdir: Path, children: int, survivors: bool = False) -> int:
+def run_mutmut(modules: list[str], workdir: Path, children: int, survivors: bool = False, sample: int = 0) -> int:
     """mutmut over `modules` in `workdir` (a copy of the project made on the first call; later calls resume it).
     With `survivors`, the copy's tests are refreshed from the working tree and only the mutants not yet caught run
-    again (new tests for old survivors, without re-running thousands of caught mutants)."""
+    again (new tests for old survivors, without re-running thousands of caught mutants). With `sample`, only that
+    many mutants, drawn uniformly with a fixed seed, are run: the score is then an estimate (the rest are reported
+    as not run)."""
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     names = []
-    if survivors:
+    if sample:
+        if not (workdir / "mutants").is_dir():
+            raise SystemExit(f"{workdir} has no mutants yet: start a full run, stop it once it says 'Running mutation "
+                             "testing', then sample")
+        everything = sorted(name for by_status in mutmut_summary(_mutmut_results(mutmut, workdir)).values()
+                            for found in by_status.values() for name in found)
+        names = sorted(random.Random(0).sample(everything, min(sample, len(everything))))
+    elif survivors:
         if not workdir.exists():
             raise SystemExit(f"{workdir} does not exist: run without --survivors first")
         _refresh_tests(workdir)
@@ -683,7 +693,7 @@ def _cmd_mutmut(args) -> int:
             raise SystemExit(f"{module}: not a module under harness/")
     name = "-".join(Path(m).stem for m in args.modules) or "harness"
     return run_mutmut(args.modules, Path(args.workdir or ROOT / "build" / f"mutmut-{name}"), args.children,
-                      survivors=args.survivors)
+                      survivors=args.survivors, sample=args.sample)
 
 
 def _cmd_mutmut_report(args) -> int:
@@ -705,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--children", type=int, default=os.cpu_count() or 1, help="parallel mutant runs")
     run.add_argument("--survivors", action="store_true",
                      help="refresh the copy's tests from the working tree and re-run only the mutants not caught")
+    run.add_argument("--sample", type=int, default=0,
+                     help="run only this many mutants, drawn uniformly (seed 0): a score estimate for big modules")
     report = sub.add_parser("mutmut-report", help="mutmut score and survivors per module of a finished run")
     report.add_argument("--workdir", default=str(ROOT), help="where `mutmut run` ran")
     args = parser.parse_args(argv)

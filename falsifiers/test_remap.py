@@ -394,8 +394,8 @@ def test_gguf_adapter_is_checked_against_the_base_gguf():
 # ---------------------------------------------------------------------------------------------------------------------
 
 def test_cli_remap_both_directions(tiny, tmp_path, capsys):
-    """`flip remap` writes the apr file (and GGUF) and prints its JSON report, `--to peft` writes it back, bad inputs
-    exit 2 with a message and write nothing."""
+    """`flip remap` writes the apr file (and GGUF) and prints its JSON report, the same bytes for the same adapter
+    every time, `--to peft` writes it back, bad inputs exit 2 with a message and write nothing."""
     from harness.cli import main
 
     base, adapter = tiny["qwen2"]
@@ -414,11 +414,23 @@ def test_cli_remap_both_directions(tiny, tmp_path, capsys):
         "out": str(tmp_path / "p"), "tensors": 2 * N_LAYERS * len(TARGETS), "rank": RANK, "alpha": ALPHA,
         "arch": "qwen2", "targets": sorted(TARGETS)}
     assert (tmp_path / "p" / "adapter_config.json").is_file()
+    assert main(["remap", str(adapter), "--to", "apr", "--out", str(tmp_path / "b.safetensors"), "--base", str(base)]) == 0
+    assert (tmp_path / "b.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
+    for again in range(5):  # safetensors orders header metadata by a hash map: one lucky repeat proves nothing
+        remap.remap_to_apr(adapter, tmp_path / f"again{again}.safetensors", base=base)
+        assert (tmp_path / f"again{again}.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
+    capsys.readouterr()
     assert main(["remap", str(tmp_path / "a.safetensors"), "--to", "peft", "--out", str(tmp_path / "q")]) == 2
-    assert "--to peft needs --base" in capsys.readouterr().err
+    assert capsys.readouterr().err == \
+        "flip remap: error: --to peft needs --base (the apr file does not name its base model)\n"
     assert main(["remap", str(tmp_path / "a.safetensors"), "--to", "peft", "--out", str(tmp_path / "q"),
                  "--base", str(base), "--gguf", str(tmp_path / "q.gguf")]) == 2
-    assert "--gguf is only written in the peft -> apr direction" in capsys.readouterr().err
+    assert capsys.readouterr().err == "flip remap: error: --gguf is only written in the peft -> apr direction\n"
+    for bad, says in (([str(adapter)], "the following arguments are required: --out"),
+                      ([str(adapter), "--out", "x", "--to", "gguf"], "argument --to: invalid choice")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["remap", *bad])
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "q").exists() and not (tmp_path / "q.gguf").exists()
     assert main(["remap", str(tmp_path), "--out", str(tmp_path / "x.safetensors"), "--base", str(base)]) == 2
     assert "not a peft adapter directory" in capsys.readouterr().err

@@ -191,11 +191,30 @@ def remap_to_apr(adapter_dir, out_file, gguf_file=None, base=None) -> dict:
     metadata = {META_RANK: str(rank), META_ALPHA: _number_text(alpha), "architecture": config.model_type}
     with atomic_path(out_file, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        _sort_header_metadata(tmp)
     report = {"out": str(out_file), "tensors": len(tensors), "pairs": len(tensors) // 2, "rank": rank, "alpha": alpha,
               "arch": config.model_type, "permuted": permuted, "base": str(base)}
     if gguf_file is not None:
         report["gguf"] = str(write_gguf_adapter(tensors, alpha, config, gguf_file, base))
     return report
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, in place and at the same length.
+
+    safetensors (Rust) serialises `__metadata__` from a hash map, so the same adapter gave a differently ordered
+    header, hence different bytes, on every run; the library has no option for a stable order. The header is compact
+    JSON, so re-ordering keys keeps its length and every tensor offset."""
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        metadata = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(metadata.items()))} if metadata else {}) | header
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > size:
+            raise FlipError(f"{path}: the re-ordered safetensors header grew ({len(text)} > {size} bytes)")
+        handle.seek(8)
+        handle.write(text.ljust(size))  # safetensors pads headers with spaces too
 
 
 def _number_text(value: float) -> str:
