@@ -638,9 +638,13 @@ def run_mutmut(modules: list[str], workdir: Path, children: int, survivors: bool
         if not (workdir / "mutants").is_dir():
             raise SystemExit(f"{workdir} has no mutants yet: start a full run, stop it once it says 'Running mutation "
                              "testing', then sample")
-        everything = sorted(name for by_status in mutmut_summary(_mutmut_results(mutmut, workdir)).values()
-                            for found in by_status.values() for name in found)
-        names = sorted(random.Random(0).sample(everything, min(sample, len(everything))))
+        status = {name: state for by_status in mutmut_summary(_mutmut_results(mutmut, workdir)).values()
+                  for state, found in by_status.items() for name in found}
+        drawn = random.Random(0).sample(sorted(status), min(sample, len(status)))
+        names = sorted(name for name in drawn if status[name] == "not checked")  # resumed: skip those already run
+        if not names:
+            print(mutmut_report(_mutmut_results(mutmut, workdir)))
+            return 0
     elif survivors:
         if not workdir.exists():
             raise SystemExit(f"{workdir} does not exist: run without --survivors first")
