@@ -634,25 +634,20 @@ def run_mutmut(modules: list[str], workdir: Path, children: int, survivors: bool
     as not run)."""
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     names = []
-    if sample:
+    if sample or survivors:
         if not (workdir / "mutants").is_dir():
-            raise SystemExit(f"{workdir} has no mutants yet: start a full run, stop it once it says 'Running mutation "
-                             "testing', then sample")
+            raise SystemExit(f"{workdir} has no mutants yet: start a full run (for --sample, stop it once it says "
+                             "'Running mutation testing')")
+        if survivors:
+            _refresh_tests(workdir)
         status = {name: state for by_status in mutmut_summary(_mutmut_results(mutmut, workdir)).values()
                   for state, found in by_status.items() for name in found}
-        drawn = random.Random(0).sample(sorted(status), min(sample, len(status)))
-        names = sorted(name for name in drawn if status[name] == "not checked")  # resumed: skip those already run
-        if not names:
-            print(mutmut_report(_mutmut_results(mutmut, workdir)))
-            return 0
-    elif survivors:
-        if not workdir.exists():
-            raise SystemExit(f"{workdir} does not exist: run without --survivors first")
-        _refresh_tests(workdir)
-        per_module = mutmut_summary(_mutmut_results(mutmut, workdir))
-        names = [name for by_status in per_module.values() for status, found in by_status.items()
-                 if status not in MUTMUT_CAUGHT | MUTMUT_NOT_RUN for name in found]
-        if not names:
+        if sample:  # those of the draw not run yet (a resumed sample)
+            drawn = random.Random(0).sample(sorted(status), min(sample, len(status)))
+            names = sorted(name for name in drawn if status[name] == "not checked")
+        else:
+            names = sorted(name for name, state in status.items() if state not in MUTMUT_CAUGHT | MUTMUT_NOT_RUN)
+        if not names:  # nothing left to run: without names, `mutmut run` would run every mutant
             print(mutmut_report(_mutmut_results(mutmut, workdir)))
             return 0
     elif not workdir.exists():
@@ -722,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--sample", type=int, default=0,
                      help="run only this many mutants, drawn uniformly (seed 0): a score estimate for big modules")
     report = sub.add_parser("mutmut-report", help="mutmut score and survivors per module of a finished run")
-    report.add_argument("--workdir", default=str(ROOT), help="where `mutmut run` ran")
+    report.add_argument("--workdir", required=True, help="where `mutmut run` ran, e.g. build/mutmut-export")
     args = parser.parse_args(argv)
     commands = {"verify": _cmd_verify, "mutmut": _cmd_mutmut, "mutmut-report": _cmd_mutmut_report}
     return commands[args.command](args)
