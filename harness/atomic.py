@@ -1,14 +1,27 @@
-"""Atomic output: write to a temporary file beside the target, then rename over it.
+"""Outputs: atomic files, and output directories that never lose what the tool did not write.
 
-A crash or a full disk never leaves a half-written dataset, adapter or report behind.
+Files are written to a temporary name beside the target and renamed over it, so a crash or a full disk never leaves a
+half-written dataset, adapter or report behind, and a temporary file is removed on any exception (SIGTERM included:
+`flip` turns it into one).
+
+An output directory is *claimed* before any long work: it must be absent, empty, or this command's own earlier output
+(a manifest, MANIFEST, names the command, and every entry is a name that command writes). Anything else is refused
+with exit 2 unless `--force` is given, and even then nothing already there is deleted: the new files are written
+beside the old ones. Only entries the manifest proves to be ours are ever replaced or removed.
 """
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from harness import FlipError
+
+MANIFEST = ".apr-flip-outputs.json"
 
 
 def _umask() -> int:
@@ -33,23 +46,6 @@ def atomic_path(target: str | os.PathLike, suffix: str = ""):
         raise
 
 
-@contextmanager
-def atomic_dir(target: str | os.PathLike):
-    """Yield a temporary directory beside the target; on success it replaces the target directory."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
@@ -57,3 +53,174 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 def write_text(target: str | os.PathLike, text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Output directories
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _is_our_temp(name: str, names) -> bool:
+    """A temporary file or directory that atomic_path / replaced_dir left for one of our names (`.NAME.xxxx.tmp`)."""
+    return name.startswith(".") and name.endswith(".tmp") and any(
+        fnmatch.fnmatchcase(name, f".{pattern}.*.tmp") for pattern in names)
+
+
+def _ours(name: str, names) -> bool:
+    return name == MANIFEST or any(fnmatch.fnmatchcase(name, p) for p in names) or _is_our_temp(name, names)
+
+
+def _manifest(path: Path) -> dict:
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def dir_state(path: Path, command: str, names) -> str:
+    """"absent", "empty", "ours" (this command's manifest, and only names it writes or recorded) or "foreign"."""
+    if not path.exists():
+        return "absent"
+    entries = [p.name for p in path.iterdir()]
+    if not entries:
+        return "empty"
+    manifest = _manifest(path)
+    known = tuple(names) + tuple(manifest.get("entries") or ())
+    if manifest.get("command") == command and all(_ours(name, known) for name in entries):
+        return "ours"
+    return "foreign"
+
+
+def _writable_parent(path: Path, option: str) -> None:
+    """The nearest existing ancestor must be a directory we can create entries in."""
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FlipError(f"{option} {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise FlipError(f"{option} {path}: cannot create entries in {ancestor} (permission denied)")
+
+
+def check_out_dir(path: str | os.PathLike, command: str, names, force: bool = False, option: str = "--out") -> Path:
+    """Validate an output directory before any work: (absolute path). Refuses a file, an unwritable place, and a
+    non-empty directory that is not this command's own earlier output (unless force)."""
+    path = Path(os.path.abspath(path))
+    if path.exists() and not path.is_dir():
+        raise FlipError(f"{option} {path} is a file; this option takes a directory")
+    if path.exists():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise FlipError(f"{option} {path}: not writable")
+    else:
+        _writable_parent(path, option)
+    if dir_state(path, command, names) == "foreign" and not force:
+        sample = sorted(p.name for p in path.iterdir() if p.name != MANIFEST)[:3]
+        raise FlipError(
+            f"{option} {path} is not empty and was not written by `flip {command}` (it holds {', '.join(sample)}"
+            f"{' ...' if len(sample) == 3 else ''}); choose an empty or new directory, or pass --force to write "
+            "beside what is there (nothing in it is deleted)")
+    return path
+
+
+def _write_manifest(path: Path, command: str, entries=()) -> None:
+    manifest = {"command": command, "tool": "apr-flip"}
+    if entries:
+        manifest["entries"] = sorted(entries)
+    write_text(path / MANIFEST, json.dumps(manifest, sort_keys=True) + "\n")
+
+
+def claim_dir(path: str | os.PathLike, command: str, names, force: bool = False, option: str = "--out") -> Path:
+    """check_out_dir, then create the directory, mark it as this command's, and remove temporary files an earlier,
+    interrupted run of ours left there. Returns the absolute path."""
+    path = check_out_dir(path, command, names, force, option)
+    state = dir_state(path, command, names)
+    path.mkdir(parents=True, exist_ok=True)
+    if state in ("absent", "empty", "ours"):
+        _write_manifest(path, command)
+    for entry in path.iterdir():
+        if _is_our_temp(entry.name, names):
+            _remove(entry)
+    return path
+
+
+def remove_stale(path: Path, command: str, names, keep) -> list[str]:
+    """In a directory that is ours, remove our entries that this run did not write (e.g. another mode's dataset), so
+    the directory holds exactly what this run describes. A directory holding foreign files is left untouched."""
+    if dir_state(path, command, names) != "ours":
+        return []
+    removed = []
+    for entry in sorted(path.iterdir()):
+        if entry.name != MANIFEST and entry.name not in keep:
+            _remove(entry)
+            removed.append(entry.name)
+    return removed
+
+
+def remove_ours(path: Path, command: str, names) -> bool:
+    """Remove a whole directory only when it is this command's own output; True when it was removed."""
+    if dir_state(path, command, names) not in ("ours", "empty"):
+        return False
+    shutil.rmtree(path)
+    return True
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+@contextmanager
+def replaced_dir(target: str | os.PathLike, command: str, names):
+    """Yield a temporary directory beside the target; on success it becomes the target.
+
+    A target that is absent, empty or ours is swapped in by two renames (the old one is renamed away, never deleted
+    before the new one is in place, then removed). A target holding anything else (allowed by --force) keeps it: the
+    new entries are moved in one by one, replacing only same-named ones."""
+    target = Path(os.path.abspath(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        _write_manifest(tmp, command, [p.name for p in tmp.iterdir()])
+        state = dir_state(target, command, names)
+        if state == "absent":
+            os.replace(tmp, target)
+        elif state in ("empty", "ours"):
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old.tmp", dir=target.parent))
+            os.replace(target, old / "dir")
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            for entry in sorted(tmp.iterdir()):
+                if (target / entry.name).is_dir() and not (target / entry.name).is_symlink():
+                    raise FlipError(f"{target / entry.name} is a directory; not replacing it with a file")
+                os.replace(entry, target / entry.name)
+            tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_out_file(path: str | os.PathLike, option: str = "--out", inputs=()) -> Path:
+    """Validate an output file before any work: not a directory, a writable place, and never one of the inputs."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise FlipError(f"{option} {path} is a directory; this option takes a file path")
+    if path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise FlipError(f"{option} {path}: cannot replace a file in {path.parent} (permission denied)")
+    if not path.exists():
+        _writable_parent(path, option)
+    for given in inputs:
+        if given is not None and _same_file(path, Path(given)):
+            raise FlipError(f"{option} {path} is also an input ({given}); refusing to write an output over an input")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False

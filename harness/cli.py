@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from harness import FlipError, __version__
@@ -45,11 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"flip {name}", description=text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    signal.signal(signal.SIGTERM, _interrupt)  # temporary files are removed on SIGTERM as on Ctrl-C
     try:
         return int(module.main(args) or 0)
     except FlipError as err:
         print(f"flip {name}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"flip {name}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

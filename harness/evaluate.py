@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from harness import FlipError
-from harness.atomic import write_text
+from harness.atomic import check_out_file, write_text
 from harness.contracts import system_prompt
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
 
@@ -364,6 +364,9 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
              label: str | None = None) -> dict:
     """Load a model (+ adapter), evaluate it on the prompts, write the trace and its summary; returns the summary."""
     prompt_list = load_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
+    inputs = (prompts,) if isinstance(prompts, (str, os.PathLike)) else ()
+    check_out_file(out, "--out", inputs=inputs)
+    check_out_file(summary_file(out), "--out (its .summary.json)", inputs=inputs)
     loaded, tokenizer = load_for_eval(model, adapter, device)
     records, summary = evaluate_loaded(loaded, tokenizer, prompt_list, max_new_tokens, batch_size)
     summary = {"model": str(model), "adapter": str(adapter) if adapter else None, **summary}

@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
-from harness.atomic import atomic_path, write_text
+from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import redaction, system_prompt, tool_map, tool_schemas
 from harness.toolcall import ToolCall, call_errors, render_tool_call
 from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
@@ -40,6 +40,9 @@ from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
 MODES = ("curated", "balanced", "full")
 TARGETS = ("apr-code", "messages")
 TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".json")
+STATS_FILE = "export_stats.json"
+# What `flip export` writes into --out; a directory holding anything else is refused unless --force.
+OUTPUT_NAMES = ("apr_code_sft_*.jsonl", "messages_*.jsonl", STATS_FILE)
 
 NEXT_ACTION = "Reply with the next tool call."
 NO_RESULT = "(no result recorded)"
@@ -296,6 +299,7 @@ class ExportOptions:
     seed: int = 42
     max_result_chars: int = 2000
     progress: bool = True
+    force: bool = False
 
 
 @dataclass
@@ -366,7 +370,7 @@ def discover(paths) -> list[tuple[str, Path]]:
             anchors.append(path.resolve())
             try:
                 for child in sorted(path.rglob("*")):
-                    if child.is_file() and child.suffix in TRANSCRIPT_SUFFIXES:
+                    if child.is_file() and child.suffix in TRANSCRIPT_SUFFIXES and not _is_output(child):
                         found[child.resolve()] = None
             except OSError as err:
                 raise FlipError(f"cannot walk {given}: {err}") from err
@@ -383,6 +387,11 @@ def discover(paths) -> list[tuple[str, Path]]:
     return sorted(((p.relative_to(root).as_posix(), p) for p in found), key=lambda item: item[0])
 
 
+def _is_output(path: Path) -> bool:
+    """A file in a directory apr-flip wrote (an export's datasets, a run's traces): an output, never a transcript."""
+    return (path.parent / MANIFEST).is_file()
+
+
 class Writers:
     """One output file per selected mode, written as samples come (balanced at the end)."""
 
@@ -395,14 +404,20 @@ class Writers:
         self.offered: Counter = Counter()
         self._contexts = {}
         self.handles = {}
-        prefix = "apr_code_sft" if options.target == "apr-code" else "messages"
+        self.prefix = "apr_code_sft" if options.target == "apr-code" else "messages"
         for mode in modes:
             stats.samples[mode] = 0
             stats.per_tool[mode] = Counter()
             stats.duplicates[mode] = 0
-            context = atomic_path(out / f"{prefix}_{mode}.jsonl")
+            context = atomic_path(out / self.file_name(mode))
             self._contexts[mode] = context
             self.handles[mode] = open(context.__enter__(), "w", encoding="utf-8", newline="\n")
+
+    def file_name(self, mode: str) -> str:
+        return f"{self.prefix}_{mode}.jsonl"
+
+    def files(self) -> list[str]:
+        return [self.file_name(mode) for mode in self.modes]
 
     def offer(self, sample: Sample, first_in_trajectory: bool) -> None:
         key = None
@@ -557,15 +572,11 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
     if options.max_tokens < 1 or options.per_tool < 1 or options.max_result_chars < 64:
         raise FlipError("--max-tokens and --per-tool must be positive, --max-result-chars at least 64")
     files = discover(paths)
+    out = claim_dir(out, "export", OUTPUT_NAMES, options.force)
     if counter is None:
         from harness.tokens import counter as make_counter
 
         counter = make_counter(options.tokenizer)
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FlipError(f"cannot create {out}: {err}") from err
     modes = MODES if options.mode == "all" else (options.mode,)
     stats = Stats()
     budget = Budget(counter, options.max_tokens, system_prompt())
@@ -580,7 +591,8 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
     finally:
         writers.close(ok)
     result = stats.as_json(options)
-    write_text(out / "export_stats.json", json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    write_text(out / STATS_FILE, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    remove_stale(out, "export", OUTPUT_NAMES, keep={STATS_FILE, *writers.files()})
     return result
 
 
@@ -662,6 +674,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=ExportOptions.seed)
     parser.add_argument("--max-result-chars", type=int, default=ExportOptions.max_result_chars,
                         help="a tool result longer than this keeps its head and tail around a marker")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out holding files flip export did not write (nothing is deleted)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar and no summary")
 
@@ -669,7 +683,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     options = ExportOptions(mode=args.mode, target=args.target, max_tokens=args.max_tokens, tokenizer=args.tokenizer,
                             per_tool=args.per_tool, seed=args.seed, max_result_chars=args.max_result_chars,
-                            progress=not args.quiet)
+                            progress=not args.quiet, force=args.force)
     stats = export(args.paths, args.out, options)
     if not args.quiet:
         print(summary_table(stats), file=sys.stderr)

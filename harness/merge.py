@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from harness import FlipError
-from harness.atomic import atomic_dir, atomic_path
+from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
 from harness import remap
 
 
@@ -228,7 +228,20 @@ def export_gguf(hf_dir, out_file) -> int:
 # merge
 # ---------------------------------------------------------------------------------------------------------------------
 
-def merge(base, adapter, out_dir, gguf_file=None) -> dict:
+def check_outputs(ref, adapter, out_dir, gguf_file, force: bool = False) -> tuple[Path, Path]:
+    """(out_dir, gguf_file), validated before any work: the directory is new, empty or an earlier merge's (or --force);
+    the GGUF is neither an input (the base GGUF, the adapter) nor inside the directory that replaces --out."""
+    out_dir = check_out_dir(out_dir, "merge", (), force)
+    gguf_file = check_out_file(gguf_file if gguf_file is not None else default_gguf_path(out_dir), "--gguf",
+                               inputs=(ref.path, adapter))
+    if gguf_file.parent == out_dir or out_dir in gguf_file.parents:
+        raise FlipError(f"--gguf {gguf_file} is inside --out {out_dir}, which the merge replaces; put it elsewhere")
+    if not Path(adapter).exists():
+        raise FlipError(f"adapter {adapter} not found (give a peft adapter directory or an apr .safetensors)")
+    return out_dir, gguf_file
+
+
+def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
     """Merge `adapter` into `base`; write the HF dir `out_dir` and `gguf_file` (default `<out_dir>.gguf`). Report."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -236,17 +249,16 @@ def merge(base, adapter, out_dir, gguf_file=None) -> dict:
     from harness.models import hf_directory, resolve
 
     ref = resolve(base)
+    out_dir, gguf_file = check_outputs(ref, adapter, out_dir, gguf_file, force)
     config = remap.base_config(ref)
     loaded = load_adapter(adapter, config)
     scale = loaded["alpha"] / loaded["rank"]
     hf_dir = hf_directory(ref)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     merged, max_abs = merge_into_model(model, loaded["hf"], scale)
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with replaced_dir(out_dir, "merge", ()) as tmp:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(hf_dir).save_pretrained(tmp)
-    gguf_file = Path(gguf_file) if gguf_file is not None else default_gguf_path(out_dir)
     report = {"merged": merged, "total": _unique_tensor_count(model), "rank": loaded["rank"], "alpha": loaded["alpha"],
               "scale": scale, "adapter": loaded["kind"], "arch": config.model_type, "max_abs_delta": max_abs,
               "paths": {"hf": str(out_dir), "gguf": str(gguf_file)}}
@@ -270,11 +282,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True,
                         help="the merged Hugging Face directory to write")
     parser.add_argument("--gguf",
-                        help="the merged GGUF to write (default: <OUT>.gguf beside OUT)")
+                        help="the merged GGUF to write (default: <OUT>.gguf beside OUT); never the base")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out that an earlier merge did not write (nothing there is deleted)")
 
 
 def main(args) -> int:
-    report = merge(args.base, args.adapter, args.out, gguf_file=args.gguf)
+    report = merge(args.base, args.adapter, args.out, gguf_file=args.gguf, force=args.force)
     print(json.dumps(report, indent=2))
     if report["paths"]["gguf"] is None:
         print(f"flip merge: no GGUF written: {report['gguf_skipped']}")

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from harness import FlipError
-from harness.atomic import atomic_dir, atomic_path
+from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
 
 PEFT_PREFIX = "base_model.model."
 PEFT_SUFFIXES = {"lora_A": "lora_a", "lora_B": "lora_b"}
@@ -181,6 +181,11 @@ def remap_to_apr(adapter_dir, out_file, gguf_file=None, base=None) -> dict:
     """peft adapter dir -> apr safetensors (and optionally a llama.cpp GGUF adapter). Returns a report."""
     from safetensors.torch import save_file
 
+    out_file = check_out_file(out_file, "--out", inputs=(adapter_dir,))
+    if gguf_file is not None:
+        gguf_file = check_out_file(gguf_file, "--gguf", inputs=(adapter_dir,))
+        if gguf_file == out_file:
+            raise FlipError(f"--gguf and --out are the same file {out_file}")
     adapter_config, pairs = read_peft(adapter_dir)
     base = base or adapter_config.get("base_model_name_or_path")
     if not base:
@@ -315,11 +320,12 @@ def to_hf_layout(tensors: dict, config) -> dict:
     return pairs
 
 
-def remap_to_peft(apr_file, out_dir, base) -> dict:
+def remap_to_peft(apr_file, out_dir, base, force: bool = False) -> dict:
     """apr safetensors -> peft adapter dir (adapter_model.safetensors + adapter_config.json)."""
     from peft import LoraConfig
     from safetensors.torch import save_file
 
+    out_dir = check_out_dir(out_dir, "remap", (), force)
     tensors, rank, alpha = read_apr(apr_file)
     config = base_config(base)
     pairs = to_hf_layout(tensors, config)
@@ -328,7 +334,7 @@ def remap_to_peft(apr_file, out_dir, base) -> dict:
     lora_alpha = int(alpha) if alpha.is_integer() else alpha
     lora_config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=targets, lora_dropout=0.0, bias="none",
                              task_type="CAUSAL_LM", base_model_name_or_path=str(base))
-    with atomic_dir(out_dir) as tmp:
+    with replaced_dir(out_dir, "remap", ()) as tmp:
         lora_config.save_pretrained(tmp)
         save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     return {"out": str(out_dir), "tensors": len(weights), "rank": rank, "alpha": alpha, "arch": config.model_type,
@@ -350,6 +356,8 @@ def add_arguments(parser) -> None:
                         help="smollm2-135m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
     parser.add_argument("--to", choices=("apr", "peft"), default="apr",
                         help="direction (default apr)")
+    parser.add_argument("--force", action="store_true",
+                        help="--to peft: write into a non-empty --out that an earlier remap did not write (nothing is deleted)")
 
 
 def main(args) -> int:
@@ -358,7 +366,7 @@ def main(args) -> int:
             raise FlipError("--to peft needs --base (the apr file does not name its base model)")
         if args.gguf:
             raise FlipError("--gguf is only written in the peft -> apr direction")
-        report = remap_to_peft(args.adapter, args.out, args.base)
+        report = remap_to_peft(args.adapter, args.out, args.base, force=args.force)
     else:
         report = remap_to_apr(args.adapter, args.out, gguf_file=args.gguf, base=args.base)
     print(json.dumps(report, indent=2))

@@ -13,7 +13,6 @@ The goal is checked, not assumed: the report states each floor with the measured
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import FlipError
-from harness.atomic import write_text
+from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import ROOT
 
 # Defaults sized for a 2-core CPU (`make flip` in <= 10 minutes): the curated set is first actions only, which is
@@ -35,6 +34,9 @@ DEFAULT_LR = 1e-3
 DEFAULT_EVAL_EVERY = 10
 FLIP_THRESHOLD = 0.9  # steps-to-flip: the first eval step with >= 90% of held-out tasks holding a valid call
 GOALS = {"base_tasks_with_call": 0, "student_valid_rate": 0.9, "student_grounded_rate": 0.7}
+# What `flip run` writes into --out; a directory holding anything else is refused unless --force.
+OUTPUT_NAMES = ("datasets", "adapter", "adapter_remapped.safetensors", "adapter.gguf", "merged", "merged.gguf",
+                "traces", "progress.jsonl", "report.json", "report.md")
 
 
 @dataclass
@@ -63,6 +65,7 @@ class RunOptions:
     eval_batch_size: int = 8
     device: str = "auto"
     merge: bool = True  # the student is the merged model; without merge it is base + adapter
+    force: bool = False  # write into a non-empty --out holding files flip run did not write
     timings: dict = field(default_factory=dict)  # wall seconds per phase
     cpu_times: dict = field(default_factory=dict)  # CPU seconds per phase (all threads of this process)
 
@@ -134,13 +137,12 @@ def flip_step(progress: list[dict], threshold: float = FLIP_THRESHOLD) -> int | 
 def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[dict, list[dict]]:
     """Train into DIR/adapter, evaluating the held-out tasks on the training model every eval_every steps."""
     from harness.evaluate import evaluate_loaded
-    from harness.train import TrainConfig, train
+    from harness.train import OUTPUT_NAMES as TRAIN_OUTPUTS, TrainConfig, train
 
     adapter = options.out / "adapter"
     # A fresh run: the trainer would resume a matching checkpoint, and a resumed run skips the progress evals that
-    # steps-to-flip is read from.
-    if adapter.exists():
-        shutil.rmtree(adapter)
+    # steps-to-flip is read from. Only an adapter directory flip train wrote is removed (else train refuses it).
+    remove_ours(adapter, "train", TRAIN_OUTPUTS)
     progress: list[dict] = []
 
     def on_eval(step, model, tokenizer):
@@ -307,8 +309,8 @@ def run(options: RunOptions) -> dict:
     from harness.evaluate import load_prompts
 
     start, cpu = time.perf_counter(), time.process_time()
-    options.out.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(options.holdout)
+    options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force)
     with phase(options, "export"):
         data, export_stats = export_phase(options)
         check_no_leak(data, prompts)
@@ -369,6 +371,8 @@ def add_arguments(parser) -> None:
                         help="auto (CUDA when present), cpu, cuda, mps")
     parser.add_argument("--no-merge", dest="merge", action="store_false",
                         help="skip the merge; the student is base + adapter")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out holding files flip run did not write (nothing is deleted)")
 
 
 def main(args) -> int:
@@ -378,7 +382,7 @@ def main(args) -> int:
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), batch_size=args.batch_size,
         grad_accum=args.grad_accum, seed=args.seed, max_length=args.max_length,
         eval_every=args.eval_every or None, max_new_tokens=args.max_new_tokens, progress_tokens=args.progress_tokens,
-        device=args.device, merge=args.merge)
+        device=args.device, merge=args.merge, force=args.force)
     report = run(options)
     print(render_markdown(report), file=sys.stderr)
     print(f"flip run: report -> {options.out / 'report.md'}", file=sys.stderr)

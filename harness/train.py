@@ -29,13 +29,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import FlipError
-from harness.atomic import atomic_dir, write_text
+from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 
 IGNORE = -100  # the label value torch's cross_entropy skips
 END_OF_TURN = "<|im_end|>"  # ChatML; tokenizers without it fall back to their eos token
 CHECKPOINT = "checkpoint"
 # Config fields that do not change the trained weights: a checkpoint made with other values still resumes.
-NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every")
+NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every", "force")
+# What `flip train` writes into --out (a directory holding anything else is refused unless --force).
+OUTPUT_NAMES = ("adapter_model.safetensors", "adapter_config.json", CHECKPOINT, "metrics.jsonl", "loss.png",
+                "train_summary.json", ".adapter.*")
 
 
 @dataclass
@@ -60,6 +63,7 @@ class TrainConfig:
     eval_every: int | None = None  # optimizer steps between validations (and on_eval calls); always at the end
     save_every: int | None = 50  # optimizer steps between checkpoints; always at the end
     resume: bool = False  # demand a resume (error when no matching checkpoint); auto-resume happens anyway
+    force: bool = False  # write into a non-empty --out that holds files this command did not write
 
     def __post_init__(self):
         self.data, self.out, self.targets = Path(self.data), Path(self.out), tuple(self.targets)
@@ -312,7 +316,7 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, step: int, fingerpri
     import numpy as np
     import torch
 
-    with atomic_dir(out / CHECKPOINT) as tmp:
+    with replaced_dir(out / CHECKPOINT, "train", ()) as tmp:
         model.save_pretrained(tmp)
         torch.save({
             "step": step, "fingerprint": fingerprint_,
@@ -395,10 +399,9 @@ def plot_loss(rows: list[dict], target: Path) -> None:
     axes.set_ylabel("cross-entropy (response tokens)")
     axes.legend()
     figure.tight_layout()
-    with tempfile.NamedTemporaryFile(suffix=".png", dir=target.parent, delete=False) as tmp:
-        figure.savefig(tmp.name)
+    with atomic_path(target, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png")
     plt.close(figure)
-    os.replace(tmp.name, target)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -495,6 +498,8 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     log = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
     random.seed(config.seed)
     samples = load_samples(config.data)
+    if dist.main:
+        claim_dir(config.out, "train", OUTPUT_NAMES, config.force)
     model, tokenizer = build_model(config, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_id(tokenizer)
     timings["load_s"] = time.perf_counter() - clock
@@ -516,7 +521,6 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup * steps), steps)
     fingerprint_ = fingerprint(config, dist.world)
-    config.out.mkdir(parents=True, exist_ok=True)
     start = load_checkpoint(config.out, model, optimizer, scheduler, fingerprint_, config.resume, log)
     ddp_model = model
     if dist.world > 1:
@@ -650,6 +654,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint steps")
     parser.add_argument("--resume", action="store_true",
                         help="require resuming from OUT/checkpoint (a matching checkpoint is resumed anyway)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out holding files flip train did not write (nothing is deleted)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -658,7 +664,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), lr=args.lr, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
         val_fraction=args.val_fraction, warmup=args.warmup, grad_clip=args.grad_clip, max_length=args.max_length,
-        device=args.device, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume)
+        device=args.device, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
+        force=args.force)
 
 
 def main(args: argparse.Namespace) -> int:
