@@ -7,7 +7,6 @@ command's own earlier output is replaced atomically, and an output is never writ
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys

@@ -17,7 +17,8 @@ import transcript_gen as gen
 from harness.atomic import MANIFEST
 from harness import FlipError
 from harness.contracts import system_prompt
-from harness.export import ExportOptions, export, omitted_marker, render_instruction
+from harness.export import ExportOptions, export
+from harness.prompt import omitted_marker, render_instruction
 from harness.tokens import counter
 from harness.toolcall import call_errors, parse_tool_calls
 

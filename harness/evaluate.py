@@ -245,7 +245,7 @@ def load_prompts(path: str | os.PathLike) -> list[dict]:
 
 def first_step_instruction(task: str) -> str:
     """The exporter's first-step instruction (the task, no observations yet): what the student was trained on."""
-    from harness.export import render_instruction
+    from harness.prompt import render_instruction
 
     return render_instruction(task)
 

@@ -1,0 +1,242 @@
+"""What the model sees: the apr-code prompt format shared by export (training samples), train, eval and agent.
+
+A step of an apr-code session is shown to the model as one user turn: the task, the running observations (each earlier
+call as `Action: <tool_call>...` and its result), then the request for the next action. The exporter renders
+training samples with these functions, and the agent (harness.agent) renders its live prompts with the very same ones,
+so the two formats cannot drift apart:
+
+* `render_instruction` / `render_observation` / `render_chatml`: the text;
+* `Scrubber`: recording (or sandbox) paths made workspace-relative, secrets redacted, long results cut to their head and
+  tail around a visible marker;
+* `Budget` / `fit_instruction`: the instruction fitted to the trainer's token budget, oldest observations dropped first
+  behind an omission marker, then the task shortened.
+
+No torch, no transformers: token counts come from a `tokenizers` counter (harness.tokens) or any object with
+`count(text)` and `count_many(texts)`.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from harness.contracts import redaction
+from harness.toolcall import render_tool_call
+
+NEXT_ACTION = "Reply with the next tool call."
+NO_RESULT = "(no result recorded)"
+CHATML_PREFIX = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+CHATML_MIDDLE = "<|im_end|>\n<|im_start|>assistant\n"
+CHATML_END = "<|im_end|>"
+# Margin (tokens per joined piece) under which a sample's summed piece counts are trusted without counting the
+# whole sample again: BPE may split a "\n\n" between two pieces one token differently than inside one piece.
+PIECE_SLACK = 2
+# Extra characters scrubbed around a cut so a secret or path crossing it is still caught whole (secrets longer
+# than this that straddle a cut, e.g. a private key whose BEGIN line was cut away, can leak partly).
+CUT_MARGIN = 1024
+
+
+# --------------------------------------------------------------------------------------- rendering (public)
+
+def render_observation(tool: str, tool_input: dict, result: str | None, is_error: bool = False) -> str:
+    label = "Result (error):" if is_error else "Result:"
+    return f"Action: {render_tool_call(tool, tool_input)}\n{label}\n{NO_RESULT if result is None else result}"
+
+
+def omitted_marker(count: int) -> str:
+    return f"[{count} earlier action{'s' if count != 1 else ''} and result{'s' if count != 1 else ''} omitted]"
+
+
+def render_instruction(task: str | None, observations=(), omitted: int = 0) -> str:
+    """The user turn: the task, the running observations (oldest first), then the request for the next action.
+
+    The evaluation stage calls `render_instruction(task)` to build the first-step prompt of a held-out task.
+    """
+    parts = []
+    if task:
+        parts.append(f"Task:\n{task}")
+    if omitted:
+        parts.append(omitted_marker(omitted))
+    parts.extend(observations)
+    parts.append(NEXT_ACTION)
+    return "\n\n".join(parts)
+
+
+def render_chatml(system: str, instruction: str, response: str) -> str:
+    """The whole sample as the trainer renders it; the token budget counts exactly this."""
+    return CHATML_PREFIX.format(system=system) + instruction + CHATML_MIDDLE + response + CHATML_END
+
+
+# -------------------------------------------------------------------------------- relativisation & redaction
+
+def _root_pattern(roots) -> re.Pattern | None:
+    roots = sorted({r for r in roots if r and r != "/"}, key=len, reverse=True)  # longest first: nested roots
+    if not roots:
+        return None
+    alternatives = "|".join(re.escape(r) for r in roots)
+    # ROOT/x -> x ; ROOT alone (not followed by a name character) -> .
+    return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|(?![\w.\-]))")
+
+
+class Scrubber:
+    """Makes recording paths workspace-relative, then redacts secrets; counts redactions per pattern."""
+
+    def __init__(self, roots, counts: Counter):
+        self.roots = [r for r in roots if r and r != "/"]
+        self.pattern = _root_pattern(self.roots)
+        self.placeholder, self.secrets = redaction()
+        self.counts = counts
+
+    def text(self, text: str) -> str:
+        if self.pattern is not None and any(root in text for root in self.roots):
+            text = self.pattern.sub(lambda m: "" if m.group(1) else ".", text)
+        for secret in self.secrets:
+            text = self._redact(secret, text)
+        return text
+
+    def _redact(self, secret, text: str) -> str:
+        placeholder = self.placeholder.format(name=secret.name)
+        count = 0
+
+        def replace(match):
+            nonlocal count
+            count += 1
+            if secret.group:
+                start, end = match.span(secret.group)
+                offset = match.start()
+                whole = match.group(0)
+                return whole[: start - offset] + placeholder + whole[end - offset:]
+            return placeholder
+
+        text = secret.regex.sub(replace, text)
+        if count:
+            self.counts[secret.name] += count
+        return text
+
+    def value(self, value):
+        """Every string inside a JSON value (keys stay: they are the tool's field names)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        return value
+
+    def shortened(self, text: str, limit: int) -> tuple[str, bool]:
+        """Scrubbed text of at most ~limit characters: head and tail kept around a visible marker.
+
+        Only the kept ends (plus a margin, so nothing that crosses a cut escapes) are scrubbed: a 5 MB tool output
+        costs what its kept 2 KB cost.
+        """
+        if len(text) <= limit + 2 * CUT_MARGIN:
+            text = self.text(text)
+            if len(text) <= limit:
+                return text, False
+            return _cut(text, limit, len(text)), True
+        head_n, tail_n = _cut_lengths(limit)
+        head = self.text(text[: head_n + CUT_MARGIN])[:head_n]
+        tail = self.text(text[-(tail_n + CUT_MARGIN):])[-tail_n:]
+        return _marked(head, len(text) - head_n - tail_n, tail), True
+
+
+def _cut_lengths(limit: int) -> tuple[int, int]:
+    """Characters kept at the head and at the tail of a text cut to `limit`: the head holds what a reader needs first
+    (a command's first errors, a task's request), the tail how it ended."""
+    head_n = limit * 2 // 3
+    return head_n, limit - head_n
+
+
+def _marked(head: str, omitted: int, tail: str) -> str:
+    return f"{head}\n[... {omitted} characters omitted ...]\n{tail}"
+
+
+def _cut(text: str, limit: int, original: int) -> str:
+    head_n, tail_n = _cut_lengths(limit)
+    return _marked(text[:head_n], original - head_n - tail_n, text[len(text) - tail_n:])
+
+
+# ------------------------------------------------------------------------------------------ token budgeting
+
+class Budget:
+    """Fits samples into `max_tokens` of the rendered ChatML sample, counting each piece once."""
+
+    def __init__(self, counter, max_tokens: int, system: str):
+        self.counter = counter
+        self.max_tokens = max_tokens
+        self.system = system
+        self.fixed = counter.count(CHATML_PREFIX.format(system=system)) + counter.count(
+            NEXT_ACTION + CHATML_MIDDLE) + counter.count(CHATML_END)
+
+    def count(self, text: str) -> int:
+        return self.counter.count(text)
+
+    def exact(self, instruction: str, response: str) -> int:
+        return self.counter.count(render_chatml(self.system, instruction, response))
+
+
+@dataclass
+class Step:
+    tool: str
+    input: dict
+    response: str
+    response_tokens: int
+    observation: str  # how this step appears in later instructions
+    observation_tokens: int
+
+
+
+
+def fit_instruction(budget: Budget, task: str | None, task_tokens: int, steps: list[Step], index: int,
+                    truncated: Counter) -> str | None:
+    """The largest instruction for step `index` that fits: oldest observations dropped first, then the task
+    shortened; None when even the bare request cannot fit (the sample is dropped)."""
+    step = steps[index]
+    base = budget.fixed + step.response_tokens
+    if base > budget.max_tokens:
+        truncated["samples_dropped_too_long"] += 1
+        return None
+    task_cost = task_tokens + 2 if task else 0
+    # Keep the newest observations that fit by their counted pieces.
+    room = budget.max_tokens - base - task_cost
+    first = index
+    used = 0
+    while first > 0:
+        cost = steps[first - 1].observation_tokens + PIECE_SLACK
+        if used + cost + 16 > room:  # 16: room for the omitted marker
+            break
+        used += cost
+        first -= 1
+    while True:
+        observations = [s.observation for s in steps[first:index]]
+        instruction = render_instruction(task, observations, omitted=first)
+        estimate = base + task_cost + used + (12 if first else 0)
+        if estimate + PIECE_SLACK * (index - first + 3) <= budget.max_tokens:
+            break  # comfortably inside: the exact count cannot exceed the budget
+        if budget.exact(instruction, step.response) <= budget.max_tokens:
+            break
+        if first == index:
+            return _shortened_task(budget, task, step, index, truncated)
+        used -= steps[first].observation_tokens + PIECE_SLACK
+        first += 1
+    if first:
+        truncated["samples_with_observations_dropped"] += 1
+        truncated["observations_dropped"] += first
+    return instruction
+
+
+def _shortened_task(budget: Budget, task: str | None, step: Step, index: int, truncated: Counter) -> str | None:
+    """Only the task and the request remain and they overflow: keep the task's head and tail around a marker."""
+    if task:
+        keep = len(task)
+        while keep > 32:
+            keep = keep * 3 // 4
+            instruction = render_instruction(_cut(task, keep, len(task)), (), omitted=index)
+            if budget.exact(instruction, step.response) <= budget.max_tokens:
+                truncated["tasks_shortened"] += 1
+                if index:
+                    truncated["samples_with_observations_dropped"] += 1
+                    truncated["observations_dropped"] += index
+                return instruction
+    truncated["samples_dropped_too_long"] += 1
+    return None
