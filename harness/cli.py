@@ -18,6 +18,7 @@ COMMANDS = {
     "remap": ("harness.remap", "rename a peft adapter to apr / llama.cpp GGUF names (and back)"),
     "merge": ("harness.merge", "fold an adapter into its base; write a merged HF dir and merged.gguf"),
     "eval": ("harness.evaluate", "greedy tool-call evaluation of a model on held-out tasks"),
+    "agent": ("harness.agent", "run a model as an apr-code agent on task workspaces in a sandbox; count solved tasks"),
     "run": ("harness.run", "the whole pipeline and the flip report (what `make flip` runs)"),
 }
 

@@ -1,7 +1,7 @@
 """Greedy tool-call evaluation: does a model act (a valid `<tool_call>`) on held-out tasks, and on the right file?
 
 Each task becomes exactly what the student is trained on for a first step: the contracts' system prompt and the
-exporter's first-step instruction (the task only), rendered with the tokenizer's chat template and a generation
+first-step instruction of harness.prompt (the task only), rendered with the tokenizer's chat template and a generation
 prompt. Decoding is greedy and bounded, and stops at the end-of-turn token. The raw output is parsed by the apr-code
 runtime's rules (harness.toolcall), so a call counts only when apr-code itself would see it.
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from harness import FlipError
 from harness.atomic import check_out_file, write_text
 from harness.contracts import system_prompt
+from harness.prompt import render_instruction
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -243,20 +244,13 @@ def load_prompts(path: str | os.PathLike) -> list[dict]:
     return prompts
 
 
-def first_step_instruction(task: str) -> str:
-    """The exporter's first-step instruction (the task, no observations yet): what the student was trained on."""
-    from harness.prompt import render_instruction
-
-    return render_instruction(task)
+def chat_messages(instruction: str) -> list[dict]:
+    return [{"role": "system", "content": system_prompt()}, {"role": "user", "content": instruction}]
 
 
-def chat_messages(task: str) -> list[dict]:
-    return [{"role": "system", "content": system_prompt()},
-            {"role": "user", "content": first_step_instruction(task)}]
-
-
-def render_prompt(tokenizer, task: str) -> str:
-    return tokenizer.apply_chat_template(chat_messages(task), tokenize=False, add_generation_prompt=True)
+def render_prompt(tokenizer, instruction: str) -> str:
+    """A user turn (an instruction from harness.prompt) in the model's own chat template, ready for its reply."""
+    return tokenizer.apply_chat_template(chat_messages(instruction), tokenize=False, add_generation_prompt=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -319,7 +313,7 @@ def evaluate_loaded(model, tokenizer, prompts: list[dict], max_new_tokens: int =
     """Evaluate an already-loaded (model, tokenizer): (trace records, summary). Used by `flip run` from the trainer's
     on_eval callback, so steps-to-flip is measured on the training model without a reload."""
     start = time.perf_counter()
-    texts = [render_prompt(tokenizer, p["task"]) for p in prompts]
+    texts = [render_prompt(tokenizer, render_instruction(p["task"])) for p in prompts]
     generated = generate(model, tokenizer, texts, max_new_tokens, batch_size)
     records = [trace_record(p["id"], p["task"], g.pop("output"), **g) for p, g in zip(prompts, generated)]
     summary = summarise(records)

@@ -34,7 +34,7 @@ from pathlib import Path
 from harness import FlipError
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
-from harness.prompt import Budget, Scrubber, Step, fit_instruction, render_observation
+from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.toolcall import ToolCall, call_errors, render_tool_call
 from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
 
@@ -317,11 +317,7 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
         response = render_tool_call(tool, tool_input)
         observation = render_observation(tool, tool_input, result, call.is_error)
         steps.append(Step(tool, tool_input, response, 0, observation, 0))
-    if steps:
-        counts = budget.counter.count_many([s.response + "\n" for s in steps] + [s.observation + "\n\n" for s in steps])
-        for i, step in enumerate(steps):
-            step.response_tokens = counts[i]
-            step.observation_tokens = counts[len(steps) + i]
+    count_steps(budget.counter, steps)
     return steps
 
 

@@ -187,6 +187,16 @@ class Step:
 
 
 
+def count_steps(counter, steps: list[Step]) -> None:
+    """Fill in each step's token counts (as pieces of an instruction: a response line, an observation paragraph)."""
+    if not steps:
+        return
+    counts = counter.count_many([s.response + "\n" for s in steps] + [s.observation + "\n\n" for s in steps])
+    for i, step in enumerate(steps):
+        step.response_tokens = counts[i]
+        step.observation_tokens = counts[len(steps) + i]
+
+
 def fit_instruction(budget: Budget, task: str | None, task_tokens: int, steps: list[Step], index: int,
                     truncated: Counter) -> str | None:
     """The largest instruction for step `index` that fits: oldest observations dropped first, then the task

@@ -86,6 +86,19 @@ class TokenCounter:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
 
+    @classmethod
+    def of(cls, hf_tokenizer) -> "TokenCounter":
+        """The counter of a loaded transformers fast tokenizer (its `tokenizers` backend, copied so that this
+        counter's settings never change the tokenizer's)."""
+        from tokenizers import Tokenizer
+
+        counter = cls.__new__(cls)
+        counter.path = None
+        counter._tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+        counter._tokenizer.no_truncation()
+        counter._tokenizer.no_padding()
+        return counter
+
     def count(self, text: str) -> int:
         # Byte-level BPE never produces more tokens than UTF-8 bytes, but the ChatML special tokens are many bytes
         # and one token, so this shortcut is only used where no special token appears (see export.fits).

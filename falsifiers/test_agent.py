@@ -1,0 +1,133 @@
+"""Falsifiers of contracts/agent.yaml: `flip agent` runs tasks end to end and measures what it claims.
+
+The oracle (the scripted teacher's solution steps, driven through the agent loop and the runtime, not through the
+teacher's code) must solve every held-out task: that proves the tasks, their test commands and the runtime. The base
+model must solve none. The agent's prompts are the exporter's training instructions, step for step.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from falsifiers.test_runtime import TASKS, exported_steps, normalise
+from harness.agent import (AgentOptions, AgentTask, OraclePolicy, act, load_tasks, next_instruction, oracle_calls,
+                           open_episode, run_agent)
+from harness.cli import main
+from harness.contracts import system_prompt
+from harness.export import ExportOptions, export
+from harness.prompt import Budget
+from harness.tokens import counter
+from harness.toolcall import render_tool_call
+
+ROOT = Path(__file__).resolve().parent.parent
+HOLDOUT = ROOT / "fixtures" / "holdout" / "workspaces"
+TRACE_FIELDS = {"id", "task", "solved", "stop_reason", "turns", "first_tool", "grounded", "calls_by_tool",
+                "invalid_calls", "refused"}
+SUMMARY_FIELDS = {"tasks", "solved", "solve_rate", "mean_turns", "valid_call_rate", "grounded_rate", "calls_per_tool",
+                  "refused", "stop_reasons", "tasks_per_minute", "first_tool_match_rate", "per_kind"}
+
+
+def test_the_oracle_solves_every_held_out_task():
+    tasks = load_tasks(HOLDOUT)
+    lines, summary = run_agent(tasks, OraclePolicy(counter()), AgentOptions(max_turns=12, progress=False))
+    unsolved = {line["id"]: line["test"]["output_tail"][-300:] for line in lines if not line["solved"]}
+    assert not unsolved, f"the oracle failed {len(unsolved)} held-out tasks: {unsolved}"
+    assert summary["solved"] == summary["tasks"] == len(tasks) >= 30
+    assert summary["first_tool_match"] == len(tasks), "a held-out task's recorded first tool is not the teacher's"
+    assert summary["invalid_calls"] == summary["refused"] == 0
+    assert summary["stop_reasons"] == {"answered": len(tasks)}
+    kinds = Counter(task.kind for task in tasks)
+    assert len(kinds) == 9 and all(n >= 2 for n in kinds.values()), kinds
+    for line in lines:
+        assert TRACE_FIELDS <= set(line)
+        assert line["turns"][-1]["call"] is None and line["turns"][-1]["observation"] is None  # the final answer
+    assert SUMMARY_FIELDS <= set(summary)
+
+
+def test_an_unsolved_task_is_not_counted_solved(tmp_path):
+    """The oracle stopped one step short (no edit) leaves the tests failing: solved is the test's verdict."""
+    task = load_tasks(HOLDOUT)[0]
+
+    class ReadOnly(OraclePolicy):
+        def __call__(self, episodes, instructions):
+            return [render_tool_call(*oracle_calls(e.task.spec)[0]) if not e.turns else "I looked." for e in episodes]
+
+    lines, summary = run_agent([task], ReadOnly(counter()), AgentOptions(progress=False))
+    assert summary["solved"] == 0 and lines[0]["solved"] is False and lines[0]["test"]["exit_code"] not in (0, None)
+
+
+def test_agent_prompts_are_the_exported_training_instructions(tmp_path):
+    """Replaying a teacher transcript through the agent, each step's prompt equals the instruction the exporter
+    wrote for that step (the timings of test output aside): one code path for training and evaluation."""
+    transcript = ROOT / "fixtures" / "transcripts" / "head-py" / "test-first" / "teacher.stream.ndjson"
+    export([transcript], tmp_path / "out", ExportOptions(mode="full", progress=False))
+    samples = [json.loads(line) for line in (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text().splitlines()]
+    steps = exported_steps(transcript)
+    assert len(samples) == len(steps) >= 3
+    task = AgentTask("head-py", (transcript.parent / "prompt.txt").read_text().strip(), TASKS / "head-py" / "workspace",
+                     "true", {})
+    episode = open_episode(task, AgentOptions())
+    budget = Budget(counter(), 1024 - 0, system_prompt())
+    try:
+        for sample, (tool, tool_input, _, _) in zip(samples, steps):
+            assert normalise(next_instruction(episode, budget)) == normalise(sample["instruction"])
+            act(episode, render_tool_call(tool, tool_input), counter(), AgentOptions())
+    finally:
+        episode.sandbox.close()
+
+
+def test_repeats_and_turn_limits_stop_an_episode(tmp_path):
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "a.txt").write_text("a\n")
+    read = render_tool_call("file_read", {"path": "a.txt"})
+
+    class Fixed:
+        counter = counter()
+
+        def __init__(self, replies):
+            self.replies = replies
+
+        def __call__(self, episodes, instructions):
+            return [self.replies[e.task.id] for e in episodes]
+
+    tasks = [AgentTask(i, "Look at a.txt.", workspace, "true", {}) for i in ("loop", "broken")]
+    replies = {"loop": read, "broken": '<tool_call>\n{"name": "file_read", "input": {"path": 3}}\n</tool_call>'}
+    lines, summary = run_agent(tasks, Fixed(replies), AgentOptions(max_turns=5, progress=False))
+    by_id = {line["id"]: line for line in lines}
+    assert by_id["loop"]["stop_reason"] == "repeated" and len(by_id["loop"]["turns"]) == 3
+    assert by_id["loop"]["turns"][2]["observation"] is None, "the third identical call must not run"
+    assert by_id["broken"]["stop_reason"] == "repeated" and by_id["broken"]["invalid_calls"] == 2
+    assert "InputValidationError" in by_id["broken"]["turns"][0]["observation"]
+    replies["loop"] = "<tool_call>not json"
+    lines, _ = run_agent(tasks[:1], Fixed(replies), AgentOptions(max_turns=2, progress=False))
+    assert lines[0]["stop_reason"] == "max_turns" and lines[0]["invalid_calls"] == 2
+    assert "Could not parse a tool call" in lines[0]["turns"][0]["observation"]
+
+
+@pytest.mark.slow
+def test_base_model_solves_no_held_out_task_and_the_cli_leaves_rechecked_workspaces(tmp_path):
+    """`flip agent` with the bundled base on a few held-out tasks (small: 2 turns, short replies): 0 solved; the trace
+    and summary hold every promised field; --keep leaves each final workspace, whose test gives the traced verdict."""
+    picked = tmp_path / "tasks"
+    picked.mkdir()
+    for name in ("h-transpose", "h-py-meeting-gaps", "h-rs-thumbnail-width"):
+        (picked / name).symlink_to(HOLDOUT / name)
+    trace, keep = tmp_path / "base.jsonl", tmp_path / "kept"
+    code = main(["agent", "--model", "smollm2-135m", "--tasks", str(picked), "--out", str(trace), "--keep", str(keep),
+                 "--max-turns", "2", "--max-new-tokens", "48", "--quiet"])
+    assert code == 0
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    summary = json.loads((tmp_path / "base.summary.json").read_text())
+    assert [line["id"] for line in lines] == sorted(p.name for p in picked.iterdir())
+    assert summary["solved"] == 0 and summary["tasks"] == 3, "the base solved a held-out task"
+    assert SUMMARY_FIELDS <= set(summary)
+    for line in lines:
+        assert TRACE_FIELDS <= set(line) and line["solved"] is False
+        assert not (keep / line["id"] / "target").exists(), "build outputs were kept"
+        rerun = subprocess.run(line["test"]["command"], shell=True, cwd=keep / line["id"], capture_output=True)
+        assert rerun.returncode == line["test"]["exit_code"] != 0

@@ -1,0 +1,181 @@
+"""Falsifiers of contracts/agent.yaml (the tool runtime): the agent's tools answer as Claude Code answered the teacher.
+
+The central one replays every fixture transcript: each teacher call, remapped to apr-code by the exporter, is fed to
+the agent's own step function (harness.agent.act) as if the model had written it, on a fresh sandbox copy of the
+task's workspace; the observation the agent renders must equal the one the exporter rendered from the recording.
+Allowed differences, each named and normalised and nothing else:
+  TIMINGS      `finished in 0.01s`, `Finished ... in 0.17s`, `Ran 2 tests in 0.004s`: wall-clock times
+  BUILD_HASHES cargo's `target/debug/deps/<crate>-<16 hex>` file names
+  THREAD_IDS   `thread 'name' (21597) panicked`: the OS thread id cargo prints
+  CARGO_ORDER  cargo runs compile jobs and test threads in parallel, so the order of the lines of a `cargo` command's
+               output varies from run to run (`test x ... ok` lines, which test's panic note comes first, which job's
+               error, `-q` progress marks such as `.. 2/3`): after the `Exit code N` line, a cargo result is compared
+               as a multiset of lines, its progress-mark lines dropped
+  GREP_CONTENT a Grep the teacher ran with output_mode content: apr-code's grep has no output_mode, so the runtime
+               answers in Claude Code's default mode (`Found N files`); such steps are counted, not compared
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.agent import AgentOptions, AgentTask, act, open_episode
+from harness.export import ExportOptions, Stats, trajectory_steps
+from harness.prompt import Budget, Scrubber
+from harness.runtime import EDIT_OK, Runtime
+from harness.sandbox import Sandbox
+from harness.tokens import counter
+from harness.toolcall import render_tool_call
+from harness.transcripts import LineStats, read_file
+
+ROOT = Path(__file__).resolve().parent.parent
+TRANSCRIPTS = ROOT / "fixtures" / "transcripts"
+TASKS = ROOT / "fixtures" / "tasks"
+
+TIMINGS = re.compile(r"\b(in|after) \d+(\.\d+)?m?s\b")
+BUILD_HASHES = re.compile(r"-[0-9a-f]{16}\b")
+THREAD_IDS = re.compile(r"(thread '[^']*') \(\d+\)")
+PROGRESS_MARKS = re.compile(r"^[.Fi]*( \d+/\d+)?$")
+
+
+def normalise(text: str) -> str:
+    """Remove exactly the named allowed differences (see the module docstring)."""
+    text = THREAD_IDS.sub(r"\1", BUILD_HASHES.sub("-HASH", TIMINGS.sub(r"\1 Xs", text)))
+    if not text.startswith('Action: <tool_call>\n{"name": "shell", "input": {"command": "cargo '):
+        return text
+    head, _, result = text.partition("\nResult")
+    label, _, body = result.partition("\n")
+    first, _, rest = body.partition("\n") if body.startswith("Exit code") else ("", "", body)
+    lines = sorted(line for line in rest.split("\n") if not PROGRESS_MARKS.match(line))
+    return "\n".join([head, "Result" + label, first, *lines])
+
+
+def exported_steps(transcript: Path):
+    """(apr-code tool, input, observation, recorded Claude Code input) per step, by the exporter's own code path."""
+    read = read_file(transcript, LineStats())
+    scrubber = Scrubber(read.roots, Counter())
+    budget = Budget(counter(), 1024, "")
+    steps = []
+    for trajectory in read.trajectories:
+        originals = [c for c in trajectory.calls if c.name != "TodoWrite"]
+        exported = trajectory_steps(trajectory, scrubber, budget, ExportOptions(), Stats())
+        assert len(exported) == len(originals), f"{transcript}: a recorded call did not export"
+        steps += [(s.tool, s.input, s.observation, c.input) for s, c in zip(exported, originals)]
+    return steps
+
+
+def transcripts() -> list[Path]:
+    """Every fixture transcript; FLIP_REPLAY_TASKS=a,b narrows to some tasks (the mutation runs use a fast subset)."""
+    found = sorted(TRANSCRIPTS.glob("*/*/teacher.stream.ndjson"))
+    only = os.environ.get("FLIP_REPLAY_TASKS")
+    if only:
+        wanted = set(only.split(","))
+        found = [p for p in found if p.parent.parent.name in wanted]
+    return found
+
+
+def replay(transcript: Path) -> tuple[list[tuple[str, str, str]], int]:
+    """([(what, exported, replayed)] for every compared step, GREP_CONTENT steps skipped)."""
+    task = transcript.parent.parent.name
+    agent_task = AgentTask(task, "", TASKS / task / "workspace", "true", {})
+    episode = open_episode(agent_task, AgentOptions())
+    compared, grep_content = [], 0
+    try:
+        for tool, tool_input, exported, recorded in exported_steps(transcript):
+            act(episode, render_tool_call(tool, tool_input), counter(), AgentOptions())
+            replayed = episode.steps[-1].observation
+            if tool == "grep" and recorded.get("output_mode", "files_with_matches") != "files_with_matches":
+                grep_content += 1
+                continue
+            compared.append((f"{transcript.relative_to(ROOT)} {tool} {json.dumps(tool_input)[:120]}", exported,
+                             replayed))
+    finally:
+        episode.sandbox.close()
+    return compared, grep_content
+
+
+def test_replayed_teacher_calls_give_the_exported_observations():
+    files = transcripts()
+    assert files, "no fixture transcripts to replay"
+    mismatches, compared, grep_content = [], 0, 0
+    for transcript in files:
+        steps, skipped = replay(transcript)
+        grep_content += skipped
+        compared += len(steps)
+        mismatches += [(what, a, b) for what, a, b in steps if normalise(a) != normalise(b)]
+    print(f"replayed {len(files)} transcripts: {compared} steps compared, {grep_content} content-mode greps skipped")
+    assert compared > 3 * len(files)
+    assert not mismatches, "\n\n".join(f"{what}\n--- exported\n{a}\n--- replayed\n{b}" for what, a, b in mismatches[:3])
+
+
+# ------------------------------------------------------------------------------------------- the tools, one by one
+
+@pytest.fixture
+def runtime(tmp_path):
+    (tmp_path / "ws" / "src").mkdir(parents=True)
+    (tmp_path / "ws" / "src" / "a.py").write_text("one\ntwo\nthree\n")
+    (tmp_path / "ws" / "src" / "dup.py").write_text("x = 1\nx = 1\n")
+    (tmp_path / "ws" / "empty.txt").write_text("")
+    (tmp_path / "ws" / "target").mkdir()
+    (tmp_path / "ws" / "target" / "junk.py").write_text("one\n")
+    with Sandbox(tmp_path / "ws") as sandbox:
+        yield Runtime(sandbox)
+
+
+def test_tool_results_use_claude_codes_texts(runtime):
+    root = runtime.sandbox.real_root
+    read = runtime.execute("file_read", {"path": "src/a.py"})
+    assert (read.text, read.is_error) == ("1\tone\n2\ttwo\n3\tthree\n4\t", False)
+    assert runtime.execute("file_read", {"path": "src/a.py", "offset": 2, "limit": 1}).text == "2\ttwo"
+    assert runtime.execute("file_read", {"path": "empty.txt"}).text.startswith("<system-reminder>Warning: the file")
+    missing = runtime.execute("file_read", {"path": "nope.py"})
+    assert missing.is_error and missing.text == (
+        f"<tool_use_error>File does not exist. Note: your current working directory is {runtime.sandbox.root}."
+        "</tool_use_error>")
+
+    absent = runtime.execute("file_edit", {"path": "src/a.py", "old": "four", "new": "4"})
+    assert absent.is_error and absent.text == "<tool_use_error>String to replace not found in file.\nString: four</tool_use_error>"
+    twice = runtime.execute("file_edit", {"path": "src/dup.py", "old": "x = 1", "new": "x = 2"})
+    assert twice.is_error and twice.text.startswith(
+        "<tool_use_error>Found 2 matches of the string to replace, but replace_all is false.")
+    assert (root / "src" / "dup.py").read_text() == "x = 1\nx = 1\n", "a refused edit changed the file"
+    edited = runtime.execute("file_edit", {"path": "src/a.py", "old": "two", "new": "2"})
+    assert (edited.text, edited.is_error) == (EDIT_OK.format(path=root / "src" / "a.py"), False)
+    assert (root / "src" / "a.py").read_text() == "one\n2\nthree\n"
+
+    created = runtime.execute("file_write", {"path": "new/b.py", "content": "b = 1\n"})
+    assert created.text.startswith(f"File created successfully at: {root / 'new' / 'b.py'} ")
+    assert (root / "new" / "b.py").read_text() == "b = 1\n"
+
+    failing = runtime.execute("shell", {"command": "echo out; echo err >&2; exit 3"})
+    assert (failing.text, failing.is_error) == ("Exit code 3\nout\nerr", True)
+    assert runtime.execute("shell", {"command": "printf 'a\\n\\n'"}).text == "a"
+
+    assert runtime.execute("grep", {"pattern": "one"}).text == f"Found 1 file\n{root / 'src' / 'a.py'}"
+    assert runtime.execute("grep", {"pattern": "ONE", "case_insensitive": True, "glob": "*.py"}).text.startswith("Found 1 file")
+    assert runtime.execute("grep", {"pattern": "zzz"}).text == "No files found"
+    assert runtime.execute("glob", {"pattern": "**/*.py"}).text == "\n".join(
+        str(root / p) for p in ("new/b.py", "src/a.py", "src/dup.py"))
+    assert runtime.execute("glob", {"pattern": "*.rs"}).text == "No files found"
+
+
+def test_calls_naming_paths_outside_are_refused_and_run_nothing(runtime, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret\n")
+    (runtime.sandbox.root / "link").symlink_to(tmp_path)
+    calls = [("file_read", {"path": str(outside)}), ("file_read", {"path": "../outside.txt"}),
+             ("file_read", {"path": "link/outside.txt"}), ("file_write", {"path": "link/x.txt", "content": "x"}),
+             ("file_edit", {"path": "src/../../outside.txt", "old": "secret", "new": "gone"}),
+             ("grep", {"pattern": "secret", "path": ".."}), ("glob", {"pattern": "../*.txt"}),
+             ("shell", {"command": "cat ../outside.txt"}), ("shell", {"command": f"echo gone > {outside}"}),
+             ("shell", {"command": "cd .. && echo gone > outside.txt"}), ("file_read", {"path": "~/.bashrc"})]
+    for tool, tool_input in calls:
+        result = runtime.execute(tool, tool_input)
+        assert result.refused and result.is_error, (tool, tool_input, result)
+        assert "secret" not in result.text
+    assert outside.read_text() == "secret\n" and not (tmp_path / "x.txt").exists()

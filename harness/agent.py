@@ -1,0 +1,507 @@
+"""`flip agent`: run a model as an apr-code agent on task workspaces, executing its calls in a sandbox, and count the
+tasks whose tests pass.
+
+Tasks (`--tasks DIR`): one folder per task,
+    DIR/<id>/prompt.txt     the task, as the user would type it
+    DIR/<id>/workspace/     the project files
+    DIR/<id>/task.json      {"test": "<shell command, run in the workspace, exit 0 = solved>", ...}; other fields are
+                            optional (`kind` and `first_tool` feed the per-kind report; the rest is ignored here)
+
+Per task: a fresh sandbox (harness.sandbox) holding a copy of the workspace, then up to --max-turns turns. A turn
+renders the prompt with the exporter's own functions (harness.prompt: the task, the running observations, the oldest
+dropped behind the same marker when over the token budget), generates greedily, parses the reply by the apr-code
+runtime's rules (harness.toolcall), executes the FIRST call (harness.runtime) and appends its observation. The
+episode stops when a reply holds no call (the agent's final answer), when the same call comes 3 times in a row, or at
+the turn limit. Then the task's test runs in the sandbox: `solved`.
+
+Generation is batched across the tasks still running: every turn, the live tasks' prompts go through the model
+together (sorted by length, so a batch pads little). The same loop drives the oracle (the scripted teacher's solution
+steps for a task.json, `oracle_calls`), which proves the tasks, their tests and the runtime.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import FlipError
+from harness.atomic import check_out_dir, check_out_file, claim_dir
+from harness.contracts import system_prompt
+from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
+from harness.runtime import Runtime, tool_error
+from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
+from harness.toolcall import OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
+
+DEFAULT_MAX_TURNS = 8
+DEFAULT_MAX_NEW_TOKENS = 256  # a file_edit or file_write call carries code: 128 tokens cut many of the teacher's
+DEFAULT_MAX_TOKENS = 1024  # the whole prompt + reply, as the trainer's --max-length
+DEFAULT_TEST_TIMEOUT = 300.0
+REPEAT_LIMIT = 3  # the same call this many times in a row ends the episode
+SHOWN_INVALID_CHARS = 400  # how much of an unparsable reply its error observation repeats
+STOP_REASONS = ("answered", "repeated", "max_turns", "context_full")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class AgentTask:
+    id: str
+    prompt: str
+    workspace: Path
+    test: str
+    spec: dict  # the whole task.json
+
+    @property
+    def kind(self) -> str | None:
+        return self.spec.get("kind")
+
+    @property
+    def first_tool(self) -> str | None:
+        return self.spec.get("first_tool")
+
+
+def load_task(folder: Path) -> AgentTask:
+    for name in ("prompt.txt", "task.json", "workspace"):
+        if not (folder / name).exists():
+            raise FlipError(f"task {folder}: no {name} (a task folder holds prompt.txt, task.json and workspace/)")
+    try:
+        spec = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FlipError(f"{folder / 'task.json'}: not JSON ({err})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("test"), str) or not spec["test"].strip():
+        raise FlipError(f"{folder / 'task.json'}: needs a \"test\" field holding a shell command")
+    prompt = (folder / "prompt.txt").read_bytes().decode("utf-8", "replace").strip()
+    if not prompt:
+        raise FlipError(f"{folder / 'prompt.txt'} is empty")
+    if not (folder / "workspace").is_dir():
+        raise FlipError(f"{folder / 'workspace'} is not a directory")
+    return AgentTask(folder.name, prompt, folder / "workspace", spec["test"], spec)
+
+
+def load_tasks(directory: str | os.PathLike) -> list[AgentTask]:
+    """Every task folder under DIR, sorted by id."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FlipError(f"--tasks {directory} is not a directory")
+    folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    tasks = [load_task(p) for p in folders]
+    if not tasks:
+        raise FlipError(f"--tasks {directory} holds no task folder (<id>/prompt.txt, task.json, workspace/)")
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The oracle: the scripted teacher's solution steps for a task.json, as apr-code calls
+# ---------------------------------------------------------------------------------------------------------------------
+
+FIRST_TOOL_BY_KIND = {"fix": "file_read", "add-method": "file_read", "search": "grep", "constant": "grep",
+                      "rename": "grep", "test-fix": "shell", "compile": "shell", "create": "file_write",
+                      "create-from-tests": "file_read"}
+
+
+def oracle_calls(spec: dict) -> list[tuple[str, dict]]:
+    """The teacher's canonical path (fixtures/teacher.py's first variant of each kind) as apr-code calls: look first
+    the way the kind calls for (read the named file, grep, run the tests, read the tests), write / edit, run the tests."""
+    kind, file, test = spec["kind"], spec["file"], spec["test"]
+    first = FIRST_TOOL_BY_KIND[kind]
+    calls: list[tuple[str, dict]] = []
+    read: set[str] = set()
+    if first == "shell":
+        calls.append(("shell", {"command": test}))
+    elif first == "grep":
+        calls.append(("grep", {"pattern": spec["grep"]}))
+    elif kind == "create-from-tests":
+        calls.append(("file_read", {"path": spec["test_file"]}))
+    elif first == "file_read":
+        calls.append(("file_read", {"path": file}))
+        read.add(file)
+    if "content" in spec:
+        calls.append(("file_write", {"path": file, "content": spec["content"]}))
+        read.add(file)
+    for edit in spec.get("edits", []):
+        path = edit.get("file", file)
+        if path not in read:
+            calls.append(("file_read", {"path": path}))
+            read.add(path)
+        calls.append(("file_edit", {"path": path, "old": edit["old"], "new": edit["new"]}))
+    calls.append(("shell", {"command": test}))
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Episodes
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class AgentOptions:
+    max_turns: int = DEFAULT_MAX_TURNS
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_result_chars: int = 2000  # as the exporter's default
+    batch_size: int = 8
+    test_timeout: float = DEFAULT_TEST_TIMEOUT
+    limits: Limits = field(default_factory=Limits)
+    sandbox_dir: str | None = None  # where sandboxes are made (default: the system's temporary directory)
+    keep: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class Episode:
+    task: AgentTask
+    sandbox: Sandbox
+    runtime: Runtime
+    scrubber: Scrubber
+    steps: list[Step] = field(default_factory=list)  # what the next prompt shows
+    turns: list[dict] = field(default_factory=list)  # what the trace shows
+    calls: list[str] = field(default_factory=list)  # each turn's call, as a key (repeat detection)
+    stop_reason: str | None = None
+    truncated: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.stop_reason is None
+
+
+def open_episode(task: AgentTask, options: AgentOptions) -> Episode:
+    sandbox = Sandbox(task.workspace, options.limits, options.sandbox_dir)
+    # Results name the sandbox by its path, as Claude Code's name the recording directory: the same Scrubber makes
+    # them workspace-relative (and redacts secrets) exactly as the exporter does.
+    scrubber = Scrubber(sorted({str(sandbox.root), str(sandbox.real_root)}), Counter())
+    return Episode(task, sandbox, Runtime(sandbox), scrubber)
+
+
+def next_instruction(episode: Episode, budget: Budget) -> str | None:
+    """The user turn for the next step: exactly the exporter's fitting, with the reply's room reserved in the budget."""
+    pending = Step("", {}, "", 0, "", 0)
+    task_tokens = budget.count(f"Task:\n{episode.task.prompt}\n\n")
+    return fit_instruction(budget, episode.task.prompt, task_tokens, [*episode.steps, pending], len(episode.steps),
+                           episode.truncated)
+
+
+def _call_key(call: ToolCall) -> str:
+    return json.dumps([call.name, call.input], sort_keys=True, ensure_ascii=False)
+
+
+def act(episode: Episode, output: str, counter, options: AgentOptions) -> None:
+    """One reply: stop, or execute its first call and record the observation the next prompt will show."""
+    calls = parse_tool_calls(output)
+    turn = {"output": output, "call": None, "valid": False, "observation": None, "refused": False}
+    episode.turns.append(turn)
+    if not calls:
+        if OPEN not in output:
+            episode.stop_reason = "answered"  # apr-code ends the turn on a reply without a call
+            return
+        shown = output if len(output) <= SHOWN_INVALID_CHARS else output[:SHOWN_INVALID_CHARS] + " ..."
+        observation = (f"Action: {shown}\nResult (error):\n"
+                       + tool_error("Could not parse a tool call: the <tool_call> block holds no JSON object with a "
+                                    "string \"name\""))
+        _record(episode, turn, None, observation, counter)
+        return
+    call = calls[0]
+    turn["call"] = {"name": call.name, "input": call.input}
+    key = _call_key(call)
+    episode.calls.append(key)
+    if episode.calls[-REPEAT_LIMIT:] == [key] * REPEAT_LIMIT:
+        episode.stop_reason = "repeated"
+        return
+    tool_input = call.input if isinstance(call.input, dict) else {}
+    errors = call_errors(call)
+    if errors:
+        text = errors[0] if errors[0].startswith("unknown tool") else "InputValidationError: " + "; ".join(errors)
+        observation = render_observation(call.name, tool_input, tool_error(text), is_error=True)
+        _record(episode, turn, call, observation, counter)
+        return
+    turn["valid"] = True
+    result = episode.runtime.execute(call.name, tool_input)
+    turn["refused"] = result.refused
+    shown, _ = episode.scrubber.shortened(result.text, options.max_result_chars)
+    observation = render_observation(call.name, episode.scrubber.value(tool_input), shown, result.is_error)
+    _record(episode, turn, call, observation, counter)
+
+
+def _record(episode: Episode, turn: dict, call: ToolCall | None, observation: str, counter) -> None:
+    turn["observation"] = observation
+    name = call.name if call else ""
+    response = render_tool_call(call.name, call.input) if call else turn["output"]
+    step = Step(name, call.input if call else {}, response, 0, observation, 0)
+    count_steps(counter, [step])
+    episode.steps.append(step)
+
+
+def close_episode(episode: Episode, options: AgentOptions) -> dict:
+    """Run the task's test in the sandbox, keep the workspace when asked, and return the task's trace line."""
+    started = time.perf_counter()
+    test = episode.sandbox.run_test(episode.task.test, options.test_timeout)
+    if options.keep is not None:
+        keep_workspace(episode.sandbox.root, options.keep / episode.task.id)
+    episode.sandbox.close()
+    episode.seconds += time.perf_counter() - started
+    return trace_line(episode, test)
+
+
+def keep_workspace(source: Path, target: Path) -> None:
+    """The final workspace without build outputs, so anyone can re-run its test; replaces an earlier copy of ours."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(*SKIP_DIRS, "*.pyc"))
+
+
+def trace_line(episode: Episode, test) -> dict:
+    from harness.evaluate import grounded
+
+    task = episode.task
+    calls = [t["call"] for t in episode.turns if t["call"]]
+    first = episode.turns[0]["call"] if episode.turns and episode.turns[0]["call"] else None
+    first_call = [ToolCall(first["name"], first["input"])] if first else []
+    return {
+        "id": task.id,
+        "task": task.prompt,
+        "kind": task.kind,
+        "solved": test.exit_code == 0,
+        "stop_reason": episode.stop_reason,
+        "turns": episode.turns,
+        "first_tool": first["name"] if first else None,
+        "expected_first_tool": task.first_tool,
+        "first_tool_match": (first is not None and first["name"] == task.first_tool) if task.first_tool else None,
+        "grounded": grounded(task.prompt, first_call),
+        "calls_by_tool": dict(sorted(Counter(c["name"] for c in calls).items())),
+        "invalid_calls": sum(1 for t in episode.turns if t["observation"] is not None and not t["valid"]),
+        "refused": sum(1 for t in episode.turns if t["refused"]),
+        "test": {"command": task.test, "exit_code": test.exit_code, "timed_out": test.timed_out,
+                 "output_tail": test.output[-1500:]},
+        "seconds": round(episode.seconds, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Policies: who writes the replies
+# ---------------------------------------------------------------------------------------------------------------------
+
+class ModelPolicy:
+    """Greedy replies of a loaded model, the live tasks' prompts batched together."""
+
+    def __init__(self, model, tokenizer, options: AgentOptions):
+        from harness.tokens import TokenCounter
+
+        self.model, self.tokenizer, self.options = model, tokenizer, options
+        self.counter = TokenCounter.of(tokenizer)
+
+    def __call__(self, episodes: list[Episode], instructions: list[str]) -> list[str]:
+        from harness.evaluate import generate, render_prompt
+
+        texts = [render_prompt(self.tokenizer, instruction) for instruction in instructions]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+        generated = generate(self.model, self.tokenizer, [texts[i] for i in order], self.options.max_new_tokens,
+                             self.options.batch_size)
+        outputs = [""] * len(texts)
+        for index, result in zip(order, generated):
+            outputs[index] = result["output"]
+        return outputs
+
+
+class OraclePolicy:
+    """The scripted teacher's solution steps (oracle_calls), then its summary as the final, call-free answer."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def __call__(self, episodes: list[Episode], instructions: list[str]) -> list[str]:
+        outputs = []
+        for episode in episodes:
+            plan = oracle_calls(episode.task.spec)
+            step = len(episode.turns)
+            outputs.append(render_tool_call(*plan[step]) if step < len(plan)
+                           else episode.task.spec.get("summary", "Done."))
+        return outputs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------------
+
+def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[list[dict], dict]:
+    """Every task as an episode, the live ones advanced together turn by turn: (trace lines, summary)."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    budget = Budget(policy.counter, options.max_tokens - options.max_new_tokens, system_prompt())
+    episodes = [open_episode(task, options) for task in tasks]
+    records: dict[str, dict] = {}
+    timings = Counter()
+    try:
+        with tqdm(total=len(tasks), desc="flip agent", unit="task", file=sys.stderr, disable=not options.progress,
+                  leave=False) as bar:
+            for turn in range(options.max_turns):
+                live = [e for e in episodes if e.live]
+                prompts = []
+                for episode in live:
+                    instruction = next_instruction(episode, budget)
+                    if instruction is None:
+                        episode.stop_reason = "context_full"
+                    prompts.append(instruction)
+                ready = [(e, p) for e, p in zip(live, prompts) if p is not None]
+                if not ready:
+                    break
+                clock = time.perf_counter()
+                outputs = policy([e for e, _ in ready], [p for _, p in ready])
+                timings["generation_s"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                for (episode, _), output in zip(ready, outputs):
+                    act(episode, output, policy.counter, options)
+                timings["tools_s"] += time.perf_counter() - clock
+                bar.set_postfix(turn=turn + 1, live=sum(e.live for e in episodes))
+            for episode in episodes:
+                if episode.live:
+                    episode.stop_reason = "max_turns"
+            clock = time.perf_counter()
+            for episode in episodes:
+                records[episode.task.id] = close_episode(episode, options)
+                bar.update(1)
+            timings["tests_s"] += time.perf_counter() - clock
+    finally:
+        for episode in episodes:
+            episode.sandbox.close()
+    lines = [records[task.id] for task in tasks]
+    summary = summarise(lines, time.perf_counter() - started)
+    summary["timings_s"] = {k: round(v, 1) for k, v in sorted(timings.items())}
+    return lines, summary
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def summarise(lines: list[dict], seconds: float) -> dict:
+    turns = [t for line in lines for t in line["turns"]]
+    with_call = [t for t in turns if t["observation"] is not None or t["call"] is not None]
+    valid = sum(1 for t in turns if t["valid"])
+    naming = [line for line in lines if line["grounded"] is not None]
+    expecting = [line for line in lines if line["first_tool_match"] is not None]
+    solved = sum(line["solved"] for line in lines)
+    kinds: dict[str, dict] = {}
+    for line in lines:
+        row = kinds.setdefault(line["kind"] or "(none)", Counter())
+        row["tasks"] += 1
+        row["solved"] += line["solved"]
+        row["first_tool_match"] += bool(line["first_tool_match"])
+        row["grounded"] += bool(line["grounded"])
+        row["naming_path"] += line["grounded"] is not None
+    return {
+        "tasks": len(lines),
+        "solved": solved,
+        "solve_rate": _rate(solved, len(lines)),
+        "mean_turns": round(len(turns) / len(lines), 2) if lines else None,
+        "turns": len(turns),
+        "calls": len(with_call),
+        "valid_calls": valid,
+        "valid_call_rate": _rate(valid, len(with_call)),  # over the turns that hold a call (a final answer is none)
+        "invalid_calls": sum(line["invalid_calls"] for line in lines),
+        "first_call_grounded": sum(1 for line in naming if line["grounded"]),
+        "tasks_naming_path": len(naming),
+        "grounded_rate": _rate(sum(1 for line in naming if line["grounded"]), len(naming)),
+        "first_tool_match": sum(1 for line in expecting if line["first_tool_match"]),
+        "tasks_with_expected_first_tool": len(expecting),
+        "first_tool_match_rate": _rate(sum(1 for line in expecting if line["first_tool_match"]), len(expecting)),
+        "calls_per_tool": dict(sorted(sum((Counter(line["calls_by_tool"]) for line in lines), Counter()).items())),
+        "refused": sum(line["refused"] for line in lines),
+        "stop_reasons": dict(sorted(Counter(line["stop_reason"] for line in lines).items())),
+        "per_kind": {kind: dict(row) for kind, row in sorted(kinds.items())},
+        "seconds": round(seconds, 1),
+        "tasks_per_minute": round(len(lines) / (seconds / 60), 2) if seconds > 0 else None,
+        "isolation": isolation().describe(),
+    }
+
+
+def format_summary(summary: dict, label: str = "") -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.0f}%"
+
+    head = f"{label}: " if label else ""
+    return (f"{head}solved {summary['solved']}/{summary['tasks']} ({pct(summary['solve_rate'])}); "
+            f"{summary['mean_turns']} turns per task, valid calls {summary['valid_calls']}/{summary['turns']} turns; "
+            f"first call grounded {summary['first_call_grounded']}/{summary['tasks_naming_path']}, first tool matches "
+            f"{summary['first_tool_match']}/{summary['tasks_with_expected_first_tool']}; refused {summary['refused']}; "
+            f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min")
+
+
+def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", options: AgentOptions | None = None,
+          label: str | None = None, force: bool = False) -> dict:
+    """Load tasks and model, run every task as an agent episode, write TRACE.jsonl and its summary; return the summary."""
+    from harness.evaluate import load_for_eval, summary_file, write_trace
+
+    options = options or AgentOptions()
+    tasks = load_tasks(tasks_dir)
+    out = check_out_file(out, "--out")
+    check_out_file(summary_file(out), "--out (its .summary.json)")
+    if options.keep is not None:
+        check_out_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep")
+    loaded, tokenizer = load_for_eval(model, adapter, device)
+    if options.keep is not None:
+        options.keep = claim_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep")
+    records, summary = run_agent(tasks, ModelPolicy(loaded, tokenizer, options), options)
+    summary = {"model": str(model), "adapter": str(adapter) if adapter else None, "tasks_dir": str(tasks_dir), **summary}
+    write_trace(records, summary, out)
+    if options.progress:
+        print(format_summary(summary, label or str(model)), file=sys.stderr)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    defaults = AgentOptions()
+    parser.add_argument("--model", required=True,
+                        help="smollm2-135m, a local HF directory, or a .gguf file")
+    parser.add_argument("--adapter",
+                        help="a peft adapter directory to apply on top of --model")
+    parser.add_argument("--tasks", required=True,
+                        help="a directory of task folders: <id>/prompt.txt, <id>/task.json (test), <id>/workspace/")
+    parser.add_argument("--out", required=True,
+                        help="trace JSONL, one line per task (a .summary.json is written beside it)")
+    parser.add_argument("--max-turns", type=int, default=defaults.max_turns,
+                        help="turns per task (default %(default)s)")
+    parser.add_argument("--keep",
+                        help="leave each task's final workspace at KEEP/<id>/ (build outputs removed)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help="tokens per reply (default %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                        help="token budget of prompt + reply, as the trainer's --max-length (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="prompts per generate() call (default %(default)s)")
+    parser.add_argument("--test-timeout", type=float, default=defaults.test_timeout,
+                        help="seconds for a task's test command (default %(default)s)")
+    parser.add_argument("--shell-timeout", type=float, default=defaults.limits.timeout_s,
+                        help="seconds for one shell call of the model (default %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present), cpu, cuda, mps")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --keep holding files flip agent did not write (nothing is deleted)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no summary")
+
+
+def main(args) -> int:
+    if args.max_turns < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        raise FlipError("--max-turns, --max-new-tokens and --batch-size must be at least 1")
+    if args.max_tokens <= args.max_new_tokens:
+        raise FlipError("--max-tokens must be larger than --max-new-tokens (the prompt needs room too)")
+    if not (args.test_timeout > 0 and args.shell_timeout > 0):
+        raise FlipError("--test-timeout and --shell-timeout must be positive")
+    options = AgentOptions(max_turns=args.max_turns, max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens,
+                           batch_size=args.batch_size, test_timeout=args.test_timeout,
+                           limits=Limits(timeout_s=args.shell_timeout), keep=Path(args.keep) if args.keep else None,
+                           progress=not args.quiet)
+    agent(args.model, args.tasks, args.out, adapter=args.adapter, device=args.device, options=options,
+          force=args.force)
+    return 0
