@@ -55,19 +55,27 @@ def _outputs(out: Path) -> dict[str, bytes]:
 
 @SETTINGS
 @given(st.lists(gen.damaged(), min_size=1, max_size=3))
-def test_every_response_is_exactly_one_valid_call(recs):
+def test_every_response_is_one_valid_call_or_a_final_answer_without_a_tag(recs):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _write_all(recs, tmp / "in")
-        _export([tmp / "in"], tmp / "out", mode="all")
+        stats = _export([tmp / "in"], tmp / "out", mode="all")
+        finals = 0
         for name in ("apr_code_sft_full.jsonl", "apr_code_sft_curated.jsonl", "apr_code_sft_balanced.jsonl"):
             for sample in _samples(tmp / "out" / name):
+                if sample["metadata"].get("final"):
+                    assert name != "apr_code_sft_curated.jsonl", "a final answer is not a first action"
+                    assert sample["response"].strip() and sample["metadata"]["tool"] == "final"
+                    assert "<tool_call" not in sample["response"] and "</tool_call" not in sample["response"]
+                    finals += name == "apr_code_sft_full.jsonl"
+                    continue
                 calls = parse_tool_calls(sample["response"])
                 assert len(calls) == 1 and calls[0].closed
                 assert call_errors(calls[0]) == []
                 assert sample["response"].count("<tool_call>") == 1
                 assert list(sample) == ["instruction", "response", "system", "metadata"]
                 assert sample["system"] == system_prompt()
+        assert finals <= stats["final_candidates"] - sum(stats["finals_dropped"].values())
 
 
 @SETTINGS
@@ -96,8 +104,10 @@ def test_every_generated_call_is_counted_exactly_once(recs):
         stats = _export([tmp / "in"], tmp / "out", mode="full")
     assert stats["raw_tool_use"] == sum(expected.values())
     assert stats["remappable"] == sum(n for name, n in expected.items() if name in gen.MAPPED)
+    finals = stats["final_candidates"] - sum(stats["finals_dropped"].values())
+    assert stats["candidates"] == stats["remappable"] + finals
     assert stats["samples"]["full"] + stats["duplicates"]["full"] + stats["truncated"]["samples_dropped_too_long"] \
-        == stats["remappable"]
+        == stats["candidates"]
     assert stats["unmappable"] == {name: n for name, n in sorted(expected.items()) if name not in gen.MAPPED}
 
 
@@ -577,9 +587,13 @@ def test_real_transcripts_export_with_exact_counts(real_transcripts, tmp_path):
     assert stats["lines"]["read"] == 446 and stats["orphan_results"] == 0
     full = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
     stream = [s for s in full if s["metadata"]["source"] == "stream-json-2.1.154.ndjson"]
-    assert [parse_tool_calls(s["response"])[0].input for s in stream] == [{"path": "sample.txt"}]
-    assert stats["candidates"] == 133
-    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 133
+    assert [parse_tool_calls(s["response"])[0].input for s in stream if not s["metadata"].get("final")] == [
+        {"path": "sample.txt"}]
+    assert [s["response"] for s in stream if s["metadata"].get("final")] == [
+        "The file contains one line:\n\n```\nhello from a file\n```"]
+    assert stats["final_candidates"] == 8 and stats["finals_dropped"] == {}
+    assert stats["candidates"] == 133 + 8
+    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 141
     text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
     assert "/path/to/Demo" not in text and "/work/" not in text
 

@@ -17,6 +17,10 @@ from pathlib import Path
 from hypothesis import strategies as st
 
 MAPPED = ("Read", "Write", "Edit", "Bash", "Grep", "Glob")
+# Closing texts: none, a plain answer, a Markdown summary naming a recording path and a secret, one holding a call tag
+# (never a final answer), a heading only (nothing to answer with).
+FINALS = ("", "Done: the tests pass.", "## Summary\n\nFixed {cwd}/src/lib.rs; the key {secret} is unused.",
+          'Next I would run <tool_call>{{"name": "shell"}}</tool_call>', "## Summary")
 UNMAPPED = ("TodoWrite", "WebFetch", "MultiEdit", "mcp__srv__tool", "KillBash", "BashOutput")
 ALNUM = string.ascii_letters + string.digits
 
@@ -50,6 +54,7 @@ class Recording:
     lines: list = field(default_factory=list)  # bytes, one per line (main file)
     extra_files: dict = field(default_factory=dict)  # relative name -> list of lines (sub-agent files)
     prompt_file: str | None = None  # content of a sibling prompt.txt
+    final: str | None = None  # the main agent's closing text after its last call
     expected: Counter = field(default_factory=Counter)  # Claude Code tool name -> calls (undamaged)
 
 
@@ -162,6 +167,10 @@ def render_stream(rec: Recording, rng: random.Random, echo_task: bool, split: bo
                                        **envelope, "uuid": f"u{next(uid)}"}))
 
     emit(rec.calls, None)
+    if rec.final:
+        out.append(_dumps({"type": "assistant", "message": {"id": "msg_final", "role": "assistant", "content": [
+            {"type": "text", "text": rec.final}]}, "parent_tool_use_id": None, "session_id": sid,
+            "uuid": f"u{next(uid)}"}))
     if rng.random() < 0.7:
         out.append(_dumps({"type": "result", "subtype": "success", "is_error": False, "session_id": sid,
                            "uuid": f"u{next(uid)}"}))
@@ -210,6 +219,8 @@ def render_session(rec: Recording, rng: random.Random, layout: str, command_wrap
                 record("user", [_tool_result(call)], sidechain, sink, key)
 
     emit(rec.calls, False, out, "main")
+    if rec.final:
+        record("assistant", [{"type": "text", "text": rec.final}], False, out)
     if rng.random() < 0.5 and len(out) > 2:  # a resumed session repeats earlier records (same uuid)
         out.extend(out[1: 1 + rng.randrange(1, len(out))])
 
@@ -225,6 +236,8 @@ def build(rng: random.Random, fmt: str, n_calls: int, has_task: bool, echo_task:
     counter = [0]
     calls = [_call(rng, cwd, secrets, 0, counter, big) for _ in range(n_calls)]
     rec = Recording(fmt, cwd, task, calls, [must for _, must in planted] + [cwd])
+    # Drawn from its own generator: the draws of every other part of a recording stay as they were.
+    rec.final = random.Random(cwd).choice(FINALS).format(cwd=cwd, secret=secrets[0])
     _count(calls, rec.expected)
     if fmt == "stream":
         render_stream(rec, rng, echo_task=echo_task, split=split, partials=partials)

@@ -35,13 +35,15 @@ from harness import FlipError
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
-from harness.toolcall import ToolCall, call_errors, render_tool_call
+from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
 from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
 
 MODES = ("curated", "balanced", "full")
 TARGETS = ("apr-code", "messages")
 TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".json")
 STATS_FILE = "export_stats.json"
+FINAL = "final"  # the `tool` of a final-answer sample (its bucket in per_tool and in balanced mode)
+MAX_FINAL_CHARS = 600
 # What `flip export` writes into --out; a directory holding anything else is refused unless --force.
 OUTPUT_NAMES = ("apr_code_sft_*.jsonl", "messages_*.jsonl", STATS_FILE)
 
@@ -99,6 +101,8 @@ class Stats:
     unmappable: Counter = field(default_factory=Counter)
     calls_without_result: int = 0
     candidates: int = 0
+    final_candidates: int = 0
+    finals_dropped: Counter = field(default_factory=Counter)
     samples: dict = field(default_factory=dict)
     per_tool: dict = field(default_factory=dict)
     duplicates: dict = field(default_factory=dict)
@@ -121,6 +125,8 @@ class Stats:
             "calls_without_result": self.calls_without_result,
             "orphan_results": lines.orphan_results,
             "candidates": self.candidates,
+            "final_candidates": self.final_candidates,
+            "finals_dropped": dict(sorted(self.finals_dropped.items())),
             "samples": {m: self.samples.get(m, 0) for m in MODES if m in self.samples},
             "per_tool": {m: dict(sorted(v.items())) for m, v in self.per_tool.items()},
             "duplicates": {m: self.duplicates.get(m, 0) for m in MODES if m in self.duplicates},
@@ -278,14 +284,20 @@ def tools_list() -> tuple:
 
 
 def messages_record(sample: Sample) -> dict:
-    """HF chat format: system/user/assistant messages, the assistant's call as `tool_calls` with object arguments."""
-    call = json.loads(sample.response[len("<tool_call>"): -len("</tool_call>")])
+    """HF chat format: system/user/assistant messages, the assistant's call as `tool_calls` with object arguments (a
+    final answer is the assistant's plain content)."""
+    if sample.metadata.get("final"):
+        assistant = {"role": "assistant", "content": sample.response}
+    else:
+        call = json.loads(sample.response[len(OPEN) + 1: -len(CLOSE) - 1])
+        assistant = {"role": "assistant", "content": "",
+                     "tool_calls": [{"type": "function", "function": {"name": call["name"],
+                                                                      "arguments": call["input"]}}]}
     return {
         "messages": [
             {"role": "system", "content": sample.system},
             {"role": "user", "content": sample.instruction},
-            {"role": "assistant", "content": "",
-             "tool_calls": [{"type": "function", "function": {"name": call["name"], "arguments": call["input"]}}]},
+            assistant,
         ],
         "tools": list(tools_list()),
         "metadata": sample.metadata,
@@ -341,6 +353,49 @@ def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, s
         sample = Sample(instruction, step.response, budget.system,
                         {"trajectory": trajectory_id, "step": index, "tool": step.tool, "source": source})
         writers.offer(sample, first_in_trajectory=index == 0)
+    if wanted and trajectory.final is not None:
+        export_final(trajectory.final, steps, task, task_tokens, trajectory_id, source, scrubber, budget, stats,
+                     writers)
+
+
+def final_answer(text: str, limit: int = MAX_FINAL_CHARS) -> str:
+    """A short final answer from an agent's closing text: its first paragraph that is not a Markdown heading (with the
+    next one when it ends in ":" and both fit, as in "The file contains one line:" and the line), at most `limit`
+    characters, cut after a sentence (else a word). A short summary is what teaches a student to stop; a cut marker
+    inside a response would teach it to write one."""
+    paragraphs = [p.strip() for p in text.strip().split("\n\n") if p.strip()]
+    body = [p for p in paragraphs if not all(line.lstrip().startswith("#") for line in p.splitlines())]
+    if not body:
+        return ""
+    answer = body[0]
+    if answer.endswith(":") and len(body) > 1 and len(answer) + 2 + len(body[1]) <= limit:
+        answer = f"{answer}\n\n{body[1]}"
+    if len(answer) <= limit:
+        return answer
+    head = answer[:limit]
+    sentence = max(head.rfind(". "), head.rfind(".\n"))
+    return head[:sentence + 1] if sentence > limit // 3 else head.rsplit(None, 1)[0]
+
+
+def export_final(final: str, steps: list[Step], task: str | None, task_tokens: int, trajectory_id: str, source: str,
+                 scrubber: Scrubber, budget: Budget, stats: Stats, writers: Writers) -> None:
+    """The trajectory's closing text as one more sample: every observation so far, then a response with no call at
+    all, so the student learns that a reply without <tool_call> ends the task. Never in curated mode (first actions)."""
+    stats.final_candidates += 1
+    response = final_answer(scrubber.text(final))
+    if not response:
+        stats.finals_dropped["only_headings"] += 1
+        return
+    if OPEN in response or CLOSE in response:
+        stats.finals_dropped["call_tag_in_text"] += 1  # a final answer must hold no call tag, not even a half one
+        return
+    stats.candidates += 1
+    step = Step(FINAL, {}, response, budget.count(response + "\n"), "", 0)
+    instruction = fit_instruction(budget, task, task_tokens, [*steps, step], len(steps), stats.truncated)
+    if instruction is None:
+        return  # counted in truncated.samples_dropped_too_long, as a call's sample is
+    metadata = {"trajectory": trajectory_id, "step": len(steps), "tool": FINAL, "source": source, "final": True}
+    writers.offer(Sample(instruction, response, budget.system, metadata), first_in_trajectory=False)
 
 
 def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, counter=None) -> dict:

@@ -49,6 +49,15 @@ class Trajectory:
     task: str | None
     sidechain: bool = False
     calls: list[Call] = field(default_factory=list)
+    closing: list[str] = field(default_factory=list)  # assistant text after the last call (its final answer)
+
+    @property
+    def final(self) -> str | None:
+        """The agent's final answer: the text it wrote after its last call, once that call has a result."""
+        text = "\n\n".join(t for t in self.closing if t.strip()).strip()
+        if not text or not self.calls or self.calls[-1].result is None:
+            return None
+        return text
 
 
 @dataclass
@@ -267,10 +276,16 @@ class _Builder:
         return trajectory
 
     def add_calls(self, trajectory: Trajectory, content) -> None:
+        if isinstance(content, str):
+            trajectory.closing.append(content)
+            return
         if not isinstance(content, list):
             return
         for block in content:
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+                trajectory.closing.append(block["text"])
             if isinstance(block, dict) and block.get("type") == "tool_use":
+                trajectory.closing.clear()  # text before a call is narration, not the final answer
                 call_id = str(block.get("id", ""))
                 if call_id and call_id in self.calls:
                     continue  # the same block again (a resumed session or a replayed line): counted once
