@@ -63,11 +63,11 @@ def test_an_unsolved_task_is_not_counted_solved(tmp_path):
 def test_agent_prompts_are_the_exported_training_instructions(tmp_path):
     """Replaying a teacher transcript through the agent, each step's prompt equals the instruction the exporter
     wrote for that step (the timings of test output aside): one code path for training and evaluation."""
-    transcript = ROOT / "fixtures" / "transcripts" / "head-py" / "test-first" / "teacher.stream.ndjson"
+    transcript = ROOT / "fixtures" / "transcripts" / "head-py" / "grep-read-edit-test" / "teacher.stream.ndjson"
     export([transcript], tmp_path / "out", ExportOptions(mode="full", progress=False))
     samples = [json.loads(line) for line in (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text().splitlines()]
     steps = exported_steps(transcript)
-    assert len(samples) == len(steps) >= 3
+    assert len(samples) == len(steps) + 1 >= 4 and samples[-1]["metadata"]["final"], "every step and the final answer"
     task = AgentTask("head-py", (transcript.parent / "prompt.txt").read_text().strip(), TASKS / "head-py" / "workspace",
                      "true", {})
     episode = open_episode(task, AgentOptions())
@@ -76,6 +76,7 @@ def test_agent_prompts_are_the_exported_training_instructions(tmp_path):
         for sample, (tool, tool_input, _, _) in zip(samples, steps):
             assert normalise(next_instruction(episode, budget)) == normalise(sample["instruction"])
             act(episode, render_tool_call(tool, tool_input), counter(), AgentOptions())
+        assert normalise(next_instruction(episode, budget)) == normalise(samples[-1]["instruction"])
     finally:
         episode.sandbox.close()
 
