@@ -35,7 +35,7 @@ from harness.contracts import system_prompt
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
-from harness.toolcall import OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
+from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
 
 DEFAULT_MAX_TURNS = 8
 DEFAULT_MAX_NEW_TOKENS = 256  # a file_edit or file_write call carries code: 128 tokens cut many of the teacher's
@@ -64,7 +64,8 @@ class AgentTask:
 
     @property
     def first_tool(self) -> str | None:
-        return self.spec.get("first_tool")
+        """The teacher's first tool: task.json's `first_tool`, else the canonical one of its kind."""
+        return self.spec.get("first_tool") or FIRST_TOOL_BY_KIND.get(self.kind)
 
 
 def load_task(folder: Path) -> AgentTask:
@@ -301,7 +302,7 @@ class ModelPolicy:
         texts = [render_prompt(self.tokenizer, instruction) for instruction in instructions]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
         generated = generate(self.model, self.tokenizer, [texts[i] for i in order], self.options.max_new_tokens,
-                             self.options.batch_size)
+                             self.options.batch_size, stop_strings=(CLOSE,))
         outputs = [""] * len(texts)
         for index, result in zip(order, generated):
             outputs[index] = result["output"]
@@ -427,7 +428,7 @@ def format_summary(summary: dict, label: str = "") -> str:
 
     head = f"{label}: " if label else ""
     return (f"{head}solved {summary['solved']}/{summary['tasks']} ({pct(summary['solve_rate'])}); "
-            f"{summary['mean_turns']} turns per task, valid calls {summary['valid_calls']}/{summary['turns']} turns; "
+            f"{summary['mean_turns']} turns per task, valid calls {summary['valid_calls']}/{summary['calls']}; "
             f"first call grounded {summary['first_call_grounded']}/{summary['tasks_naming_path']}, first tool matches "
             f"{summary['first_tool_match']}/{summary['tasks_with_expected_first_tool']}; refused {summary['refused']}; "
             f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min")

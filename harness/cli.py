@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("harness.evaluate", "greedy tool-call evaluation of a model on held-out tasks"),
     "agent": ("harness.agent", "run a model as an apr-code agent on task workspaces in a sandbox; count solved tasks"),
     "run": ("harness.run", "the whole pipeline and the flip report (what `make flip` runs)"),
+    "tune": ("harness.tune", "choose the training recipe on a validation split of the training tasks"),
 }
 
 

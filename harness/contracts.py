@@ -40,6 +40,20 @@ def system_prompt() -> str:
     return (CONTRACTS / "system_prompt.md").read_text(encoding="utf-8").strip()
 
 
+@lru_cache(maxsize=None)
+def recipes() -> tuple[str, dict[str, dict]]:
+    """(the default recipe's name, {name: recipe}) from contracts/recipes.yaml."""
+    import yaml
+
+    raw = yaml.safe_load((CONTRACTS / "recipes.yaml").read_text(encoding="utf-8"))
+    return raw["default"], {name: dict(recipe) for name, recipe in raw["recipes"].items()}
+
+
+def default_recipe() -> dict:
+    default, table = recipes()
+    return table[default]
+
+
 @dataclass(frozen=True)
 class SecretPattern:
     name: str

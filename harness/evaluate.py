@@ -135,9 +135,15 @@ def names_path(call: ToolCall, wanted: str) -> bool:
     return False
 
 
+def climbs_out(path: str) -> bool:
+    """A relative path that leaves the workspace: `..`, `../x`, `src/../../x` (normalised)."""
+    return path == ".." or path.startswith("../")
+
+
 def absolute_paths(call: ToolCall) -> list[str]:
-    """The absolute paths (outside the workspace) that a call names; /dev/null and friends excepted."""
-    return [p for p in call_paths(call) if is_absolute(p) and p not in _HARMLESS_ABSOLUTE]
+    """The paths outside the workspace that a call names: absolute ones (/dev/null and friends excepted) and ones
+    climbing out with `..`."""
+    return [p for p in call_paths(call) if (is_absolute(p) and p not in _HARMLESS_ABSOLUTE) or climbs_out(p)]
 
 
 def grounded(task: str, calls: list[ToolCall]) -> bool | None:
@@ -202,7 +208,29 @@ def summarise(records: list[dict]) -> dict:
         "tasks_with_absolute_path": sum(1 for r in records if r["absolute_path_flag"]),
         "unclosed_calls": sum(1 for c in calls if not c["closed"]),
         "hit_token_limit": sum(1 for r in records if r.get("hit_token_limit")),
+        **first_tool_summary(records),
     }
+
+
+def first_tool_of(record: dict) -> str | None:
+    return record["tool_calls"][0]["name"] if record["tool_calls"] else None
+
+
+def first_tool_summary(records: list[dict]) -> dict:
+    """Does the first call use the tool the teacher used first (tasks that record one), overall and per task kind."""
+    expecting = [r for r in records if r.get("expected_first_tool")]
+    matched = [r for r in expecting if first_tool_of(r) == r["expected_first_tool"]]
+    kinds: dict[str, Counter] = {}
+    for r in records:
+        row = kinds.setdefault(r.get("kind") or "(none)", Counter())
+        row["tasks"] += 1
+        row["valid"] += any(r["valid"])
+        row["grounded"] += bool(r["grounded"])
+        row["naming_path"] += r["grounded"] is not None
+        row["first_tool_match"] += r in matched
+    return {"tasks_with_expected_first_tool": len(expecting), "first_tool_match": len(matched),
+            "first_tool_match_rate": _rate(len(matched), len(expecting)),
+            "per_kind": {kind: dict(row) for kind, row in sorted(kinds.items())}}
 
 
 def format_summary(summary: dict, label: str = "") -> str:
@@ -224,8 +252,13 @@ def format_summary(summary: dict, label: str = "") -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def load_prompts(path: str | os.PathLike) -> list[dict]:
-    """`{"id", "task"}` per line; blank lines skipped; a bad line is a FlipError naming it."""
+    """`{"id", "task"}` per line; blank lines skipped; a bad line is a FlipError naming it. A directory of agent task
+    folders (harness.agent) gives each task's prompt, with its `kind` and teacher's `first_tool`."""
     path = Path(path)
+    if path.is_dir():
+        from harness.agent import load_tasks
+
+        return [{"id": t.id, "task": t.prompt, "kind": t.kind, "first_tool": t.first_tool} for t in load_tasks(path)]
     if not path.is_file():
         raise FlipError(f"prompts file {path} not found")
     prompts = []
@@ -269,9 +302,12 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:
+def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE,
+             stop_strings: tuple[str, ...] = ()) -> list[dict]:
     """Greedy completions of chat-rendered prompts, `batch_size` at a time with left padding (so every row's
-    generation starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text."""
+    generation starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text.
+    A row also ends at the first of `stop_strings` (kept in its output), e.g. the agent's `</tool_call>`: the runtime
+    executes only the first call, so decoding past it is wasted time."""
     import torch
 
     stops = stop_token_ids(tokenizer)
@@ -292,14 +328,17 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
                     **enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
                     use_cache=True,  # a trainer may have switched the cache off for gradient checkpointing
                     temperature=None, top_p=None, top_k=None,  # the model's sampling defaults would only warn
+                    **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
                 )
             for row in out[:, enc["input_ids"].shape[1]:].tolist():
                 ended = [i for i, t in enumerate(row) if t in stops]
                 body = row[: ended[0]] if ended else [t for t in row if t != pad_id]
+                text = tokenizer.decode(body, skip_special_tokens=True)
+                cut = min((text.find(s) + len(s) for s in stop_strings if s in text), default=None)
                 results.append({
-                    "output": tokenizer.decode(body, skip_special_tokens=True),
+                    "output": text if cut is None else text[:cut],
                     "new_tokens": len(body) + (1 if ended else 0),
-                    "hit_token_limit": not ended,
+                    "hit_token_limit": not ended and cut is None,
                 })
     finally:
         tokenizer.padding_side = saved_side
@@ -315,7 +354,8 @@ def evaluate_loaded(model, tokenizer, prompts: list[dict], max_new_tokens: int =
     start = time.perf_counter()
     texts = [render_prompt(tokenizer, render_instruction(p["task"])) for p in prompts]
     generated = generate(model, tokenizer, texts, max_new_tokens, batch_size)
-    records = [trace_record(p["id"], p["task"], g.pop("output"), **g) for p, g in zip(prompts, generated)]
+    records = [trace_record(p["id"], p["task"], g.pop("output"), kind=p.get("kind"),
+                            expected_first_tool=p.get("first_tool"), **g) for p, g in zip(prompts, generated)]
     summary = summarise(records)
     summary["max_new_tokens"] = max_new_tokens
     summary["seconds"] = round(time.perf_counter() - start, 2)

@@ -1,0 +1,154 @@
+"""`flip tune`: choose the training recipe on a validation split of the TRAINING tasks, never on held-out ones.
+
+    split the training tasks   one task per (kind, language) to validation, seeded; the rest train
+    per recipe                 export the train split's transcripts -> train -> first-step eval and agent run on the
+                               validation tasks
+    choose                     most validation tasks solved; ties: more first tools matching the teacher's, then a
+                               higher valid-call rate as an agent, then the shorter training
+    report                     DIR/tune.json + DIR/tune.md (docs/recipe.md records the run behind the default)
+
+Recipes are data: contracts/recipes.yaml. The held-out workspaces and prompts are never read here.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from harness import FlipError
+from harness.atomic import claim_dir, write_text
+from harness.contracts import ROOT, recipes
+
+TASKS = ROOT / "fixtures" / "tasks"
+TRANSCRIPTS = ROOT / "fixtures" / "transcripts"
+OUTPUT_NAMES = ("datasets-*", "val-tasks", "recipe-*", "tune.json", "tune.md")
+
+
+def validation_split(task_dirs: list[Path], seed: int) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids): one task of each (kind, language) group goes to validation."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for folder in task_dirs:
+        spec = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+        groups[(spec.get("kind", ""), spec.get("lang", ""))].append(folder.name)
+    rng = random.Random(seed)
+    val = sorted(rng.choice(sorted(ids)) for _, ids in sorted(groups.items()))
+    train = sorted(folder.name for folder in task_dirs if folder.name not in val)
+    return train, val
+
+
+def score(row: dict) -> tuple:
+    """Higher is better: validation tasks solved, first tools matching, the agent's valid-call rate, fewer steps."""
+    agent = row["agent"]
+    return (agent["solved"], row["first_step"]["first_tool_match"], agent["valid_call_rate"] or 0, -row["recipe"]["steps"])
+
+
+def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], val_dir: Path, max_turns: int,
+                    device: str) -> dict:
+    from harness.agent import AgentOptions, agent
+    from harness.evaluate import evaluate, load_prompts
+    from harness.export import ExportOptions, export
+    from harness.run import check_no_leak
+    from harness.train import TrainConfig, train
+
+    started = time.perf_counter()
+    datasets = out / f"datasets-{recipe['max_length']}"
+    if not (datasets / f"apr_code_sft_{recipe['mode']}.jsonl").is_file():
+        export([TRANSCRIPTS / task_id for task_id in train_ids], datasets,
+               ExportOptions(mode="all", max_tokens=recipe["max_length"], progress=False))
+    data = datasets / f"apr_code_sft_{recipe['mode']}.jsonl"
+    prompts = load_prompts(val_dir)
+    check_no_leak(data, prompts)
+    work = out / f"recipe-{name}"
+    config = TrainConfig(data=data, base="smollm2-135m", out=work / "adapter", rank=recipe["rank"],
+                         alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],
+                         max_steps=recipe["steps"], max_length=recipe["max_length"], val_fraction=0.0,
+                         device=device, save_every=None)
+    clock = time.perf_counter()
+    summary = train(config)
+    train_s = time.perf_counter() - clock
+    first_step = evaluate("smollm2-135m", prompts, work / "first_step.jsonl", adapter=work / "adapter", device=device,
+                          label=f"{name} first step")
+    agent_summary = agent("smollm2-135m", val_dir, work / "agent.jsonl", adapter=work / "adapter", device=device,
+                          options=AgentOptions(max_turns=max_turns, max_tokens=recipe["max_length"]),
+                          label=f"{name} agent")
+    return {"recipe": dict(recipe, name=name), "train_s": round(train_s, 1),
+            "final_train_loss": summary["final_train_loss"], "first_step": first_step, "agent": agent_summary,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def tune(out: str | Path, names: list[str] | None = None, seed: int = 7, max_turns: int = 8, device: str = "auto",
+         force: bool = False) -> dict:
+    default, candidates = recipes()
+    names = names or list(candidates)
+    unknown = [n for n in names if n not in candidates]
+    if unknown:
+        raise FlipError(f"unknown recipe(s) {', '.join(unknown)}; contracts/recipes.yaml has {', '.join(candidates)}")
+    out = claim_dir(out, "tune", OUTPUT_NAMES, force)
+    task_dirs = sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file())
+    train_ids, val_ids = validation_split(task_dirs, seed)
+    val_dir = out / "val-tasks"
+    val_dir.mkdir(exist_ok=True)
+    for task_id in val_ids:
+        if not (val_dir / task_id).exists():
+            (val_dir / task_id).symlink_to(TASKS / task_id)
+    rows = []
+    for name in names:
+        print(f"flip tune: recipe {name} ...", file=sys.stderr, flush=True)
+        rows.append(evaluate_recipe(name, candidates[name], out, train_ids, val_dir, max_turns, device))
+    chosen = max(rows, key=score)["recipe"]["name"]
+    report = {"seed": seed, "validation_tasks": val_ids, "train_tasks": len(train_ids), "max_turns": max_turns,
+              "current_default": default, "chosen": chosen, "rows": rows}
+    write_text(out / "tune.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "tune.md", render_markdown(report))
+    return report
+
+
+def render_markdown(report: dict) -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.0f}%"
+
+    lines = [
+        "# flip tune: recipes compared on a validation split of the training tasks",
+        "",
+        f"{len(report['validation_tasks'])} validation tasks (one per kind and language, seed {report['seed']}), "
+        f"{report['train_tasks']} training tasks; agents run up to {report['max_turns']} turns. Chosen: "
+        f"**{report['chosen']}** (the default in contracts/recipes.yaml is {report['current_default']}).",
+        "",
+        "| recipe | mode | steps | lr | targets | max length | train s | val solved | first tool | first-step valid "
+        "| agent valid calls | stops |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        recipe, agent, first = row["recipe"], row["agent"], row["first_step"]
+        lines.append(
+            f"| {recipe['name']} | {recipe['mode']} | {recipe['steps']} | {recipe['lr']:g} | {','.join(recipe['targets'])} "
+            f"| {recipe['max_length']} | {row['train_s']:.0f} | {agent['solved']}/{agent['tasks']} "
+            f"| {first['first_tool_match']}/{first['tasks_with_expected_first_tool']} | {pct(first['valid_rate'])} "
+            f"| {agent['valid_calls']}/{agent['calls']} | {agent['stop_reasons']} |")
+    lines += ["", "Validation tasks: " + ", ".join(report["validation_tasks"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", type=Path, required=True,
+                        help="tune directory (datasets, one adapter and trace set per recipe, tune.json, tune.md)")
+    parser.add_argument("--recipes", default=None,
+                        help="comma-separated recipe names from contracts/recipes.yaml (default: all)")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="seed of the validation split (default %(default)s)")
+    parser.add_argument("--max-turns", type=int, default=8,
+                        help="agent turns per validation task (default %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present), cpu, cuda, mps")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out holding files flip tune did not write (nothing is deleted)")
+
+
+def main(args) -> int:
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()] if args.recipes else None
+    report = tune(args.out, names, seed=args.seed, max_turns=args.max_turns, device=args.device, force=args.force)
+    print(render_markdown(report), file=sys.stderr)
+    return 0
