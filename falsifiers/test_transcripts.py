@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 
 import transcript_gen as gen
 from harness import FlipError
-from harness.transcripts import (_DETECT_LINES, SESSION, STREAM_JSON, LineStats, detect_format, iter_records, prompt_text,
-                                 read_file, result_text, sibling_prompt)
+from harness.transcripts import (_DETECT_LINES, SESSION, STREAM_JSON, LineStats, _without_lone_surrogates, detect_format,
+                                 iter_records, prompt_text, read_file, result_text, sibling_prompt)
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -92,18 +92,29 @@ def test_each_format_marker_alone_decides_the_format(tmp_path, records, expected
 
 
 def test_each_damaged_line_is_skipped_by_its_reason(tmp_path):
-    """The reasons are export_stats.json's names for what was lost: blank, invalid_utf8, not_json, not_an_object, and
-    truncated_last_line for a last line without its newline (the process died); the lines after each are read."""
+    """The reasons are export_stats.json's names for what was lost: blank, not_json, not_an_object, too_deep, and
+    truncated_last_line for a last line without its newline (the process died); the lines after each are read. An
+    undecodable byte costs only that byte (U+FFFD, counted as repaired), and lone surrogates are repaired at any depth
+    (600 levels, iteratively) while 100,000 nested lists are skipped, never a RecursionError."""
     good = json.dumps({"type": "user", "message": {"content": "x"}}).encode() + b"\n"
+    deep_surrogate = b'{"a": ' + b"[" * 60 + b'"\\ud800"' + b"]" * 60 + b"}\n"
     path = tmp_path / "t.jsonl"
-    path.write_bytes(b"\n" + good + b'{"a": "\xff"}\n' + good + b"{not json\n" + good + b"[1, 2]\n" + good
-                     + b'{"u": "\\uD800"}\n' + b'{"type": "us')
+    path.write_bytes(b"\n" + good + b'{"a": "ok \xff\xfe ok"}\n' + good + b"{not json\n" + good + b"[1, 2]\n" + good
+                     + b'{"u": "\\uD800"}\n' + b'{"n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+                     + deep_surrogate + b'{"type": "us')
     stats = LineStats()
     records = list(iter_records(path, stats))
-    assert len(records) == 5 and records[-1] == {"u": "\ufffd"}
-    assert stats.skipped == Counter({"blank": 1, "invalid_utf8": 1, "not_json": 1, "not_an_object": 1,
+    assert len(records) == 7 and records[1] == {"a": "ok \ufffd\ufffd ok"} and records[-2] == {"u": "\ufffd"}
+    assert stats.skipped == Counter({"blank": 1, "not_json": 1, "not_an_object": 1, "too_deep": 1,
                                      "truncated_last_line": 1})
-    assert stats.read == 10 and stats.repaired_surrogates == 1
+    assert stats.read == 12 and stats.repaired_surrogates == 2 and stats.repaired_bytes == 1
+    deep = "\ud800"
+    for _ in range(5000):
+        deep = [deep]
+    repaired, changed = _without_lone_surrogates({"a": deep})
+    while not isinstance(repaired, str):
+        repaired = repaired[0] if isinstance(repaired, list) else repaired["a"]
+    assert changed and repaired == "\ufffd"
 
 
 @SETTINGS

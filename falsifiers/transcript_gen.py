@@ -272,6 +272,17 @@ def damaged(draw, base=None):
     return rec
 
 
+def _inside_planted(line: bytes, cut: int, planted: list[str]) -> bool:
+    for text in planted:
+        needle = json.dumps(text)[1:-1].encode()
+        start = line.find(needle)
+        while start >= 0:
+            if start < cut < start + len(needle):
+                return True
+            start = line.find(needle, start + 1)
+    return False
+
+
 def damage(rec: Recording, kinds, rng: random.Random) -> None:
     lines = rec.lines
     # The stream-json init line is the only record of the recording's cwd; it is kept (see the report's limits).
@@ -295,8 +306,12 @@ def damage(rec: Recording, kinds, rng: random.Random) -> None:
         elif kind == "invalid_utf8":
             i = pick()
             if i is not None:
-                cut = rng.randrange(len(lines[i]))
-                lines[i] = lines[i][:cut] + b"\xff\xfe\xc3" + lines[i][cut:]
+                # Bad bytes cost only themselves (the line is kept), so bytes inside a planted secret or recording
+                # path would leave a secret no pattern can recognise: the damage lands outside them.
+                cuts = [cut for cut in range(len(lines[i])) if not _inside_planted(lines[i], cut, rec.secrets)]
+                if cuts:
+                    cut = rng.choice(cuts)
+                    lines[i] = lines[i][:cut] + b"\xff\xfe\xc3" + lines[i][cut:]
         elif kind == "unknown_type":
             lines.insert(rng.randrange(len(lines) + 1), b'{"type":"brand_new_event","session_id":"s","x":1}\n')
         elif kind == "drop":

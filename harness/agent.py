@@ -471,25 +471,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True,
                         help="trace JSONL, one line per task (a .summary.json is written beside it)")
     parser.add_argument("--max-turns", type=int, default=defaults.max_turns,
-                        help="turns per task (default %(default)s)")
+                        help="turns per task")
     parser.add_argument("--keep",
                         help="leave each task's final workspace at KEEP/<id>/ (build outputs removed)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                        help="tokens per reply (default %(default)s)")
+                        help="tokens per reply")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
-                        help="token budget of prompt + reply, as the trainer's --max-length (default %(default)s)")
+                        help="token budget of prompt + reply, as the trainer's --max-length")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="prompts per generate() call (default %(default)s)")
+                        help="prompts per generate() call")
     parser.add_argument("--test-timeout", type=float, default=defaults.test_timeout,
-                        help="seconds for a task's test command (default %(default)s)")
+                        help="seconds for a task's test command")
     parser.add_argument("--shell-timeout", type=float, default=defaults.limits.timeout_s,
-                        help="seconds for one shell call of the model (default %(default)s)")
+                        help="seconds for one shell call of the model")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present), cpu, cuda, mps")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --keep holding files flip agent did not write (nothing is deleted)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar and no summary")
 
 
 def main(args) -> int:

@@ -1,12 +1,17 @@
 """`flip`: one subcommand per pipeline stage.
 
 Each stage module provides `add_arguments(parser)` and `main(args) -> int`. A stage is imported only when it runs,
-so `flip --help` and `flip export` never import torch.
+so `flip --help` and `flip export` never import torch. Every command also takes --quiet and --debug.
+
+Exit codes: 0 done (an export wrote at least one sample; a run met its goal); 1 ran but produced nothing or missed
+its goal; 2 a usage or input error, or an unexpected one, always as one line on stderr (the traceback only with
+--debug); 130 interrupted (Ctrl-C or SIGTERM; temporary files removed).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -45,9 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"flip {name}", description=text)
+    parser = argparse.ArgumentParser(prog=f"flip {name}", description=text, formatter_class=_DefaultsShown)
     module.add_arguments(parser)
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars and no summary on stderr")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an unexpected error")
     args = parser.parse_args(rest)
+    if args.quiet:
+        quiet_libraries()
     signal.signal(signal.SIGTERM, _interrupt)  # temporary files are removed on SIGTERM as on Ctrl-C
     try:
         return int(module.main(args) or 0)
@@ -57,6 +68,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"flip {name}: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the user gets one line; --debug shows where
+        if args.debug:
+            raise
+        print(f"flip {name}: error: unexpected {type(err).__name__}: {_one_line(err)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none to show (a flag, a required option)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:300] + " ..."
+
+
+def quiet_libraries() -> None:
+    """--quiet: no progress bars from tqdm, transformers or huggingface_hub, and only their errors."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+    import warnings
+
+    warnings.filterwarnings("ignore")
 
 
 def _interrupt(signum, frame):

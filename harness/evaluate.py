@@ -424,7 +424,8 @@ def add_arguments(parser) -> None:
                         help="trace JSONL (a .summary.json is written beside it)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present), cpu, cuda, mps")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help="tokens generated per task")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="prompts per generate() call")
 

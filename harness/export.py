@@ -141,6 +141,7 @@ class Stats:
                 "skipped": dict(sorted(lines.skipped.items())),
                 "unknown_types": dict(sorted(lines.unknown_types.items())),
                 "repaired_surrogates": lines.repaired_surrogates,
+                "repaired_bytes": lines.repaired_bytes,
             },
             "options": {"mode": options.mode, "target": options.target, "max_tokens": options.max_tokens,
                         "tokenizer": options.tokenizer or "smollm2-135m", "per_tool": options.per_tool,
@@ -498,22 +499,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="output directory")
     parser.add_argument("--mode", choices=MODES + ("all",), default=ExportOptions.mode,
-                        help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; all: the three (default)")
+                        help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; all: the three")
     parser.add_argument("--target", choices=TARGETS, default=ExportOptions.target,
                         help="apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)")
     parser.add_argument("--max-tokens", type=int, default=ExportOptions.max_tokens,
                         help="token budget of the whole ChatML sample")
     parser.add_argument("--tokenizer", default=ExportOptions.tokenizer,
-                        help="tokenizer.json, HF dir, .gguf or model reference (default: smollm2-135m)")
+                        help="tokenizer.json, HF dir, .gguf or model reference; the default is smollm2-135m")
     parser.add_argument("--per-tool", type=int, default=ExportOptions.per_tool,
                         help="balanced mode: samples per apr-code tool")
-    parser.add_argument("--seed", type=int, default=ExportOptions.seed)
+    parser.add_argument("--seed", type=int, default=ExportOptions.seed,
+                        help="seed of balanced mode's per-tool sampling")
     parser.add_argument("--max-result-chars", type=int, default=ExportOptions.max_result_chars,
                         help="a tool result longer than this keeps its head and tail around a marker")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out holding files flip export did not write (nothing is deleted)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar and no summary")
 
 
 def main(args) -> int:

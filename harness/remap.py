@@ -355,7 +355,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base",
                         help="smollm2-135m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
     parser.add_argument("--to", choices=("apr", "peft"), default="apr",
-                        help="direction (default apr)")
+                        help="direction: peft -> apr, or apr -> peft")
     parser.add_argument("--force", action="store_true",
                         help="--to peft: write into a non-empty --out that an earlier remap did not write (nothing is deleted)")
 

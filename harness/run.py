@@ -467,14 +467,20 @@ def add_arguments(parser) -> None:
                         help="which exported dataset to train on")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help="optimizer steps")
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
-    parser.add_argument("--rank", type=int, default=defaults.rank)
-    parser.add_argument("--alpha", type=int, default=defaults.alpha)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR,
+                        help="peak learning rate")
+    parser.add_argument("--rank", type=int, default=defaults.rank,
+                        help="LoRA rank r")
+    parser.add_argument("--alpha", type=int, default=defaults.alpha,
+                        help="LoRA alpha")
     parser.add_argument("--targets", default=",".join(defaults.targets),
                         help="comma-separated LoRA target modules")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="samples per micro-batch")
+    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum,
+                        help="micro-batches per optimizer step")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of export sampling, data order and LoRA's initialisation")
     parser.add_argument("--max-length", type=int, default=defaults.max_length,
                         help="token budget of a sample")
     parser.add_argument("--eval-every", type=int, default=DEFAULT_EVAL_EVERY,
@@ -490,9 +496,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-agent", dest="agent", action="store_false",
                         help="skip the agentic evaluation (base and student as agents on the held-out workspaces)")
     parser.add_argument("--max-turns", type=int, default=defaults.max_turns,
-                        help="agent turns per held-out task (default %(default)s)")
+                        help="agent turns per held-out task")
     parser.add_argument("--agent-tokens", type=int, default=defaults.agent_tokens,
-                        help="tokens per agent reply (default %(default)s)")
+                        help="tokens per agent reply")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out holding files flip run did not write (nothing is deleted)")
 

@@ -628,26 +628,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smollm2-135m, a local HF directory or a .gguf")
     parser.add_argument("--out", type=Path, required=True,
                         help="output directory (adapter, metrics, checkpoint)")
-    parser.add_argument("--rank", type=int, default=defaults.rank)
-    parser.add_argument("--alpha", type=int, default=defaults.alpha)
+    parser.add_argument("--rank", type=int, default=defaults.rank,
+                        help="LoRA rank r")
+    parser.add_argument("--alpha", type=int, default=defaults.alpha,
+                        help="LoRA alpha (the update is scaled by alpha / r)")
     parser.add_argument("--targets", default=",".join(defaults.targets),
                         help="comma-separated module names")
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help="peak learning rate (AdamW; warmup, then cosine to 0)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="passes over the training samples (unless --max-steps)")
     parser.add_argument("--max-steps", type=_positive_or_none, default=None,
                         help="optimizer steps; overrides epochs")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="per process")
-    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum,
+                        help="micro-batches per optimizer step")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of the data order, the split and LoRA's initialisation")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
                         help="of trajectories")
     parser.add_argument("--warmup", type=float, default=defaults.warmup,
                         help="fraction of steps, then cosine")
-    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
+    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
+                        help="gradient norm clip")
     parser.add_argument("--max-length", type=int, default=defaults.max_length,
                         help="tokens; longer samples are dropped and counted, never truncated")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=defaults.device)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=defaults.device,
+                        help="auto (CUDA when present), cpu, cuda, mps")
     parser.add_argument("--eval-every", type=_positive_or_none, default=None,
                         help="steps (default: at the end)")
     parser.add_argument("--save-every", type=_positive_or_none, default=defaults.save_every,

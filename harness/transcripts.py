@@ -29,6 +29,7 @@ _STREAM_IGNORED = {"system", "result", "rate_limit_event", "tool_progress", "too
                    "control_response", "keep_alive"}
 _SESSION_IGNORED = {"summary", "file-history-snapshot", "queue-operation", "progress", "attachment", "system"}
 _DETECT_LINES = 200  # lines looked at to tell the format; hooks and summaries can come before the first turn
+MAX_DEPTH = 64  # deeper nesting is not a transcript record (Claude Code's are a handful of levels deep)
 
 _COMMAND_ARGS = re.compile(r"<command-args>(.*?)</command-args>", re.S)
 _COMMAND_NAME = re.compile(r"<command-name>(.*?)</command-name>", re.S)
@@ -75,6 +76,7 @@ class LineStats:
     unknown_types: Counter = field(default_factory=Counter)
     orphan_results: int = 0  # tool results whose call is not in the file
     repaired_surrogates: int = 0  # lines whose lone UTF-16 surrogates were replaced
+    repaired_bytes: int = 0  # lines with undecodable bytes, each replaced by U+FFFD (the line itself is kept)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
@@ -104,15 +106,21 @@ def iter_records(path: Path, stats: LineStats | None = None, limit: int | None =
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                stats.skip("invalid_utf8")
-                continue
+                text = raw.decode("utf-8", "replace")  # a damaged byte costs that byte, never the whole line
+                stats.repaired_bytes += 1
             try:
                 record = json.loads(text)
+            except RecursionError:
+                stats.skip("too_deep")
+                continue
             except ValueError:
                 stats.skip("not_json" if complete else "truncated_last_line")
                 continue
             if not isinstance(record, dict):
                 stats.skip("not_an_object")
+                continue
+            if text.count("[") + text.count("{") > MAX_DEPTH and _depth(record) > MAX_DEPTH:
+                stats.skip("too_deep")  # no transcript nests this deep; later stages walk records recursively
                 continue
             if "\\ud" in text or "\\uD" in text:  # cheap test first: lone surrogates cannot be written as UTF-8
                 record, changed = _without_lone_surrogates(record)
@@ -120,22 +128,43 @@ def iter_records(path: Path, stats: LineStats | None = None, limit: int | None =
             yield record
 
 
-def _without_lone_surrogates(value) -> tuple[object, bool]:
-    """(value with each lone UTF-16 surrogate replaced by U+FFFD, whether any was)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value, False
-        except UnicodeEncodeError:
-            # U+FFFD is the standard replacement mark (utf-8 "replace" would write "?").
-            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), True
+def _children(value):
     if isinstance(value, list):
-        pairs = [_without_lone_surrogates(v) for v in value]
-        return [v for v, _ in pairs], any(c for _, c in pairs)
+        return range(len(value))
     if isinstance(value, dict):
-        pairs = {k: _without_lone_surrogates(v) for k, v in value.items()}
-        return {k: v for k, (v, _) in pairs.items()}, any(c for _, c in pairs.values())
-    return value, False
+        return list(value)
+    return ()
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest (iterative: a hostile line must not exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((item[key], depth + 1) for key in _children(item))
+    return deepest
+
+
+def _without_lone_surrogates(value) -> tuple[object, bool]:
+    """(value with each lone UTF-16 surrogate replaced by U+FFFD, whether any was). Iterative, in place."""
+    holder = [value]
+    changed = False
+    stack = [(holder, 0)]
+    while stack:
+        container, key = stack.pop()
+        item = container[key]
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                # U+FFFD is the standard replacement mark (utf-8 "replace" would write "?").
+                container[key] = item.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+                changed = True
+        else:
+            stack.extend((item, child) for child in _children(item))
+    return holder[0], changed
 
 
 # ------------------------------------------------------------------------------------------- format detection

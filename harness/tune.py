@@ -138,9 +138,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recipes", default=None,
                         help="comma-separated recipe names from contracts/recipes.yaml (default: all)")
     parser.add_argument("--seed", type=int, default=7,
-                        help="seed of the validation split (default %(default)s)")
+                        help="seed of the validation split")
     parser.add_argument("--max-turns", type=int, default=8,
-                        help="agent turns per validation task (default %(default)s)")
+                        help="agent turns per validation task")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present), cpu, cuda, mps")
     parser.add_argument("--force", action="store_true",
