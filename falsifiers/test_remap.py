@@ -322,7 +322,7 @@ BAD_PEFT = {  # name: (adapter_config.json changes, tensor edit, the error must 
     "unknown module": (None, lambda t: _with(_with(t, "base_model.model.model.layers.0.mystery.lora_A.weight",
                                                    t[Q0 + ".lora_A.weight"]),
                                              "base_model.model.model.layers.0.mystery.lora_B.weight", t[Q0 + ".lora_B.weight"]),
-                       r"no GGUF name for module 'model.layers.0.mystery' of a qwen2 model"),
+                       r"the base has no module 'model.layers.0.mystery' \(adapter trained on another model\?\)"),
 }
 
 

@@ -184,7 +184,7 @@ def test_train_counts_dropped_samples(tmp_path, tiny_base):
     samples = small_dataset(3, 1) + [make_sample("long", 0, "x " * 3000)]
     summary = T.train(config_for(tiny_base, write_jsonl(tmp_path / "d.jsonl", samples), tmp_path / "out",
                                  max_length=900, val_fraction=0.0, max_steps=1))
-    assert summary["samples"] == {"train": 3, "val": 0, "dropped": 1, "dropped_train": 1, "dropped_val": 0}
+    assert summary["samples"] == {"train": 3, "val": 0, "dropped": 1, "dropped_train": 1, "dropped_val": 0, "prose": 0}
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -16,3 +16,27 @@ for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 
 class FlipError(Exception):
     """A user-facing error: bad path, missing model, unusable input. `flip` prints it and exits 2, no traceback."""
+
+
+def read_jsonl(path, what: str = "file"):
+    """Yield (line number, object) for each non-blank line of a JSONL file; any other line is a FlipError naming it.
+    Lines end at "\n" only (a raw U+2028 inside a JSON string is content, not a line break, whatever splitlines says)."""
+    from pathlib import Path
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FlipError(f"{what} {path} not found")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise FlipError(f"{path}:{number}: not UTF-8 text (is {path.name} a binary file?)") from None
+            except (ValueError, RecursionError) as err:
+                raise FlipError(f"{path}:{number}: not JSON ({type(err).__name__})") from None
+            if not isinstance(obj, dict):
+                raise FlipError(f"{path}:{number}: a JSON {type(obj).__name__}, not an object")
+            yield number, obj

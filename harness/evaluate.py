@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness import FlipError
+from harness import FlipError, read_jsonl
 from harness.atomic import check_out_file, write_text
 from harness.contracts import system_prompt
 from harness.prompt import render_instruction
@@ -259,17 +259,9 @@ def load_prompts(path: str | os.PathLike) -> list[dict]:
         from harness.agent import load_tasks
 
         return [{"id": t.id, "task": t.prompt, "kind": t.kind, "first_tool": t.first_tool} for t in load_tasks(path)]
-    if not path.is_file():
-        raise FlipError(f"prompts file {path} not found")
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as err:
-            raise FlipError(f"{path}:{number}: not JSON ({err})") from err
-        if not isinstance(obj, dict) or not isinstance(obj.get("task"), str) or not obj["task"].strip():
+    for number, obj in read_jsonl(path, "prompts file"):
+        if not isinstance(obj.get("task"), str) or not obj["task"].strip():
             raise FlipError(f"{path}:{number}: expected {{\"id\", \"task\"}} with a non-empty task")
         prompts.append({"id": str(obj.get("id", number)), "task": obj["task"]})
     if not prompts:

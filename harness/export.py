@@ -150,33 +150,39 @@ class Stats:
 
 
 def discover(paths) -> list[tuple[str, Path]]:
-    """(source, path) for every transcript candidate, sorted by source: the path relative to the export root
-    (the common parent of the given paths), POSIX-style."""
-    found: dict[Path, None] = {}
+    """(source, path) for every transcript candidate, sorted by source: the path relative to the export root (the
+    common parent of the given paths), POSIX-style. Symbolic links to files are followed wherever they point (the
+    source is the link's own path); symbolic links to directories are not walked (a link loop would never end)."""
+    found: dict[Path, Path] = {}  # the real file -> the path it was found under
     anchors = []
+
+    def walk_error(err: OSError):
+        raise FlipError(f"cannot walk {err.filename}: {err.strerror or err}")
+
     for given in paths:
-        path = Path(given)
+        path = Path(os.path.abspath(given))
         if not path.exists():
             raise FlipError(f"{given}: no such file or directory")
         if path.is_dir():
-            anchors.append(path.resolve())
-            try:
-                for child in sorted(path.rglob("*")):
-                    if child.is_file() and child.suffix in TRANSCRIPT_SUFFIXES and not _is_output(child):
-                        found[child.resolve()] = None
-            except OSError as err:
-                raise FlipError(f"cannot walk {given}: {err}") from err
+            anchors.append(path)
+            for directory, dirnames, filenames in os.walk(path, onerror=walk_error):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    child = Path(directory) / name
+                    if child.suffix in TRANSCRIPT_SUFFIXES and child.is_file() and not _is_output(child):
+                        found.setdefault(child.resolve(), child)
         elif path.is_file():
             if not os.access(path, os.R_OK):
                 raise FlipError(f"{given}: not readable")
-            anchors.append(path.resolve().parent)
-            found[path.resolve()] = None
+            anchors.append(path.parent)
+            found.setdefault(path.resolve(), path)
         else:
             raise FlipError(f"{given}: not a regular file or directory")
     if not anchors:
         return []
     root = Path(os.path.commonpath([str(a) for a in anchors]))
-    return sorted(((p.relative_to(root).as_posix(), p) for p in found), key=lambda item: item[0])
+    return sorted(((walked.relative_to(root).as_posix(), real) for real, walked in found.items()),
+                  key=lambda item: item[0])
 
 
 def _is_output(path: Path) -> bool:
@@ -514,6 +520,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a tool result longer than this keeps its head and tail around a marker")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out holding files flip export did not write (nothing is deleted)")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="exit 0 even when no sample was written (otherwise 1)")
 
 
 def main(args) -> int:
@@ -523,4 +531,10 @@ def main(args) -> int:
     stats = export(args.paths, args.out, options)
     if not args.quiet:
         print(summary_table(stats), file=sys.stderr)
+    if not any(stats["samples"].values()) and not args.allow_empty:
+        why = ("no transcript was found" if not stats["files"] else
+               f"{stats['truncated']['samples_dropped_too_long']} samples did not fit --max-tokens {args.max_tokens}"
+               if stats["truncated"]["samples_dropped_too_long"] else "the transcripts hold no remappable call")
+        print(f"flip export: wrote no sample: {why} (--allow-empty makes this exit 0)", file=sys.stderr)
+        return 1
     return 0

@@ -31,13 +31,18 @@ from harness import remap
 
 def load_adapter(adapter, config) -> dict:
     """{"hf": {hf_module: {"lora_A", "lora_B"}}, "gguf": {gguf tensor name: tensor}, "rank", "alpha", "kind"} for a peft
-    adapter dir or an apr safetensors file."""
+    adapter dir, an apr safetensors file or a llama.cpp adapter GGUF."""
     path = Path(adapter)
     if path.is_dir():
         adapter_config, hf_pairs = remap.read_peft(path)
+        remap.check_pair_shapes(hf_pairs, config)
         rank, alpha = remap._rank(hf_pairs, adapter_config), float(adapter_config["lora_alpha"])
         gguf_tensors, _ = remap.to_gguf_layout(hf_pairs, config)
         kind = "peft"
+    elif path.is_file() and _magic(path) == b"GGUF":
+        gguf_tensors, rank, alpha = remap.read_gguf_adapter(path)
+        hf_pairs = remap.to_hf_layout(gguf_tensors, config)
+        kind = "gguf"
     elif path.is_file():
         gguf_tensors, rank, alpha = remap.read_apr(path)
         hf_pairs = remap.to_hf_layout(gguf_tensors, config)
@@ -45,6 +50,11 @@ def load_adapter(adapter, config) -> dict:
     else:
         raise FlipError(f"adapter {adapter} not found (give a peft adapter directory or an apr .safetensors)")
     return {"hf": hf_pairs, "gguf": gguf_tensors, "rank": rank, "alpha": alpha, "kind": kind}
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(4)
 
 
 def lora_delta(lora_a, lora_b, scale: float):
@@ -246,7 +256,7 @@ def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.models import hf_directory, resolve
+    from harness.models import hf_directory, loading, resolve
 
     ref = resolve(base)
     out_dir, gguf_file = check_outputs(ref, adapter, out_dir, gguf_file, force)
@@ -254,7 +264,8 @@ def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
     loaded = load_adapter(adapter, config)
     scale = loaded["alpha"] / loaded["rank"]
     hf_dir = hf_directory(ref)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    with loading(f"the model in {hf_dir}"):
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     merged, max_abs = merge_into_model(model, loaded["hf"], scale)
     with replaced_dir(out_dir, "merge", ()) as tmp:
         model.save_pretrained(tmp)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,18 @@ class ModelRef:
     @property
     def directory(self) -> Path:
         return self.path.parent if self.gguf_file else self.path
+
+
+@contextmanager
+def loading(what):
+    """A model, tokenizer or config that transformers / gguf cannot read becomes one FlipError naming the file."""
+    try:
+        yield
+    except FlipError:
+        raise
+    except Exception as err:  # noqa: BLE001 - transformers, safetensors and gguf each raise their own types
+        text = " ".join(str(err).split())[:300]
+        raise FlipError(f"cannot load {what}: {type(err).__name__}: {text}") from None
 
 
 def cache_root() -> Path:
@@ -94,8 +107,9 @@ def hf_directory(ref: str | os.PathLike | ModelRef) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = _plain_copy(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        with loading(gguf):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = _plain_copy(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
@@ -124,7 +138,9 @@ def _plain_copy(model):
 
 def architecture(ref: str | os.PathLike | ModelRef) -> str:
     """The model_type of the base (`llama` for SmolLM2, `qwen2` for Qwen2.5); also the GGUF architecture name."""
-    return json.loads((hf_directory(ref) / "config.json").read_text())["model_type"]
+    directory = hf_directory(ref)
+    with loading(directory / "config.json"):
+        return json.loads((directory / "config.json").read_text())["model_type"]
 
 
 def pick_device(name: str = "auto"):
@@ -149,7 +165,9 @@ def default_dtype(device):
 def load_tokenizer(ref: str | os.PathLike | ModelRef):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(hf_directory(ref))
+    directory = hf_directory(ref)
+    with loading(f"the tokenizer in {directory}"):
+        return AutoTokenizer.from_pretrained(directory)
 
 
 def load_model(ref: str | os.PathLike | ModelRef, device: str = "auto", dtype=None):
@@ -158,6 +176,7 @@ def load_model(ref: str | os.PathLike | ModelRef, device: str = "auto", dtype=No
 
     directory = hf_directory(ref)
     torch_device = pick_device(device)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or default_dtype(torch_device))
+    with loading(f"the model in {directory}"):
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or default_dtype(torch_device))
     model.to(torch_device).eval()
     return model, load_tokenizer(directory)

@@ -69,13 +69,30 @@ def render_chatml(system: str, instruction: str, response: str) -> str:
 
 # -------------------------------------------------------------------------------- relativisation & redaction
 
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # a Windows recording: C:\tmp\ws
+
+
 def _root_pattern(roots) -> re.Pattern | None:
-    roots = sorted({r for r in roots if r and r != "/"}, key=len, reverse=True)  # longest first: nested roots
+    roots = sorted({r for r in roots if r and r != "/" and not _DRIVE.match(r)}, key=len, reverse=True)
     if not roots:
-        return None
+        return None  # longest first (above): nested roots
     alternatives = "|".join(re.escape(r) for r in roots)
     # ROOT/x -> x ; ROOT alone (not followed by a name character) -> .
     return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|(?![\w.\-]))")
+
+
+def _windows_pattern(roots) -> re.Pattern | None:
+    """Windows roots (C:\\tmp\\ws, or written with /): the root and the path after it, whose separators become /."""
+    roots = sorted({r for r in roots if _DRIVE.match(r)}, key=len, reverse=True)
+    if not roots:
+        return None
+    separator = r"[\\/]"
+    alternatives = "|".join(separator.join(re.escape(part) for part in re.split(r"[\\/]", r)) for r in roots)
+    return re.compile(rf"(?:{alternatives})(?:{separator}([^\s\"'`<>|]+)|(?![\w.\-]))")
+
+
+def _windows_relative(match: re.Match) -> str:
+    return match.group(1).replace("\\", "/") if match.group(1) else "."
 
 
 class Scrubber:
@@ -84,12 +101,18 @@ class Scrubber:
     def __init__(self, roots, counts: Counter):
         self.roots = [r for r in roots if r and r != "/"]
         self.pattern = _root_pattern(self.roots)
+        self.windows = _windows_pattern(self.roots)
+        # cheap literal tests first (most texts hold no root); a Windows root may be written with either separator
+        self.needles = sorted({needle for r in self.roots for needle in (r, r.replace("\\", "/"))})
         self.placeholder, self.secrets = redaction()
         self.counts = counts
 
     def text(self, text: str) -> str:
-        if self.pattern is not None and any(root in text for root in self.roots):
-            text = self.pattern.sub(lambda m: "" if m.group(1) else ".", text)
+        if any(needle in text for needle in self.needles):
+            if self.windows is not None:
+                text = self.windows.sub(_windows_relative, text)
+            if self.pattern is not None:
+                text = self.pattern.sub(lambda m: "" if m.group(1) else ".", text)
         for secret in self.secrets:
             text = self._redact(secret, text)
         return text

@@ -42,9 +42,11 @@ def base_config(base):
     the cached config.json is read in milliseconds, and train / merge need that conversion anyway."""
     from transformers import AutoConfig
 
-    from harness.models import hf_directory
+    from harness.models import hf_directory, loading
 
-    return AutoConfig.from_pretrained(hf_directory(base))
+    directory = hf_directory(base)
+    with loading(directory / "config.json"):
+        return AutoConfig.from_pretrained(directory)
 
 
 def gguf_arch(model_type: str):
@@ -73,22 +75,27 @@ def gguf_module_name(config, hf_module: str, table=None) -> str:
 
 
 def hf_module_names(config) -> dict[str, str]:
-    """GGUF module name -> the HF module name transformers uses for this base. gguf-py's table maps many HF spellings
-    to one GGUF name, so the inverse is taken over the modules of the real architecture, built on the meta device
-    (no memory, no weights)."""
+    """GGUF module name -> the HF module name transformers uses for this base."""
+    return {gguf_name: hf_name for gguf_name, (hf_name, _) in linear_modules(config).items()}
+
+
+def linear_modules(config) -> dict[str, tuple[str, tuple[int, int]]]:
+    """GGUF module name -> (HF module name, weight shape [out, in]) of every Linear of the base. gguf-py's table maps
+    many HF spellings to one GGUF name, so the inverse is taken over the modules of the real architecture, built on the
+    meta device (no memory, no weights)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     table = name_map(config)
-    inverse = {}
+    found = {}
     for module_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             gguf_name = table.get_name(module_name)
             if gguf_name is not None:
-                inverse[gguf_name] = module_name
-    return inverse
+                found[gguf_name] = (module_name, tuple(module.weight.shape))
+    return found
 
 
 def permute_rows(weight, config, gguf_module: str, inverse: bool = False):
@@ -119,10 +126,19 @@ def read_peft(adapter_dir) -> tuple[dict, dict]:
     config_file, weights_file = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
     if not config_file.is_file() or not weights_file.is_file():
         raise FlipError(f"{adapter_dir} is not a peft adapter directory (adapter_config.json + adapter_model.safetensors)")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FlipError(f"{config_file}: not JSON ({err})") from None
+    if not isinstance(config, dict) or "r" not in config or "lora_alpha" not in config:
+        raise FlipError(f"{config_file}: not a LoRA adapter config (no r / lora_alpha)")
     _check_plain_lora(config, adapter_dir)
+    try:
+        weights = load_file(weights_file)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise FlipError(f"{weights_file}: not a readable safetensors file ({err})") from None
     pairs: dict[str, dict] = {}
-    for key, tensor in load_file(weights_file).items():
+    for key, tensor in weights.items():
         module, kind = _split_peft_key(key)
         pairs.setdefault(module, {})[kind] = tensor
     incomplete = sorted(m for m, p in pairs.items() if set(p) != set(PEFT_SUFFIXES))
@@ -149,6 +165,21 @@ def _split_peft_key(key: str) -> tuple[str, str]:
     if not key.startswith(PEFT_PREFIX) or parts[-1] != "weight" or parts[-2] not in PEFT_SUFFIXES:
         raise FlipError(f"unexpected tensor {key!r} in a peft LoRA adapter (want ...lora_A.weight / ...lora_B.weight)")
     return ".".join(parts[:-2])[len(PEFT_PREFIX):], parts[-2]
+
+
+def check_pair_shapes(pairs: dict, config) -> None:
+    """Every peft pair fits its module of the base: lora_A [r, in], lora_B [out, r], one rank (else a named error,
+    never a reshape or matmul error deep inside)."""
+    shapes = {hf_name: shape for hf_name, shape in linear_modules(config).values()}
+    for module, pair in sorted(pairs.items()):
+        lora_a, lora_b = pair["lora_A"], pair["lora_B"]
+        shape = shapes.get(module)
+        if shape is None:
+            raise FlipError(f"the base has no module {module!r} (adapter trained on another model?)")
+        if lora_a.dim() != 2 or lora_b.dim() != 2 or lora_a.shape[1] != shape[1] or lora_b.shape[0] != shape[0] \
+                or lora_a.shape[0] != lora_b.shape[1]:
+            raise FlipError(f"{module}: lora_A {list(lora_a.shape)} / lora_B {list(lora_b.shape)} do not fit the base's "
+                            f"weight {list(shape)} (adapter trained on another model?)")
 
 
 def _rank(pairs: dict, config: dict) -> int:
@@ -191,6 +222,7 @@ def remap_to_apr(adapter_dir, out_file, gguf_file=None, base=None) -> dict:
     if not base:
         raise FlipError(f"{adapter_dir}: no base model: pass --base (adapter_config.json has no base_model_name_or_path)")
     config = base_config(base)
+    check_pair_shapes(pairs, config)
     rank, alpha = _rank(pairs, adapter_config), float(adapter_config["lora_alpha"])
     tensors, permuted = to_gguf_layout(pairs, config)
     metadata = {META_RANK: str(rank), META_ALPHA: _number_text(alpha), "architecture": config.model_type}
@@ -284,11 +316,15 @@ def _check_against_base(tensors: dict, base_shapes: dict) -> None:
 def read_apr(apr_file) -> tuple[dict, int, float]:
     """(tensors, rank, alpha) of an apr safetensors; refuses a file without lora_rank / lora_alpha, because apr itself
     would silently assume rank 64 / alpha 16."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(apr_file), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    try:
+        with safe_open(str(apr_file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError) as err:
+        raise FlipError(f"{apr_file} is not a readable safetensors file ({err}); an adapter is a peft directory, an "
+                        "apr .safetensors or a LoRA .gguf") from None
     missing = [key for key in (META_RANK, META_ALPHA) if key not in metadata]
     if missing:
         raise FlipError(f"{apr_file} has no {' / '.join(missing)} in its safetensors header metadata; refusing to guess "
@@ -299,18 +335,64 @@ def read_apr(apr_file) -> tuple[dict, int, float]:
         raise FlipError(f"{apr_file}: unreadable lora_rank / lora_alpha metadata: {err}") from None
     if not math.isfinite(alpha) or rank <= 0:
         raise FlipError(f"{apr_file}: lora_rank={rank} / lora_alpha={alpha} are not usable")
+    shapes = tensor_rank(tensors, apr_file)
+    if shapes != rank:
+        raise FlipError(f"{apr_file}: its header says lora_rank={rank} but its tensors have rank {shapes}; the scale "
+                        "alpha / r would be wrong (the shapes are what was trained)")
     return tensors, rank, alpha
 
 
+def tensor_rank(tensors: dict, where) -> int:
+    """The rank the GGUF-named lora_a [r, in] / lora_b [out, r] tensors have; one rank for all, else refused."""
+    ranks = {t.shape[0] for n, t in tensors.items() if n.endswith(".lora_a") and t.dim() == 2}
+    ranks |= {t.shape[1] for n, t in tensors.items() if n.endswith(".lora_b") and t.dim() == 2}
+    if len(ranks) != 1 or any(t.dim() != 2 for t in tensors.values()):
+        raise FlipError(f"{where}: lora_a / lora_b tensors must be 2-D with one shared rank (found {sorted(ranks)})")
+    return ranks.pop()
+
+
+def read_gguf_adapter(path) -> tuple[dict, int, float]:
+    """(tensors, rank, alpha) of a llama.cpp LoRA adapter GGUF (as `flip remap --gguf` writes): alpha from
+    adapter.lora.alpha, rank from the tensor shapes."""
+    import gguf
+    import numpy as np
+    import torch
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as err:  # noqa: BLE001 - gguf-py raises ValueError, KeyError, struct errors on foreign files
+        raise FlipError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+
+    def value(key):
+        entry = reader.fields.get(key)
+        return entry.contents() if entry is not None else None
+
+    if value(gguf.Keys.General.TYPE) != "adapter" or value(gguf.Keys.Adapter.TYPE) != "lora":
+        raise FlipError(f"{path} is not a LoRA adapter GGUF (general.type={value(gguf.Keys.General.TYPE)!r}, "
+                        f"adapter.type={value(gguf.Keys.Adapter.TYPE)!r}): give it as --base, or give an adapter")
+    alpha = value(gguf.Keys.Adapter.LORA_ALPHA)
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise FlipError(f"{path}: adapter.lora.alpha is missing or not a number")
+    tensors = {t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+               for t in reader.tensors}
+    return tensors, tensor_rank(tensors, path), float(alpha)
+
+
 def to_hf_layout(tensors: dict, config) -> dict:
-    """GGUF-named tensors -> {hf_module: {"lora_A", "lora_B"}}, undoing the q/k permutation of lora_B."""
-    modules = hf_module_names(config)
+    """GGUF-named tensors -> {hf_module: {"lora_A", "lora_B"}}, undoing the q/k permutation of lora_B. Every tensor's
+    shape is checked against the base's module first (a wrong-shaped adapter is named, never a reshape error)."""
+    linears = linear_modules(config)
+    modules = {gguf_name: hf_name for gguf_name, (hf_name, _) in linears.items()}
     pairs: dict[str, dict] = {}
     for name, tensor in tensors.items():
         target, _, kind = name.rpartition(".")
         gguf_module = target.removesuffix(".weight")
         if kind not in ("lora_a", "lora_b") or not target.endswith(".weight") or gguf_module not in modules:
             raise FlipError(f"unexpected tensor {name!r} in an apr adapter for a {config.model_type} base")
+        out_features, in_features = linears[gguf_module][1]
+        if (kind == "lora_a" and tensor.shape[1] != in_features) or (kind == "lora_b" and tensor.shape[0] != out_features):
+            raise FlipError(f"{name} has shape {list(tensor.shape)}, which does not fit {modules[gguf_module]} "
+                            f"[{out_features}, {in_features}] of the base (adapter trained on another model?)")
         if kind == "lora_b":
             tensor = permute_rows(tensor, config, gguf_module, inverse=True)
         pairs.setdefault(modules[gguf_module], {})["lora_A" if kind == "lora_a" else "lora_B"] = tensor.contiguous()

@@ -513,6 +513,11 @@ def main(args) -> int:
         device=args.device, merge=args.merge, agent=args.agent, max_turns=args.max_turns,
         agent_tokens=args.agent_tokens, force=args.force)
     report = run(options)
-    print(render_markdown(report), file=sys.stderr)
+    if not args.quiet:
+        print(render_markdown(report), file=sys.stderr)
     print(f"flip run: report -> {options.out / 'report.md'}", file=sys.stderr)
+    if not report["goal"]["met"]:
+        missed = [name for name, row in report["goal"]["checks"].items() if not row["met"]]
+        print(f"flip run: goal NOT met ({', '.join(missed)}); exit 1", file=sys.stderr)
+        return 1
     return 0

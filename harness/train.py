@@ -25,17 +25,17 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import FlipError
+from harness import FlipError, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 
 IGNORE = -100  # the label value torch's cross_entropy skips
 END_OF_TURN = "<|im_end|>"  # ChatML; tokenizers without it fall back to their eos token
 CHECKPOINT = "checkpoint"
 # Config fields that do not change the trained weights: a checkpoint made with other values still resumes.
-NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every", "force")
+NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every", "force", "allow_prose")
 # What `flip train` writes into --out (a directory holding anything else is refused unless --force).
 OUTPUT_NAMES = ("adapter_model.safetensors", "adapter_config.json", CHECKPOINT, "metrics.jsonl", "loss.png",
                 "train_summary.json", ".adapter.*")
@@ -63,6 +63,7 @@ class TrainConfig:
     eval_every: int | None = None  # optimizer steps between validations (and on_eval calls); always at the end
     save_every: int | None = 50  # optimizer steps between checkpoints; always at the end
     resume: bool = False  # demand a resume (error when no matching checkpoint); auto-resume happens anyway
+    allow_prose: bool = False  # train on samples whose response is not one valid call (counted in the summary)
     force: bool = False  # write into a non-empty --out that holds files this command did not write
 
     def __post_init__(self):
@@ -78,6 +79,10 @@ class TrainConfig:
             raise FlipError("--warmup must be in [0, 1)")
         if not self.targets:
             raise FlipError("--targets names no module")
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise FlipError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -85,25 +90,37 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def load_samples(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        raise FlipError(f"dataset {path} not found")
-    samples = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except ValueError as err:
-                raise FlipError(f"{path}:{number}: not JSON ({err})") from None
-            for key in ("instruction", "response"):
-                if not isinstance(sample.get(key), str) or not sample[key].strip():
-                    raise FlipError(f"{path}:{number}: `{key}` must be a non-empty string")
-            samples.append(sample)
+def response_kind(sample: dict) -> str:
+    """"call": exactly one closed, schema-valid <tool_call> and nothing else of the tag; "final": a final answer
+    (metadata.final) holding no call tag at all; "prose": anything else, which apr-code would not run."""
+    from harness.toolcall import CLOSE, OPEN, call_errors, parse_tool_calls
+
+    response = sample["response"]
+    if (sample.get("metadata") or {}).get("final") is True and OPEN not in response and CLOSE not in response:
+        return "final"
+    calls = parse_tool_calls(response)
+    if len(calls) == 1 and calls[0].closed and not call_errors(calls[0]) and response.count(OPEN) == 1:
+        return "call"
+    return "prose"
+
+
+def load_samples(path: Path, allow_prose: bool = False) -> tuple[list[dict], int]:
+    """(samples, how many are prose). A sample whose response is neither one valid call nor a final answer is refused
+    (naming its line) unless allow_prose: a dataset of Markdown answers would train the prose the student must lose."""
+    samples, prose = [], 0
+    for number, sample in read_jsonl(path, "dataset"):
+        for key in ("instruction", "response"):
+            if not isinstance(sample.get(key), str) or not sample[key].strip():
+                raise FlipError(f"{path}:{number}: `{key}` must be a non-empty string")
+        if response_kind(sample) == "prose":
+            if not allow_prose:
+                raise FlipError(f"{path}:{number}: the response is not exactly one valid <tool_call> (nor a final "
+                                "answer marked metadata.final); pass --allow-prose to train on such samples")
+            prose += 1
+        samples.append(sample)
     if not samples:
         raise FlipError(f"dataset {path} holds no sample")
-    return samples
+    return samples, prose
 
 
 def trajectory_of(sample: dict, index: int) -> str:
@@ -212,7 +229,6 @@ def loss_sum(model, input_ids, attention_mask, labels):
     Position t's logits predict token t+1, so the positions to project are those whose NEXT label is trainable;
     only those go through the lm_head (`logits_to_keep` with an index tensor).
     """
-    import torch
     import torch.nn.functional as F
 
     targets = labels[:, 1:]
@@ -497,7 +513,7 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     dist, device = init_distributed(config.device)
     log = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
     random.seed(config.seed)
-    samples = load_samples(config.data)
+    samples, prose = load_samples(config.data, config.allow_prose)
     if dist.main:
         claim_dir(config.out, "train", OUTPUT_NAMES, config.force)
     model, tokenizer = build_model(config, device)
@@ -584,6 +600,7 @@ def train(config: TrainConfig, on_eval=None) -> dict:
         "steps": steps, "resumed_from": start, "world_size": dist.world, "device": str(device),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "samples": {"train": len(train_set), "val": len(val_set), "dropped": len(dropped_train) + len(dropped_val),
+                    "prose": prose,
                     "dropped_train": len(dropped_train), "dropped_val": len(dropped_val)},
         "trajectories": {"train": len({trajectory_of(samples[i], i) for i in train_idx}),
                          "val": len({trajectory_of(samples[i], i) for i in val_idx})},
@@ -664,6 +681,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require resuming from OUT/checkpoint (a matching checkpoint is resumed anyway)")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out holding files flip train did not write (nothing is deleted)")
+    parser.add_argument("--allow-prose", action="store_true",
+                        help="train on samples whose response is not one valid call (counted as prose in the summary)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -673,7 +692,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
         val_fraction=args.val_fraction, warmup=args.warmup, grad_clip=args.grad_clip, max_length=args.max_length,
         device=args.device, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
-        force=args.force)
+        force=args.force, allow_prose=args.allow_prose)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -435,10 +435,10 @@ def read_session(path: Path, stats: LineStats) -> FileRead:
 def _add_root(roots: list[str], cwd: str) -> None:
     """Keep the session's first cwd, and later ones only when outside every kept root (a `cd` into a subdirectory
     keeps paths relative to the project root)."""
-    cwd = cwd.rstrip("/")
+    cwd = cwd.rstrip("/\\")  # a Windows recording writes C:\\tmp\\ws
     if not cwd:
         return
-    if any(cwd == root or cwd.startswith(root + "/") for root in roots):
+    if any(cwd == root or cwd.startswith((root + "/", root + "\\")) for root in roots):
         return
     roots.append(cwd)
 
