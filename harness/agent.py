@@ -439,8 +439,11 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     """Load tasks and model, run every task as an agent episode, write TRACE.jsonl and its summary; return the summary."""
     from harness.evaluate import load_for_eval, summary_file, write_trace
 
+    from harness.models import check
+
     options = options or AgentOptions()
     tasks = load_tasks(tasks_dir)
+    check(model)
     out = check_out_file(out, "--out")
     check_out_file(summary_file(out), "--out (its .summary.json)")
     if options.keep is not None:

@@ -393,6 +393,9 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
     inputs = (prompts,) if isinstance(prompts, (str, os.PathLike)) else ()
     check_out_file(out, "--out", inputs=inputs)
     check_out_file(summary_file(out), "--out (its .summary.json)", inputs=inputs)
+    from harness.models import check
+
+    check(model)
     loaded, tokenizer = load_for_eval(model, adapter, device)
     records, summary = evaluate_loaded(loaded, tokenizer, prompt_list, max_new_tokens, batch_size)
     summary = {"model": str(model), "adapter": str(adapter) if adapter else None, **summary}

@@ -256,9 +256,9 @@ def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.models import hf_directory, loading, resolve
+    from harness.models import check, hf_directory, loading
 
-    ref = resolve(base)
+    ref = check(base)
     out_dir, gguf_file = check_outputs(ref, adapter, out_dir, gguf_file, force)
     config = remap.base_config(ref)
     loaded = load_adapter(adapter, config)

@@ -87,6 +87,29 @@ def resolve(ref: str | os.PathLike | ModelRef) -> ModelRef:
     )
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check(ref: str | os.PathLike | ModelRef) -> ModelRef:
+    """resolve(), then the cheap checks a load would fail on minutes later: a GGUF starts with its magic; an HF
+    directory has a config.json that is a JSON object naming its model_type, and weights."""
+    model = resolve(ref)
+    if model.gguf_file is not None:
+        with open(model.gguf_file, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise FlipError(f"{model.gguf_file} is not a GGUF file (no GGUF magic)")
+        return model
+    try:
+        config = json.loads((model.path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise FlipError(f"{model.path / 'config.json'}: not a readable JSON config ({err})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise FlipError(f"{model.path / 'config.json'} names no model_type: not a transformers model config")
+    if not any((model.path / name).is_file() for name in WEIGHT_FILES) and not list(model.path.glob("*.safetensors")):
+        raise FlipError(f"{model.path} holds no weights (model.safetensors or pytorch_model.bin)")
+    return model
+
+
 def _gguf_cache_dir(gguf: Path) -> Path:
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]

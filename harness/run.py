@@ -14,6 +14,7 @@ The goal is checked, not assumed: the report states each floor with the measured
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -78,8 +79,14 @@ class RunOptions:
         self.transcripts, self.holdout = Path(self.transcripts), Path(self.holdout)
         self.data = Path(self.data) if self.data is not None else None
         self.targets = tuple(self.targets)
-        if self.steps < 1:
-            raise FlipError("--steps must be at least 1")
+        for name in ("steps", "rank", "alpha", "batch_size", "grad_accum", "max_length", "max_new_tokens",
+                     "progress_tokens", "eval_batch_size", "max_turns", "agent_tokens"):
+            if getattr(self, name) < 1:
+                raise FlipError(f"--{name.replace('_', '-')} must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise FlipError(f"--lr must be a positive number, not {self.lr}")
+        if self.agent_tokens >= self.max_length:
+            raise FlipError("--agent-tokens must be smaller than --max-length (the prompt needs room too)")
 
 
 @contextmanager
@@ -420,8 +427,15 @@ def agent_section(agent: dict) -> list[str]:
 def run(options: RunOptions) -> dict:
     from harness.evaluate import load_prompts
 
+    from harness.models import check
+
     start, cpu = time.perf_counter(), time.process_time()
-    prompts = load_prompts(options.holdout)
+    prompts = load_prompts(options.holdout)  # every input is checked before the first minute of work
+    check(options.base)
+    if options.data is None and not options.transcripts.exists():
+        raise FlipError(f"--transcripts {options.transcripts}: no such file or directory")
+    if options.data is not None and not options.data.is_file():
+        raise FlipError(f"--data {options.data} not found")
     options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force)
     with phase(options, "export"):
         data, export_stats = export_phase(options)

@@ -433,6 +433,8 @@ def build_model(config: TrainConfig, device):
     from harness.models import load_model
 
     model, tokenizer = load_model(config.base, device=str(device), dtype=None)
+    if not getattr(tokenizer, "chat_template", None):
+        raise FlipError(f"the tokenizer of {config.base} has no chat template: samples are rendered through it")
     model.config.use_cache = False
     torch.manual_seed(config.seed)  # LoRA A's initialisation: the same on every rank and every rerun
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.targets),
@@ -510,10 +512,13 @@ def train(config: TrainConfig, on_eval=None) -> dict:
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    from harness.models import check
+
+    samples, prose = load_samples(config.data, config.allow_prose)  # inputs first: a bad one fails in a second
+    check(config.base)
     dist, device = init_distributed(config.device)
     log = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
     random.seed(config.seed)
-    samples, prose = load_samples(config.data, config.allow_prose)
     if dist.main:
         claim_dir(config.out, "train", OUTPUT_NAMES, config.force)
     model, tokenizer = build_model(config, device)

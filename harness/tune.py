@@ -148,7 +148,11 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    names = [n.strip() for n in args.recipes.split(",") if n.strip()] if args.recipes else None
+    names = None
+    if args.recipes is not None:
+        names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+        if not names:
+            raise FlipError("--recipes names no recipe (omit it to compare them all)")
     report = tune(args.out, names, seed=args.seed, max_turns=args.max_turns, device=args.device, force=args.force)
     print(render_markdown(report), file=sys.stderr)
     return 0

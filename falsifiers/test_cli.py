@@ -1,0 +1,234 @@
+"""Falsifiers of contracts/cli.yaml: every `flip` command is safe on bad input and on the user's own files.
+
+Each case a user or an adversary found (issue 10) is an explicit regression test, run through `flip` itself in
+process; then hypothesis drives every subcommand with generated and damaged inputs and options in a directory holding
+canary files: the exit code is 0, 1 or 2, no traceback reaches stderr, and no canary changes.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from falsifiers.test_atomic import tree_digest
+from falsifiers.test_export import _samples, _stream
+from falsifiers.test_remap import tiny_adapter
+from falsifiers.test_remap import tiny_base as random_base
+from falsifiers.test_train import tiny_base, tokenizer  # noqa: F401 - fixtures: a tiny Llama with SmolLM2's template
+from harness.cli import COMMANDS, main
+from harness.toolcall import render_tool_call
+
+
+def flip(*argv) -> tuple[int, str]:
+    """(exit code, stderr) of `flip ARGV...` in this process (argparse's own exits included)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 2
+    return code, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-cli")
+    base = random_base(root / "base", "llama", seed=3)
+    return base, tiny_adapter(base, root / "adapter", seed=4)
+
+
+def _one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+# --------------------------------------------------------------------------------------- the reported cases, one by one
+
+def test_bad_datasets_and_options_get_one_line_errors(tmp_path, tiny_base):
+    base = tiny_base
+    call = render_tool_call("file_read", {"path": "a.py"})
+    cases = {
+        "binary": b"\x00\xff\xfe binary\n",
+        "list": b"[1, 2]\n",
+        "prose": json.dumps({"instruction": "fix it", "response": "Here is the fix:\n```py\nx = 1\n```"}).encode() + b"\n",
+        "half": json.dumps({"instruction": "fix it", "response": "<tool_call>\n{\"name\": \"file_read\""}).encode() + b"\n",
+    }
+    for name, data in cases.items():
+        (tmp_path / f"{name}.jsonl").write_bytes(data)
+        code, err = flip("train", "--data", tmp_path / f"{name}.jsonl", "--base", base, "--out", tmp_path / name,
+                         "--max-steps", "1")
+        _one_line_error(code, err, f"{name}.jsonl:1")
+        assert not (tmp_path / name / "adapter_model.safetensors").exists()
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"instruction": "read a.py \u2028 now", "response": call}) + "\n")  # raw U+2028
+    code, err = flip("train", "--data", good, "--base", base, "--out", tmp_path / "nan", "--lr", "nan")
+    _one_line_error(code, err, "--lr must be a positive number")
+    code, err = flip("train", "--data", tmp_path / "prose.jsonl", "--base", base, "--out", tmp_path / "prose-ok",
+                     "--max-steps", "1", "--allow-prose", "--save-every", "0", "--quiet")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "prose-ok" / "train_summary.json").read_text())
+    assert summary["samples"]["prose"] == 1
+    code, err = flip("eval", "--model", base, "--prompts", tmp_path / "list.jsonl", "--out", tmp_path / "t.jsonl")
+    _one_line_error(code, err, "list.jsonl:1: a JSON list, not an object")
+    (tmp_path / "u2028.jsonl").write_text(json.dumps({"id": "a", "task": "x\u2028y"}, ensure_ascii=False) + "\n")
+    from harness.evaluate import load_prompts
+
+    assert load_prompts(tmp_path / "u2028.jsonl") == [{"id": "a", "task": "x\u2028y"}]
+
+
+def test_broken_models_and_adapters_are_named_not_traced(tmp_path, tiny):
+    base, adapter = tiny
+    broken = tmp_path / "broken-config"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((base / "config.json").read_text())
+    random_gguf = tmp_path / "random.gguf"
+    random_gguf.write_bytes(b"GGUF" + bytes(range(256)) * 4)
+    for model in (broken, no_weights, random_gguf):
+        code, err = flip("merge", "--base", model, "--adapter", adapter, "--out", tmp_path / f"m-{model.name}")
+        _one_line_error(code, err, model.name)
+    import torch
+
+    from falsifiers.test_remap import _edited_copy
+
+    def widened(tensors):  # lora_B with rows the base's weight does not have
+        return {k: torch.cat([v, v]) if ".lora_B." in k else v for k, v in tensors.items()}
+
+    wrong = _edited_copy(adapter, tmp_path / "wrong-shape", tensors=widened)
+    code, err = flip("merge", "--base", base, "--adapter", wrong, "--out", tmp_path / "m-shape")
+    _one_line_error(code, err, "do not fit the base's weight")
+    code, err = flip("remap", wrong, "--out", tmp_path / "w.safetensors", "--base", base)
+    _one_line_error(code, err, "do not fit the base's weight")
+    code, err = flip("merge", "--base", base, "--adapter", random_gguf, "--out", tmp_path / "m-gguf")
+    _one_line_error(code, err, "random.gguf")
+
+
+def test_apr_header_rank_must_match_the_tensors(tmp_path, tiny):
+    from falsifiers.test_remap import _safetensors_metadata
+    from safetensors.torch import load_file, save_file
+
+    base, adapter = tiny
+    apr = tmp_path / "a.safetensors"
+    assert flip("remap", adapter, "--out", apr, "--base", base)[0] == 0
+    metadata = _safetensors_metadata(apr)
+    lying = tmp_path / "lying.safetensors"
+    save_file(load_file(apr), str(lying), metadata={**metadata, "lora_rank": "16"})  # the tensors have rank 4
+    code, err = flip("merge", "--base", base, "--adapter", lying, "--out", tmp_path / "m")
+    _one_line_error(code, err, "lora_rank=16", "rank 4")
+    assert not (tmp_path / "m").exists()
+
+
+def test_empty_exports_exit_1_and_windows_recordings_become_relative(tmp_path):
+    code, err = flip("export", tmp_path / "nothing", "--out", tmp_path / "o1")
+    _one_line_error(code, err, "no such file")
+    (tmp_path / "empty").mkdir()
+    code, err = flip("export", tmp_path / "empty", "--out", tmp_path / "o2", "--quiet")
+    assert code == 1 and "no transcript was found" in err and "Traceback" not in err
+    assert flip("export", tmp_path / "empty", "--out", tmp_path / "o3", "--quiet", "--allow-empty")[0] == 0
+    cwd = "C:\\tmp\\ws"
+    _stream(tmp_path / "win" / "t.ndjson", cwd, [
+        ("Read", {"file_path": "C:\\tmp\\ws\\src\\a.py"}, "see C:\\tmp\\ws\\src\\a.py line 1"),
+        ("Bash", {"command": "cd C:\\tmp\\ws && pytest"}, "ok")], task="fix C:\\tmp\\ws\\src\\a.py")
+    code, err = flip("export", tmp_path / "win", "--out", tmp_path / "o4", "--max-tokens", "5", "--quiet")
+    assert code == 1 and "did not fit --max-tokens 5" in err
+    assert flip("export", tmp_path / "win", "--out", tmp_path / "o5", "--quiet")[0] == 0
+    samples = _samples(tmp_path / "o5" / "apr_code_sft_full.jsonl")
+    assert json.loads(samples[0]["response"].split("\n")[1])["input"] == {"path": "src/a.py"}
+    text = (tmp_path / "o5" / "apr_code_sft_full.jsonl").read_text()
+    assert "C:" not in text and "\\\\tmp" not in text and "see src/a.py line 1" in text and "cd . && pytest" in text
+
+
+def test_outputs_are_never_read_back_and_stale_modes_are_removed(tmp_path):
+    inside = tmp_path / "in"
+    _stream(inside / "t.ndjson", "/w", [("Read", {"file_path": "/w/a.py"}, "1\tx")], task="look at a.py")
+    outside = tmp_path / "elsewhere" / "s.ndjson"
+    _stream(outside, "/v", [("Read", {"file_path": "/v/b.py"}, "1\ty")], task="look at b.py")
+    (inside / "link.ndjson").symlink_to(outside)  # a link to a transcript outside the walked directory: followed
+    assert flip("export", inside, "--out", inside, "--quiet", "--force")[0] == 0  # --out is the input directory
+    first = (inside / "apr_code_sft_full.jsonl").read_bytes()
+    stats = json.loads((inside / "export_stats.json").read_text())
+    assert stats["files"] == 2
+    assert flip("export", inside, "--out", inside, "--quiet", "--force")[0] == 0
+    assert json.loads((inside / "export_stats.json").read_text())["files"] == 2, "the export read its own outputs"
+    assert (inside / "apr_code_sft_full.jsonl").read_bytes() == first
+
+    out = tmp_path / "out"
+    assert flip("export", inside, "--out", out, "--quiet")[0] == 0
+    assert flip("export", inside, "--out", out, "--mode", "curated", "--quiet")[0] == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "apr_code_sft_curated.jsonl", "export_stats.json"], "files the new stats do not describe were left"
+
+
+# ----------------------------------------------------------------------------------------------- the fuzzing falsifier
+
+VALUES = st.sampled_from(["0", "-1", "1", "nan", "inf", "1e309", "", " ", "x", "../x", "/", "canary", "canary/notes.md",
+                          "canary/data.jsonl", "binary.bin", "garbage.jsonl", "list.jsonl", "fake.gguf", "broken",
+                          "out", ".", "nothing/here", "\u2028", "--", "-h"])
+
+
+def _actions(command: str):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
+    return [a for a in parser._actions if a.dest != "help"]
+
+
+@st.composite
+def argvs(draw):
+    """A command with its required options and positionals (so most examples get past argparse into the command),
+    then optional ones, each given a drawn value. No value names a usable model, so no example trains or generates."""
+    command = draw(st.sampled_from(sorted(COMMANDS)))
+    actions = _actions(command)
+    argv = [command]
+    for action in actions:
+        if not action.option_strings:
+            argv += draw(st.lists(VALUES, min_size=1, max_size=2))
+        elif action.required:
+            argv += [action.option_strings[0], draw(VALUES)]
+    optional = [a for a in actions if a.option_strings and not a.required]
+    for action in draw(st.lists(st.sampled_from(optional), max_size=5)):
+        argv.append(action.option_strings[0])
+        if action.nargs != 0:
+            argv.append(draw(VALUES))
+    if command == "tune":
+        argv += ["--recipes", draw(VALUES)]  # never all recipes: a real tune takes most of an hour
+    if command == "run":
+        argv += ["--base", draw(VALUES)]  # never the default base: a real run takes 15 minutes
+    return argv + ["--quiet"]
+
+
+@pytest.fixture(scope="module")
+def playground(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "canary").mkdir()
+    (root / "canary" / "notes.md").write_text("mine\n")
+    (root / "canary" / "data.jsonl").write_text('{"instruction": "a", "response": "b"}\n')
+    (root / "binary.bin").write_bytes(bytes(range(256)))
+    (root / "garbage.jsonl").write_bytes(b"{not json\n\xff\xfe\n")
+    (root / "list.jsonl").write_text("[1, 2]\n")
+    (root / "fake.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    (root / "broken").mkdir()
+    (root / "broken" / "config.json").write_text("{")
+    return root
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=argvs())
+def test_no_command_traces_back_or_touches_a_canary(playground, monkeypatch, argv):
+    monkeypatch.chdir(playground)
+    before = tree_digest(playground / "canary")
+    code, err = flip(*argv)
+    assert code in (0, 1, 2), (argv, code, err)
+    assert "Traceback" not in err, (argv, err)
+    assert tree_digest(playground / "canary") == before, f"{argv} changed a canary file"
