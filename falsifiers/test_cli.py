@@ -68,8 +68,9 @@ def test_bad_datasets_and_options_get_one_line_errors(tmp_path, tiny_base):
         assert not (tmp_path / name / "adapter_model.safetensors").exists()
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"instruction": "read a.py \u2028 now", "response": call}) + "\n")  # raw U+2028
-    code, err = flip("train", "--data", good, "--base", base, "--out", tmp_path / "nan", "--lr", "nan")
-    _one_line_error(code, err, "--lr must be a positive number")
+    for lr in ("nan", "inf", "0"):
+        code, err = flip("train", "--data", good, "--base", base, "--out", tmp_path / "bad-lr", "--lr", lr)
+        _one_line_error(code, err, "--lr must be a positive number")
     code, err = flip("train", "--data", tmp_path / "prose.jsonl", "--base", base, "--out", tmp_path / "prose-ok",
                      "--max-steps", "1", "--allow-prose", "--save-every", "0", "--quiet")
     assert code == 0, err
@@ -158,7 +159,8 @@ def test_outputs_are_never_read_back_and_stale_modes_are_removed(tmp_path):
     stats = json.loads((inside / "export_stats.json").read_text())
     assert stats["files"] == 2
     assert flip("export", inside, "--out", inside, "--quiet", "--force")[0] == 0
-    assert json.loads((inside / "export_stats.json").read_text())["files"] == 2, "the export read its own outputs"
+    again = json.loads((inside / "export_stats.json").read_text())
+    assert again["files"] == 2 and again["files_skipped"] == {}, "the export read its own outputs"
     assert (inside / "apr_code_sft_full.jsonl").read_bytes() == first
 
     out = tmp_path / "out"

@@ -101,13 +101,13 @@ def test_each_damaged_line_is_skipped_by_its_reason(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"\n" + good + b'{"a": "ok \xff\xfe ok"}\n' + good + b"{not json\n" + good + b"[1, 2]\n" + good
                      + b'{"u": "\\uD800"}\n' + b'{"n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
-                     + deep_surrogate + b'{"type": "us')
+                     + deep_surrogate + b'{"deep": ' + b"[" * 100 + b"]" * 100 + b'}\n' + b'{"type": "us')
     stats = LineStats()
     records = list(iter_records(path, stats))
     assert len(records) == 7 and records[1] == {"a": "ok \ufffd\ufffd ok"} and records[-2] == {"u": "\ufffd"}
-    assert stats.skipped == Counter({"blank": 1, "not_json": 1, "not_an_object": 1, "too_deep": 1,
+    assert stats.skipped == Counter({"blank": 1, "not_json": 1, "not_an_object": 1, "too_deep": 2,
                                      "truncated_last_line": 1})
-    assert stats.read == 12 and stats.repaired_surrogates == 2 and stats.repaired_bytes == 1
+    assert stats.read == 13 and stats.repaired_surrogates == 2 and stats.repaired_bytes == 1
     deep = "\ud800"
     for _ in range(5000):
         deep = [deep]
