@@ -1,4 +1,4 @@
-"""Falsifiers of the apr-code `<tool_call>` format (harness/toolcall.py) against the runtime rules of targets.md §1."""
+"""Falsifiers of the apr-code `<tool_call>` format (harness/toolcall.py) against the runtime rules of docs/apr-code.md §1."""
 from __future__ import annotations
 
 from hypothesis import given, settings

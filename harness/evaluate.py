@@ -5,7 +5,7 @@ first-step instruction of harness.prompt (the task only), rendered with the toke
 prompt. Decoding is greedy and bounded, and stops at the end-of-turn token. The raw output is parsed by the apr-code
 runtime's rules (harness.toolcall), so a call counts only when apr-code itself would see it.
 
-Grounding (targets.md §6): the reference's students emitted valid calls on `/tmp/<old fixture>/` paths, so "a valid
+Grounding (docs/evaluation.md): the reference's students emitted valid calls on `/tmp/<old fixture>/` paths, so "a valid
 call" alone is not the goal. A task is grounded when one of its valid calls names a workspace-relative path that the
 task text names; calls naming absolute paths (outside any workspace apr-code runs in) are flagged.
 

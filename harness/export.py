@@ -1,4 +1,4 @@
-"""`flip export`: Claude Code transcripts -> apr-code `<tool_call>` SFT samples (targets.md §2-3).
+"""`flip export`: Claude Code transcripts -> apr-code `<tool_call>` SFT samples (docs/apr-code.md §3-4).
 
 Per file (files sorted by their path relative to the export root, so discovery order never matters):
 read trajectories (harness.transcripts) -> make recording paths workspace-relative and redact secrets -> remap each

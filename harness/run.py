@@ -28,7 +28,7 @@ from harness.contracts import ROOT
 # Defaults sized for a 2-core CPU (`make flip` in <= 10 minutes): the curated set is first actions only, which is
 # exactly the first-step prompt the evaluation asks for; its samples are short (task + system prompt), so a step is
 # about a second. lr 1e-3 instead of the reference 2e-4: at 2e-4 a 135M model needs several times more steps to
-# leave prose (targets.md §6 measured the flip at lr 1e-3).
+# leave prose (the flip was measured at lr 1e-3).
 DEFAULT_BASE = "smollm2-135m"
 DEFAULT_MODE = "curated"
 DEFAULT_STEPS = 60

@@ -1,6 +1,6 @@
 """The apr-code `<tool_call>` format: render one call, parse model output by the apr-code runtime's rules, validate.
 
-Runtime rules (targets.md §1): scan for `<tool_call>` ... `</tool_call>`; an unclosed final block runs to the end of
+Runtime rules (docs/apr-code.md §1): scan for `<tool_call>` ... `</tool_call>`; an unclosed final block runs to the end of
 the text; the body is whitespace-trimmed and parsed as JSON; `name` must be a string; `input` defaults to `{}`;
 several blocks are several calls in order; parsing stops at the first block that is not valid JSON.
 """

@@ -1,8 +1,8 @@
-"""`flip train`: LoRA SFT of a student model on an exported dataset (targets.md §3).
+"""`flip train`: LoRA SFT of a student model on an exported dataset (docs/apr-code.md §4).
 
 Each sample is rendered through the tokenizer's own chat template (ChatML for SmolLM2 / Qwen2.5); the loss covers the
 response tokens and the closing end-of-turn token only. Too-long samples are dropped and counted, never truncated:
-a cut sample would train on a partial response or on nothing at all (the reference trainer's failure, §6).
+a cut sample would train on a partial response or on nothing at all (the failure of the reference trainer).
 
 The training loop is plain torch (AdamW, warmup + cosine, grad clipping), not transformers.Trainer, because:
 - the loss only needs logits at the trainable positions: we pass them as `logits_to_keep`, so the lm_head (a third of

@@ -1,4 +1,4 @@
-"""Reading Claude Code transcripts into trajectories (claude-code-formats.md).
+"""Reading Claude Code transcripts into trajectories (docs/transcripts.md).
 
 Two formats, told apart by CONTENT, never by file name:
   * headless stream-json (`claude -p --output-format stream-json`): snake_case envelope, `parent_tool_use_id`;
@@ -8,7 +8,7 @@ Two formats, told apart by CONTENT, never by file name:
 A trajectory is one agent's ordered tool calls (with their paired results) and the task it was given: the main agent
 (split where the user gives a new prompt) and every sub-agent (its own trajectory, its task being its prompt).
 
-Robustness (§4): lines are read in binary (no line-length limit) and decoded one by one; every line read is either
+Robustness (docs/transcripts.md): lines are read in binary (no line-length limit) and decoded one by one; every line read is either
 used or skipped with a named reason, counted in `LineStats`. Nothing here raises on bad content.
 """
 from __future__ import annotations
