@@ -8,10 +8,17 @@ import os
 
 __version__ = "0.1.0"
 
-# Offline by default: no model hub at run time. The hub libraries read these when they are imported, which is always
-# after this package; a user who wants the hub sets them to 0 explicitly.
-for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_name, "1")
+
+
+def offline_by_default() -> None:
+    """No model hub at run time. The hub libraries read these when they are imported, which is always after this
+    package; a user who wants the hub sets them to 0 explicitly."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if not os.environ.get(name):
+            os.environ[name] = "1"
+
+
+offline_by_default()
 
 
 class FlipError(Exception):

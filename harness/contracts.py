@@ -1,9 +1,13 @@
-"""Loads the data in contracts/: the tool map, the apr-code tool schemas, the system prompt, the redaction patterns.
+"""Loads the data in contracts/: the tool map, the apr-code tool schemas, the system prompt, the redaction patterns,
+the training recipes. Also where the bundled fixtures are.
 
-These are data, not code: each table lives in exactly one file there, and every stage reads it through here.
+These are data, not code: each table lives in exactly one file there, and every stage reads it through here. In a
+checkout they are the repository's contracts/ and fixtures/; an installed wheel carries both as package data
+(harness.contracts_data, harness.fixtures_data: pyproject.toml maps the two folders), so `flip` works anywhere.
 """
 from __future__ import annotations
 
+import importlib.resources
 import json
 import re
 from dataclasses import dataclass
@@ -11,7 +15,17 @@ from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACTS = ROOT / "contracts"
+
+
+def _data_dir(package: str, folder: str) -> Path:
+    checkout = ROOT / folder
+    if (checkout / "__init__.py").is_file():
+        return checkout
+    return Path(str(importlib.resources.files(package)))
+
+
+CONTRACTS = _data_dir("harness.contracts_data", "contracts")
+FIXTURES = _data_dir("harness.fixtures_data", "fixtures")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness import FlipError
 from harness.atomic import claim_dir, remove_ours, write_text
-from harness.contracts import ROOT
+from harness.contracts import FIXTURES
 
 # Defaults sized for a 2-core CPU (`make flip` in <= 10 minutes): the curated set is first actions only, which is
 # exactly the first-step prompt the evaluation asks for; its samples are short (task + system prompt), so a step is
@@ -46,8 +46,8 @@ class RunOptions:
     out: Path
     base: str = DEFAULT_BASE
     data: Path | None = None  # an existing SFT jsonl instead of exporting
-    transcripts: Path = ROOT / "fixtures" / "transcripts"
-    holdout: Path = ROOT / "fixtures" / "holdout" / "workspaces"  # task folders (or a {"id","task"} JSONL: no agent)
+    transcripts: Path = FIXTURES / "transcripts"
+    holdout: Path = FIXTURES / "holdout" / "workspaces"  # task folders (or a {"id","task"} JSONL: no agent)
     mode: str = DEFAULT_MODE
     steps: int = DEFAULT_STEPS
     lr: float = DEFAULT_LR

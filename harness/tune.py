@@ -20,10 +20,10 @@ from pathlib import Path
 
 from harness import FlipError
 from harness.atomic import claim_dir, write_text
-from harness.contracts import ROOT, recipes
+from harness.contracts import FIXTURES, recipes
 
-TASKS = ROOT / "fixtures" / "tasks"
-TRANSCRIPTS = ROOT / "fixtures" / "transcripts"
+TASKS = FIXTURES / "tasks"
+TRANSCRIPTS = FIXTURES / "transcripts"
 OUTPUT_NAMES = ("datasets-*", "val-tasks", "recipe-*", "tune.json", "tune.md")
 
 
