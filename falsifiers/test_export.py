@@ -613,3 +613,71 @@ def test_fixtures_reproduce_the_committed_datasets(tmp_path):
     expected = {name: data for name, data in _outputs(committed).items() if name in produced}
     assert set(produced) <= set(_outputs(committed))
     assert produced == expected
+
+
+# --------------------------------------------------------------------------------------- refused calls, resumed sessions
+
+REFUSED = "The user doesn't want to proceed with this tool use. The tool use was rejected (eg. if it was a file edit, " \
+          "the new_string was NOT written to the file). STOP what you are doing and wait for the user to tell you how to proceed."
+
+
+def _session(path: Path, cwd: str, calls, task: str, extra=None):
+    """An on-disk session: the task, then per call an assistant tool_use and a user tool_result (optionally erroring)."""
+    records, parent = [], None
+
+    def add(kind, content, **fields):
+        nonlocal parent
+        uuid = f"u{len(records)}"
+        records.append({"parentUuid": parent, "isSidechain": False, "sessionId": "s", "cwd": cwd, "type": kind,
+                        "uuid": uuid, "message": {"role": kind, "content": content}, **fields})
+        parent = uuid
+
+    add("user", task)
+    for i, (name, tool_input, result, error) in enumerate(calls):
+        add("assistant", [{"type": "tool_use", "id": f"c{i}", "name": name, "input": tool_input}])
+        add("user", [{"type": "tool_result", "tool_use_id": f"c{i}", "content": result, "is_error": error}])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records + (extra or [])))
+    return records
+
+
+def test_refused_calls_are_counted_never_targets_and_later_steps_stay(tmp_path):
+    """A call a person refused (Claude Code's rejection texts, a result line's permission_denials, a record's
+    tool_result_meta) never ran: it is counted under `refused` as part of `remappable`, is neither a target nor an
+    observation, and the trajectory's later steps are still exported."""
+    cwd = "/w"
+    _session(tmp_path / "in" / "a.jsonl", cwd, [
+        ("Edit", {"file_path": "/w/a.py", "old_string": "x", "new_string": "y"}, REFUSED, True),
+        ("Read", {"file_path": "/w/a.py"}, "1\tx", False),
+        ("Bash", {"command": "rm -rf /"}, "Permission to use Bash with command rm -rf / has been denied.", True),
+        ("Bash", {"command": "pytest"}, "Exit code 1\nfailed", True)], task="fix a.py")
+    _stream(tmp_path / "in" / "b.ndjson", cwd, [("Bash", {"command": "make deploy"}, "Error"),
+                                                ("Bash", {"command": "make test"}, "ok")], task="test it")
+    lines = (tmp_path / "in" / "b.ndjson").read_text().splitlines()
+    lines[3] = json.dumps({**json.loads(lines[3]), "tool_result_meta": [{"tool_use_id": "t0",
+                                                                          "non_execution_kind": "user-rejected"}]})
+    lines.append(json.dumps({"type": "result", "subtype": "success", "session_id": "s",
+                             "permission_denials": [{"tool_name": "Bash", "tool_use_id": "t0", "tool_input": {}}]}))
+    (tmp_path / "in" / "b.ndjson").write_text("\n".join(lines) + "\n")
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    assert stats["raw_tool_use"] == stats["remappable"] + sum(stats["unmappable"].values()) == 6
+    assert stats["refused"] == {"Bash": 2, "Edit": 1}
+    text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
+    assert "rm -rf" not in text and "make deploy" not in text and '"old": "x"' not in text
+    responses = [parse_tool_calls(s["response"])[0] for s in _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+                 if not s["metadata"].get("final")]
+    assert [(c.name, c.input) for c in responses] == [("file_read", {"path": "a.py"}), ("shell", {"command": "pytest"}),
+                                                       ("shell", {"command": "make test"})]
+
+
+def test_a_session_resumed_into_a_second_file_yields_each_sample_once(tmp_path):
+    cwd = "/w"
+    calls = [("Read", {"file_path": "/w/a.py"}, "1\tx", False), ("Bash", {"command": "pytest"}, "ok", False)]
+    first = _session(tmp_path / "in" / "one.jsonl", cwd, calls, task="fix a.py")
+    more = [("Read", {"file_path": "/w/b.py"}, "1\ty", False)]
+    resumed = _session(tmp_path / "in" / "two.jsonl", cwd, calls + more, task="fix a.py")
+    assert resumed[:len(first)] == first  # the second file repeats the first one's records, then goes on
+    alone = _export([tmp_path / "in" / "two.jsonl"], tmp_path / "alone", mode="full")
+    both = _export([tmp_path / "in"], tmp_path / "both", mode="full")
+    assert both["samples"]["full"] == alone["samples"]["full"] == 3
+    assert both["duplicates"]["full"] == 2

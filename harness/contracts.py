@@ -55,6 +55,13 @@ def system_prompt() -> str:
 
 
 @lru_cache(maxsize=None)
+def refusal_prefixes() -> tuple[str, ...]:
+    """The texts with which Claude Code answers a call that a person or a permission rule refused."""
+    raw = json.loads((CONTRACTS / "refusals.json").read_text(encoding="utf-8"))
+    return tuple(raw["prefixes"])
+
+
+@lru_cache(maxsize=None)
 def recipes() -> tuple[str, dict[str, dict]]:
     """(the default recipe's name, {name: recipe}) from contracts/recipes.yaml."""
     import yaml

@@ -101,6 +101,7 @@ class Stats:
     remappable: int = 0
     unmappable: Counter = field(default_factory=Counter)
     calls_without_result: int = 0
+    refused: Counter = field(default_factory=Counter)
     candidates: int = 0
     final_candidates: int = 0
     finals_dropped: Counter = field(default_factory=Counter)
@@ -124,6 +125,7 @@ class Stats:
             "remappable": self.remappable,
             "unmappable": dict(sorted(self.unmappable.items())),
             "calls_without_result": self.calls_without_result,
+            "refused": dict(sorted(self.refused.items())),
             "orphan_results": lines.orphan_results,
             "candidates": self.candidates,
             "final_candidates": self.final_candidates,
@@ -331,6 +333,9 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
             stats.unmappable[f"{call.name}:invalid_input"] += 1
             continue
         stats.remappable += 1
+        if call.refused:
+            stats.refused[call.name] += 1  # it never ran: neither a target nor an observation
+            continue
         if call.result is None:
             stats.calls_without_result += 1
             result = None

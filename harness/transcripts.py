@@ -42,6 +42,7 @@ class Call:
     input: object
     result: str | None = None  # None: no result was recorded (interrupted run)
     is_error: bool = False
+    refused: bool = False  # a person or a permission rule refused it: it never ran
 
 
 @dataclass
@@ -241,6 +242,15 @@ def prompt_text(content) -> str | None:
     return text or None
 
 
+def is_refusal(text: str) -> bool:
+    """Whether a tool result is Claude Code's answer to a call that was refused, not run (contracts/refusals.json)."""
+    from harness.contracts import refusal_prefixes
+
+    text = text.strip()
+    text = text.removeprefix("<tool_use_error>").lstrip()
+    return text.startswith(refusal_prefixes())
+
+
 def _tool_results(content):
     if isinstance(content, list):
         for block in content:
@@ -333,7 +343,18 @@ class _Builder:
                 continue
             call.result = result_text(block.get("content"))
             call.is_error = bool(block.get("is_error"))
+            call.refused = call.refused or (call.is_error and is_refusal(call.result))
         return found
+
+    def mark_refused(self, record: dict) -> None:
+        """Calls a record says never ran: a result line's permission_denials, a tool_result_meta non_execution_kind."""
+        denied = [d.get("tool_use_id") for d in record.get("permission_denials") or () if isinstance(d, dict)]
+        denied += [m.get("tool_use_id") for m in record.get("tool_result_meta") or ()
+                   if isinstance(m, dict) and m.get("non_execution_kind")]
+        for call_id in denied:
+            call = self.calls.get(str(call_id))
+            if call is not None:
+                call.refused = True
 
 
 def _message(record: dict) -> dict:
@@ -358,6 +379,7 @@ def read_stream_json(path: Path, stats: LineStats) -> FileRead:
         if kind == "stream_event":
             stats.skip("stream_event_partial")  # the complete assistant lines follow: never count twice
             continue
+        builder.mark_refused(record)  # the result line's permission_denials, a record's tool_result_meta
         if kind in _STREAM_IGNORED:
             stats.skip(f"ignored:{kind}")
             continue
@@ -429,6 +451,7 @@ def read_session(path: Path, stats: LineStats) -> FileRead:
             if isinstance(uuid, str):
                 chain_root[uuid] = chain
         _use(stats, builder.add_record(kind, _message(record).get("content"), chain))
+        builder.mark_refused(record)
     return FileRead(SESSION, builder.trajectories, roots)
 
 
