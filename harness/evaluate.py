@@ -296,46 +296,90 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE,
              stop_strings: tuple[str, ...] = ()) -> list[dict]:
-    """Greedy completions of chat-rendered prompts, `batch_size` at a time with left padding (so every row's
-    generation starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text.
-    A row also ends at the first of `stop_strings` (kept in its output), e.g. the agent's `</tool_call>`: the runtime
-    executes only the first call, so decoding past it is wasted time."""
-    import torch
+    """Greedy completions of chat-rendered prompts, `batch_size` at a time with left padding (every row's generation
+    starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text, in order.
 
-    stops = stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    A row ends at an end-of-turn token, or at the first of `stop_strings` (kept in its output; the agent's
+    `</tool_call>`: the runtime executes only the first call), and then leaves its batch at once, its cache rows
+    dropped. This greedy loop is written here rather than calling transformers' `generate` because that keeps decoding
+    every row until the slowest one ends: on a CPU one unclosed reply made a whole batch of agent turns decode to the
+    token limit, most of an agent run's time."""
+    stops = set(stop_token_ids(tokenizer))
     device = next(model.parameters()).device
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
-    results = []
+    results: list[dict] = []
     try:
         for start in range(0, len(texts), max(1, batch_size)):
-            chunk = texts[start:start + batch_size]
-            # the chat template already holds every special token; add_special_tokens would add a BOS twice
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.inference_mode():
-                out = model.generate(
-                    **enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
-                    use_cache=True,  # a trainer may have switched the cache off for gradient checkpointing
-                    temperature=None, top_p=None, top_k=None,  # the model's sampling defaults would only warn
-                    **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
-                )
-            for row in out[:, enc["input_ids"].shape[1]:].tolist():
-                ended = [i for i, t in enumerate(row) if t in stops]
-                body = row[: ended[0]] if ended else [t for t in row if t != pad_id]
-                text = tokenizer.decode(body, skip_special_tokens=True)
-                cut = min((text.find(s) + len(s) for s in stop_strings if s in text), default=None)
-                results.append({
-                    "output": text if cut is None else text[:cut],
-                    "new_tokens": len(body) + (1 if ended else 0),
-                    "hit_token_limit": not ended and cut is None,
-                })
+            results += _decode_batch(model, tokenizer, texts[start:start + batch_size], max_new_tokens, stops,
+                                     stop_strings, device)
     finally:
         tokenizer.padding_side = saved_side
         if was_training:
             model.train()
+    return results
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5.24 renamed the forward argument `past_key_values` to `cache` (the old name only warns)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _decode_batch(model, tokenizer, texts, max_new_tokens, stops, stop_strings, device) -> list[dict]:
+    import torch
+    from transformers import DynamicCache
+
+    # the chat template already holds every special token; add_special_tokens would add a BOS twice
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    mask = enc["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=getattr(model, "config", None))
+    cache_arg = {_cache_keyword(model): cache}
+    rows = list(range(len(texts)))  # batch row -> text index, for the rows still decoding
+    tokens_out: list[list[int]] = [[] for _ in texts]
+    ended = [False] * len(texts)  # by an end-of-turn token or a stop string
+    eos = [False] * len(texts)
+    with torch.inference_mode():
+        out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **cache_arg)
+        next_position = positions[:, -1:] + 1
+        limit = max_new_tokens
+        for step in range(limit):
+            chosen = out.logits[:, -1].argmax(-1)
+            keep = []
+            for row, token in enumerate(chosen.tolist()):
+                index = rows[row]
+                if token in stops:
+                    ended[index] = eos[index] = True
+                    continue
+                tokens_out[index].append(token)
+                if stop_strings and any(s in tokenizer.decode(tokens_out[index][-16:]) for s in stop_strings):
+                    ended[index] = True
+                    continue
+                keep.append(row)
+            if not keep or step == limit - 1:
+                break
+            if len(keep) < len(rows):
+                selected = torch.tensor(keep, device=device)
+                cache.batch_select_indices(selected)
+                mask, next_position, chosen = mask[selected], next_position[selected], chosen[selected]
+                rows = [rows[row] for row in keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position, use_cache=True,
+                        **cache_arg)
+            next_position = next_position + 1
+    results = []
+    for index, body in enumerate(tokens_out):
+        text = tokenizer.decode(body, skip_special_tokens=True)
+        cut = min((text.find(s) + len(s) for s in stop_strings if s in text), default=None)
+        results.append({"output": text if cut is None else text[:cut],
+                        "new_tokens": len(body) + eos[index],
+                        "hit_token_limit": not ended[index]})
     return results
 
 
