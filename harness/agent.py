@@ -146,7 +146,7 @@ class AgentOptions:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     max_tokens: int = DEFAULT_MAX_TOKENS
     max_result_chars: int = 2000  # as the exporter's default
-    batch_size: int = 8
+    batch_size: int = 16  # the live tasks decode together; finished rows leave the batch (evaluate.generate)
     test_timeout: float = DEFAULT_TEST_TIMEOUT
     limits: Limits = field(default_factory=Limits)
     sandbox_dir: str | None = None  # where sandboxes are made (default: the system's temporary directory)
