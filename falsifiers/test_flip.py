@@ -1,10 +1,10 @@
-"""The flip (contracts/flip.yaml): trained for real on the exported fixture transcripts, the student emits tool calls
-on held-out tasks where its base emits none.
+"""The flip (contracts/flip.yaml): trained for real on the exported fixture transcripts, the student emits valid,
+grounded tool calls on held-out tasks where its base emits none; as agents, the base solves no held-out task.
 
-CPU-sized: FLIP_TEST_STEPS optimizer steps (default 40) on the curated export, no merge (the student is base +
-adapter; `make flip` measures the merged student), shorter decoding than `make flip`. Everything is written under
-pytest's tmp dir, never into `make flip`'s output. FLIP_BASE_MODEL=/path (HF dir or .gguf) runs the same claim for
-another base (on a GPU runner: the device is `auto`).
+CPU-sized: FLIP_TEST_STEPS optimizer steps (default 40) of the default recipe (contracts/recipes.yaml), no merge (the
+student is base + adapter; `make flip` measures the merged student), shorter decoding than `make flip`. Everything is
+written under pytest's tmp dir, never into `make flip`'s output. FLIP_BASE_MODEL=/path (HF dir or .gguf) runs the same
+claim for another base (on a GPU runner: the device is `auto`).
 """
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import os
 
 import pytest
 
-from harness.contracts import ROOT
+from harness.contracts import FIXTURES
 
 STEPS = int(os.environ.get("FLIP_TEST_STEPS", "40"))
 BASE = os.environ.get("FLIP_BASE_MODEL", "smollm2-135m")
-HOLDOUT = ROOT / "fixtures" / "holdout" / "tasks.jsonl"
+HOLDOUT = FIXTURES / "holdout" / "workspaces"
+FLOORS = {"valid_rate": 0.9, "grounded_rate": 0.7}  # the report's first-step floors for a test-sized student
 
 
 @pytest.mark.flip
@@ -25,7 +26,7 @@ HOLDOUT = ROOT / "fixtures" / "holdout" / "tasks.jsonl"
 def test_student_calls_tools_where_base_does_not(tmp_path, record_property):
     from harness.run import RunOptions, run
 
-    options = RunOptions(out=tmp_path / "run", base=BASE, steps=STEPS, eval_every=None, merge=False,
+    options = RunOptions(out=tmp_path / "run", base=BASE, steps=STEPS, eval_every=None, merge=False, agent=False,
                          max_new_tokens=64, progress_tokens=64, holdout=HOLDOUT)
     report = run(options)
     base, student = report["base"], report["student"]
@@ -33,8 +34,9 @@ def test_student_calls_tools_where_base_does_not(tmp_path, record_property):
         "base_model": BASE, "steps": report["steps_trained"], "held_out_tasks": base["tasks"],
         "base_tasks_with_call": base["tasks_with_call"], "base_valid_rate": base["valid_rate"],
         "student_tasks_with_call": student["tasks_with_call"], "student_valid_rate": student["valid_rate"],
-        "student_grounded_rate": student["grounded_rate"], "student_calls_per_tool": student["calls_per_tool"],
-        "wall_time_s": report["wall_time_s"],
+        "student_grounded_rate": student["grounded_rate"], "student_first_tool_match_rate":
+            student["first_tool_match_rate"], "student_outside_path_calls": student["absolute_path_calls"],
+        "student_calls_per_tool": student["calls_per_tool"], "wall_time_s": report["wall_time_s"],
     }
     print("flip rates:", json.dumps(rates))
     (tmp_path / "flip_rates.json").write_text(json.dumps(rates, indent=2) + "\n")
@@ -42,6 +44,21 @@ def test_student_calls_tools_where_base_does_not(tmp_path, record_property):
         record_property(key, json.dumps(value) if isinstance(value, dict) else value)
 
     traces = [json.loads(line) for line in (tmp_path / "run" / "traces" / "base.jsonl").read_text().splitlines()]
-    assert len(traces) == base["tasks"] > 0
+    assert len(traces) == base["tasks"] >= 30
     assert [t["id"] for t in traces if t["tool_use_count"]] == [], "the base already calls tools: nothing to flip"
-    assert student["tasks_with_call"] >= 1, f"the student never called a tool: {rates}"
+    assert student["tasks_with_valid_call"] >= 1, f"the student never made a valid call: {rates}"
+    for key, floor in FLOORS.items():
+        assert (student[key] or 0) >= floor, f"student {key} {student[key]} is below the floor {floor}: {rates}"
+    assert student["absolute_path_calls"] == 0, f"the student named paths outside the workspace: {rates}"
+
+
+@pytest.mark.agent
+@pytest.mark.slow
+def test_the_base_solves_no_held_out_task_as_an_agent(tmp_path):
+    """Every held-out task, the full turn budget: the base answers in prose, so it solves nothing (the tasks' tests
+    fail until someone edits the code)."""
+    from harness.agent import AgentOptions, agent
+
+    summary = agent(BASE, HOLDOUT, tmp_path / "agent_base.jsonl", options=AgentOptions(progress=False))
+    print("base as an agent:", json.dumps({k: summary[k] for k in ("solved", "tasks", "calls", "stop_reasons")}))
+    assert summary["tasks"] >= 30 and summary["solved"] == 0, summary
