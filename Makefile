@@ -26,8 +26,10 @@ test: setup
 	$(PY) -m pytest -m "not gpu and not bench and not mutation" --junitxml=junit.xml $(PYTEST_ARGS)
 
 # Mutation verification: every mutant declared in contracts/*.yaml must make its falsifier fail (CI runs it too).
+# Two workers, each falsifier process single-threaded: the mutants run side by side on a 2-core machine.
+JOBS ?= 2
 verify: setup
-	$(PY) -m pytest -m mutation --junitxml=junit-mutation.xml $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m mutation -n $(JOBS) --junitxml=junit-mutation.xml $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m pytest -m bench --benchmark-only --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)

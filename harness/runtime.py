@@ -61,6 +61,8 @@ class Runtime:
             return handler(**tool_input)
         except Refused as refusal:
             return Result(tool_error(f"Refused: {refusal}. Paths must stay inside the project directory."), True, True)
+        except (OSError, ValueError) as err:  # a pattern pathlib rejects, a path that is a FIFO...: the call's fault
+            return Result(tool_error(f"{type(err).__name__}: {err}"), True)
 
     # ----------------------------------------------------------------------------------------------------- files
 

@@ -53,6 +53,9 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     from harness.run import check_no_leak
     from harness.train import TrainConfig, train
 
+    work = out / f"recipe-{name}"
+    if (work / "row.json").is_file():  # an interrupted tune resumes: finished recipes are not run again
+        return json.loads((work / "row.json").read_text(encoding="utf-8"))
     started = time.perf_counter()
     datasets = out / f"datasets-{recipe['max_length']}"
     if not (datasets / f"apr_code_sft_{recipe['mode']}.jsonl").is_file():
@@ -61,7 +64,6 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     data = datasets / f"apr_code_sft_{recipe['mode']}.jsonl"
     prompts = load_prompts(val_dir)
     check_no_leak(data, prompts)
-    work = out / f"recipe-{name}"
     config = TrainConfig(data=data, base="smollm2-135m", out=work / "adapter", rank=recipe["rank"],
                          alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],
                          max_steps=recipe["steps"], max_length=recipe["max_length"], val_fraction=0.0,
@@ -74,9 +76,11 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     agent_summary = agent("smollm2-135m", val_dir, work / "agent.jsonl", adapter=work / "adapter", device=device,
                           options=AgentOptions(max_turns=max_turns, max_tokens=recipe["max_length"]),
                           label=f"{name} agent")
-    return {"recipe": dict(recipe, name=name), "train_s": round(train_s, 1),
-            "final_train_loss": summary["final_train_loss"], "first_step": first_step, "agent": agent_summary,
-            "seconds": round(time.perf_counter() - started, 1)}
+    row = {"recipe": dict(recipe, name=name), "train_s": round(train_s, 1),
+           "final_train_loss": summary["final_train_loss"], "first_step": first_step, "agent": agent_summary,
+           "seconds": round(time.perf_counter() - started, 1)}
+    write_text(work / "row.json", json.dumps(row, indent=2) + "\n")
+    return row
 
 
 def tune(out: str | Path, names: list[str] | None = None, seed: int = 7, max_turns: int = 8, device: str = "auto",
