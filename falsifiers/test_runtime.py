@@ -162,6 +162,8 @@ def test_tool_results_use_claude_codes_texts(runtime):
     assert runtime.execute("glob", {"pattern": "**/*.py"}).text == "\n".join(
         str(root / p) for p in ("new/b.py", "src/a.py", "src/dup.py"))
     assert runtime.execute("glob", {"pattern": "*.rs"}).text == "No files found"
+    bad = runtime.execute("glob", {"pattern": "src**"})  # pathlib refuses it: the call's error, not the run's end
+    assert bad.is_error and not bad.refused and bad.text.startswith("<tool_use_error>ValueError: ")
 
 
 def test_calls_naming_paths_outside_are_refused_and_run_nothing(runtime, tmp_path):
