@@ -1,8 +1,9 @@
 """The flip (contracts/flip.yaml): trained for real on the exported fixture transcripts, the student emits valid,
 grounded tool calls on held-out tasks where its base emits none; as agents, the base solves no held-out task.
 
-CPU-sized: FLIP_TEST_STEPS optimizer steps (default 40) of the default recipe (contracts/recipes.yaml), no merge (the
-student is base + adapter; `make flip` measures the merged student), shorter decoding than `make flip`. Everything is
+The default recipe (contracts/recipes.yaml) trained to its full step count, as `make flip` trains it (FLIP_TEST_STEPS
+overrides, for a quick look that may fall short of the floors); no merge (the student is base + adapter; `make flip`
+measures the merged student), shorter decoding than `make flip`. Everything is
 written under pytest's tmp dir, never into `make flip`'s output. FLIP_BASE_MODEL=/path (HF dir or .gguf) runs the same
 claim for another base (on a GPU runner: the device is `auto`).
 """
@@ -13,12 +14,15 @@ import os
 
 import pytest
 
-from harness.contracts import FIXTURES
+from harness.contracts import FIXTURES, default_recipe
 
-STEPS = int(os.environ.get("FLIP_TEST_STEPS", "40"))
+STEPS = int(os.environ.get("FLIP_TEST_STEPS", default_recipe()["steps"]))
 BASE = os.environ.get("FLIP_BASE_MODEL", "smollm2-135m")
 HOLDOUT = FIXTURES / "holdout" / "workspaces"
 FLOORS = {"valid_rate": 0.9, "grounded_rate": 0.7}  # the report's first-step floors for a test-sized student
+# The mutation suite trains a 20-step student (minutes, not the recipe's full count) that cannot reach FLOORS; it sets
+# its own floors here (JSON), and the flip itself (base no call, student valid calls) is asserted whatever they are.
+FLOORS = {**FLOORS, **json.loads(os.environ.get("FLIP_TEST_FLOORS", "{}"))}
 
 
 @pytest.mark.flip

@@ -184,7 +184,7 @@ def test_train_counts_dropped_samples(tmp_path, tiny_base):
     samples = small_dataset(3, 1) + [make_sample("long", 0, "x " * 3000)]
     summary = T.train(config_for(tiny_base, write_jsonl(tmp_path / "d.jsonl", samples), tmp_path / "out",
                                  max_length=900, val_fraction=0.0, max_steps=1))
-    assert summary["samples"] == {"train": 3, "val": 0, "dropped": 1, "dropped_train": 1, "dropped_val": 0, "prose": 0}
+    assert summary["samples"] == {"train": 3, "val": 0, "val_loss_measured_on": 0, "dropped": 1, "dropped_train": 1, "dropped_val": 0, "prose": 0}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -393,3 +393,15 @@ def test_torchrun_two_processes(tmp_path, tiny_base):
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("size, limit", [(0, 32), (5, 32), (32, 32), (300, 32), (300, None), (7, 1)])
+def test_validation_loss_subset_is_fixed_and_bounded(size, limit):
+    """The validation loss reads at most val_samples samples, the same ones at every eval, in split order."""
+    val = [f"sample-{i}" for i in range(size)]
+    subset = T.val_subset(val, limit, seed=42)
+    assert len(subset) == min(size, limit or size)
+    assert subset == T.val_subset(val, limit, seed=42)  # the same samples at every eval of a run
+    assert subset == [v for v in val if v in set(subset)]  # a subsequence: split order kept
+    if limit and size > limit:
+        assert subset != val[:limit]  # a seeded sample across the split, not its first trajectories

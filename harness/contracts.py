@@ -67,7 +67,8 @@ def recipes() -> tuple[str, dict[str, dict]]:
     import yaml
 
     raw = yaml.safe_load((CONTRACTS / "recipes.yaml").read_text(encoding="utf-8"))
-    return raw["default"], {name: dict(recipe) for name, recipe in raw["recipes"].items()}
+    shared = raw.get("every_recipe") or {}
+    return raw["default"], {name: {**shared, **recipe} for name, recipe in raw["recipes"].items()}
 
 
 def default_recipe() -> dict:
@@ -80,10 +81,29 @@ class SecretPattern:
     name: str
     regex: re.Pattern
     group: int  # 0: replace the whole match; n: replace only group n
+    needles: tuple[str, ...] = ()  # literals every match contains (lower-case when the regex ignores case)
+    ignore_case: bool = False  # the regex's (?i), read once: a flag test per text costs more than the search
+
+    def may_match(self, text: str, lowered: str | None) -> bool:
+        """False only when the regex cannot match `text`: it holds none of the needles. `lowered` is `text.lower()`
+        for an ASCII text, else None: under (?i) Unicode folds more than lower() does (the long s matches s, the Kelvin
+        sign k), so a non-ASCII text is always searched with the regex itself."""
+        if not self.needles:
+            return True
+        if not self.ignore_case:
+            return any(needle in text for needle in self.needles)
+        if lowered is None:
+            return True
+        return any(needle in lowered for needle in self.needles)
 
 
 @lru_cache(maxsize=None)
 def redaction() -> tuple[str, tuple[SecretPattern, ...]]:
     raw = json.loads((CONTRACTS / "redaction.json").read_text(encoding="utf-8"))
-    patterns = tuple(SecretPattern(p["name"], re.compile(p["regex"]), int(p.get("group", 0))) for p in raw["patterns"])
-    return raw["placeholder"], patterns
+    patterns = []
+    for entry in raw["patterns"]:
+        regex = re.compile(entry["regex"])
+        ignore_case = bool(regex.flags & re.IGNORECASE)
+        needles = tuple(n.lower() if ignore_case else n for n in entry.get("needles", ()))
+        patterns.append(SecretPattern(entry["name"], regex, int(entry.get("group", 0)), needles, ignore_case))
+    return raw["placeholder"], tuple(patterns)

@@ -55,6 +55,7 @@ class RunOptions:
     grad_accum: int = TrainConfig.grad_accum
     seed: int = TrainConfig.seed
     max_length: int = RECIPE["max_length"]
+    val_fraction: float = RECIPE["val_fraction"]  # of training trajectories, for the validation loss only
     eval_every: int | None = DEFAULT_EVAL_EVERY  # None: no progress evals, so no steps-to-flip
     max_new_tokens: int = 128
     # Progress evals during training decode fewer tokens: greedy decoding is prefix-stable, so a call that opens and
@@ -165,7 +166,8 @@ def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[d
     config = TrainConfig(data=data, base=options.base, out=adapter, rank=options.rank, alpha=options.alpha,
                          targets=options.targets, lr=options.lr, max_steps=options.steps,
                          batch_size=options.batch_size, grad_accum=options.grad_accum, seed=options.seed,
-                         max_length=options.max_length, device=options.device, eval_every=options.eval_every,
+                         max_length=options.max_length, val_fraction=options.val_fraction, device=options.device,
+                         eval_every=options.eval_every,
                          save_every=None)
     # Without progress evals the trainer's end-of-training call is skipped too: the final eval measures the student.
     summary = train(config, on_eval=on_eval if options.eval_every else None)

@@ -35,7 +35,7 @@ IGNORE = -100  # the label value torch's cross_entropy skips
 END_OF_TURN = "<|im_end|>"  # ChatML; tokenizers without it fall back to their eos token
 CHECKPOINT = "checkpoint"
 # Config fields that do not change the trained weights: a checkpoint made with other values still resumes.
-NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every", "force", "allow_prose")
+NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every", "val_samples", "force", "allow_prose")
 # What `flip train` writes into --out (a directory holding anything else is refused unless --force).
 OUTPUT_NAMES = ("adapter_model.safetensors", "adapter_config.json", CHECKPOINT, "metrics.jsonl", "loss.png",
                 "train_summary.json", ".adapter.*")
@@ -56,6 +56,10 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 42
     val_fraction: float = 0.2
+    # The validation loss is measured on a fixed seeded subset of at most this many validation samples (None: all).
+    # Every sample costs a full forward pass at each eval: the whole split of the default export (~300 samples) took
+    # about 3 minutes per eval on 2 cores, more than the steps between evals.
+    val_samples: int | None = 32
     warmup: float = 0.1  # fraction of the optimizer steps, then cosine decay to 0
     grad_clip: float = 1.0
     max_length: int = 1024
@@ -68,8 +72,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.data, self.out, self.targets = Path(self.data), Path(self.out), tuple(self.targets)
-        for name in ("rank", "alpha", "epochs", "batch_size", "grad_accum", "max_length"):
-            if getattr(self, name) < 1:
+        for name in ("rank", "alpha", "epochs", "batch_size", "grad_accum", "max_length", "val_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise FlipError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise FlipError("--max-steps must be at least 1")
@@ -447,6 +451,14 @@ def build_model(config: TrainConfig, device):
     return model, tokenizer
 
 
+def val_subset(val_set: list, limit: int | None, seed: int) -> list:
+    """The validation samples the loss is measured on: all, or a seeded sample of `limit` in their split order."""
+    if limit is None or len(val_set) <= limit:
+        return val_set
+    keep = sorted(random.Random(seed).sample(range(len(val_set)), limit))
+    return [val_set[i] for i in keep]
+
+
 def validation_loss(model, val, pad_id: int, batch_size: int, device, dist: Dist) -> float | None:
     """Token-weighted mean CE over the validation set (each rank a strided share, summed across ranks)."""
     import torch
@@ -529,6 +541,7 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     train_idx, val_idx = split_by_trajectory(samples, config.val_fraction, config.seed)
     train_set, dropped_train = encode_all(samples, train_idx, tokenizer, config.max_length)
     val_set, dropped_val = encode_all(samples, val_idx, tokenizer, config.max_length)
+    val_loss_set = val_subset(val_set, config.val_samples, config.seed)
     timings["tokenise_s"] = time.perf_counter() - clock
     if not train_set:
         raise FlipError(f"all {len(train_idx)} training samples exceed --max-length {config.max_length} tokens; "
@@ -585,7 +598,7 @@ def train(config: TrainConfig, on_eval=None) -> dict:
             evaluating = bool(config.eval_every and done % config.eval_every == 0) or done == steps
             eval_clock = time.perf_counter()
             if evaluating and val_set:
-                row["val_loss"] = last_val = validation_loss(model, val_set, pad_id, config.batch_size, device, dist)
+                row["val_loss"] = last_val = validation_loss(model, val_loss_set, pad_id, config.batch_size, device, dist)
             if dist.main:  # the row is written before on_eval, which may stop the run (a checkpoint is already out)
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
@@ -598,13 +611,14 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     train_seconds = time.perf_counter() - clock - eval_seconds
     timings["train_s"], timings["eval_s"] = train_seconds, eval_seconds
     if start == steps:  # nothing left to train (a rerun of a finished run): still report a validation loss
-        last_val = validation_loss(model, val_set, pad_id, config.batch_size, device, dist)
+        last_val = validation_loss(model, val_loss_set, pad_id, config.batch_size, device, dist)
 
     clock = time.perf_counter()
     summary = {
         "steps": steps, "resumed_from": start, "world_size": dist.world, "device": str(device),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "samples": {"train": len(train_set), "val": len(val_set), "dropped": len(dropped_train) + len(dropped_val),
+        "samples": {"train": len(train_set), "val": len(val_set), "val_loss_measured_on": len(val_loss_set),
+                    "dropped": len(dropped_train) + len(dropped_val),
                     "prose": prose,
                     "dropped_train": len(dropped_train), "dropped_val": len(dropped_val)},
         "trajectories": {"train": len({trajectory_of(samples[i], i) for i in train_idx}),
@@ -670,6 +684,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the data order, the split and LoRA's initialisation")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
                         help="of trajectories")
+    parser.add_argument("--val-samples", type=_positive_or_none, default=defaults.val_samples,
+                        help="validation samples the loss is measured on, a fixed seeded subset (0: all of them)")
     parser.add_argument("--warmup", type=float, default=defaults.warmup,
                         help="fraction of steps, then cosine")
     parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
@@ -695,7 +711,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data=args.data, base=args.base, out=args.out, rank=args.rank, alpha=args.alpha,
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), lr=args.lr, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
-        val_fraction=args.val_fraction, warmup=args.warmup, grad_clip=args.grad_clip, max_length=args.max_length,
+        val_fraction=args.val_fraction, val_samples=args.val_samples, warmup=args.warmup, grad_clip=args.grad_clip, max_length=args.max_length,
         device=args.device, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
         force=args.force, allow_prose=args.allow_prose)
 
