@@ -681,3 +681,198 @@ def test_a_session_resumed_into_a_second_file_yields_each_sample_once(tmp_path):
     both = _export([tmp_path / "in"], tmp_path / "both", mode="full")
     assert both["samples"]["full"] == alone["samples"]["full"] == 3
     assert both["duplicates"]["full"] == 2
+
+
+# --------------------------------------------------------------------------------------------------------------- --jobs
+
+def _corpus_for_jobs(root: Path) -> None:
+    """Several files, a session resumed into a second file (its samples repeat across files), sub-agents and
+    damaged lines: everything whose merge across workers could go wrong."""
+    calls = [("Read", {"file_path": "/w/a.py"}, "1\tx", False), ("Bash", {"command": "pytest"}, "ok", False)]
+    _session(root / "one.jsonl", "/w", calls, task="fix a.py")
+    _session(root / "two.jsonl", "/w", calls + [("Read", {"file_path": "/w/b.py"}, "1\ty", False)], task="fix a.py")
+    rng = __import__("random").Random(5)
+    for i in range(6):
+        rec = gen.build(rng, "stream" if i % 2 else "session", rng.randrange(3, 9), True, split=bool(i % 3),
+                        big=3000, layout="inline", tag=f"j{i}")
+        gen.write(rec, root / f"task{i}")
+
+
+def _work_noting_pid(source, path):
+    (Path(os.environ["FLIP_TEST_PIDS"]) / str(os.getpid())).touch()
+    import harness.export as export_module
+
+    return export_module._WORK(source, path)
+
+
+def test_jobs_give_byte_identical_outputs_from_worker_processes(tmp_path, monkeypatch):
+    """--jobs N reads, renders and counts files in N worker processes, and every output (each mode's dataset and
+    export_stats.json) is byte for byte what --jobs 1 writes: duplicates across files found once, balanced's seeded
+    choice the same, counts summed."""
+    import multiprocessing
+
+    import harness.export as export_module
+
+    _corpus_for_jobs(tmp_path / "in")
+    monkeypatch.setattr(export_module, "MIN_BYTES_PER_WORKER", 1)  # a small corpus still gets its workers
+    monkeypatch.setattr(export_module, "_start_method", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(export_module, "_work_in_worker", _work_noting_pid)  # inherited by the forked workers
+    (tmp_path / "pids").mkdir()
+    monkeypatch.setenv("FLIP_TEST_PIDS", str(tmp_path / "pids"))
+    outputs = {}
+    for jobs in (1, 2, 3):
+        for target in ("apr-code", "messages"):
+            stats = _export([tmp_path / "in"], tmp_path / f"out-{jobs}-{target}", mode="all", target=target,
+                            per_tool=2, jobs=jobs)
+            outputs[jobs, target] = _outputs(tmp_path / f"out-{jobs}-{target}")
+    assert stats["files"] == 8 and stats["duplicates"]["full"] >= 2 and stats["samples"]["full"] > 10
+    for jobs in (2, 3):
+        for target in ("apr-code", "messages"):
+            assert outputs[jobs, target] == outputs[1, target], (jobs, target)
+    pids = {int(p.name) for p in (tmp_path / "pids").iterdir()}
+    assert len(pids) >= 2 and os.getpid() not in pids  # the files were read in worker processes
+
+
+def test_one_job_starts_no_process_and_bad_jobs_are_refused(tmp_path, monkeypatch, capsys):
+    """--jobs 1 runs everything in this process (no pool is made, however large the corpus); --jobs 0 or less is
+    refused before anything is written, as one line, exit 2."""
+    import concurrent.futures
+
+    import harness.export as export_module
+    from harness.cli import main
+
+    _corpus_for_jobs(tmp_path / "in")
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("--jobs 1 started a process pool")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(export_module, "MIN_BYTES_PER_WORKER", 1)
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", jobs=1)
+    assert stats["samples"]["full"] > 10
+    for bad in ("0", "-3"):
+        assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "bad"), "--jobs", bad, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--jobs must be at least 1" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "bad"), "--jobs", "two"])
+    assert exit_info.value.code == 2 and "argument --jobs: invalid int value" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- cheaper exact accounting
+
+CASE_VARIANTS = ["PASSWORD=hunter22x", "DB_Secret: s3cr3t-value", "pa\u017fsword=hunter22x", "to\u212aen=abcdefgh1",
+                 "AWS_SECRET_ACCESS_KEY=" + "A" * 40, "x = 1  # no secret here"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_redaction_prefilters_never_skip_a_match(data):
+    """A secret pattern's needles (contracts/redaction.json) only spare the regex a text that cannot match: every
+    string a pattern matches is redacted, and counted, exactly as when every regex runs on every text, upper-case and
+    Unicode case variants (the long s, the Kelvin sign) of (?i) patterns included."""
+    from dataclasses import replace
+
+    from harness.contracts import redaction
+    from harness.prompt import Scrubber
+
+    _, secrets = redaction()
+    assert all(secret.needles for secret in secrets)
+    secret = data.draw(st.sampled_from(secrets))
+    text = data.draw(st.from_regex(secret.regex, fullmatch=False))
+    variants = [text, text.upper(), text.swapcase()] if secret.ignore_case else [text]
+    for text in variants + CASE_VARIANTS:
+        filtered, unfiltered = Counter(), Counter()
+        every_regex = Scrubber([], unfiltered)
+        every_regex.secrets = tuple(replace(each, needles=()) for each in secrets)
+        assert Scrubber([], filtered).text(text) == every_regex.text(text), text
+        assert filtered == unfiltered, text
+    assert "hunter22x" not in Scrubber([], Counter()).text("pa\u017fsword=hunter22x")
+
+
+def test_cheaper_accounting_changes_no_sample_and_no_count(tmp_path, monkeypatch):
+    """Token counts are exact however they are saved: a repeated text is encoded once, and an observation is only
+    counted when a later sample can read it (none for first actions only, the last one only for a final answer);
+    the outputs are byte-identical to counting every piece, and fewer texts are counted."""
+    import harness.export as export_module
+    from harness.prompt import count_steps
+
+    _corpus_for_jobs(tmp_path / "in")
+    base = counter()
+    texts = texts_counted = []
+
+    class Counting:
+        def count(self, text):
+            texts_counted.append(text)
+            return base.count(text)
+
+        def count_many(self, many):
+            texts_counted.extend(many)
+            counts = base.count_many(many)
+            assert counts == [base.count(t) for t in many]  # batched, deduplicated: still each text's own count
+            return counts
+
+    cheap = {}
+    for mode in ("all", "curated"):
+        texts.clear()
+        export([str(tmp_path / "in")], tmp_path / f"cheap-{mode}", ExportOptions(mode=mode, jobs=1, **QUIET),
+               counter=Counting())
+        cheap[mode] = (_outputs(tmp_path / f"cheap-{mode}"), len(texts))
+    monkeypatch.setattr(export_module, "count_steps", lambda c, steps, observed=None: count_steps(c, steps))
+    for mode in ("all", "curated"):
+        texts.clear()
+        export([str(tmp_path / "in")], tmp_path / f"every-{mode}", ExportOptions(mode=mode, jobs=1, **QUIET),
+               counter=Counting())
+        assert _outputs(tmp_path / f"every-{mode}") == cheap[mode][0], mode
+        assert cheap[mode][1] < len(texts), mode
+    assert base.count_many(["a b", "a b", "c"]) == [base.count("a b")] * 2 + [base.count("c")]
+
+
+# ---------------------------------------------------------------------------------------------------- messages target
+
+def test_messages_tools_are_described_by_their_schemas(tmp_path):
+    """In the messages target each tool's `tools` entry takes its description and parameters from its JSON Schema in
+    contracts/schemas (the one place they live): every description says what the tool does, none is a placeholder."""
+    from harness.contracts import tool_schemas
+
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a.rs"}, "A")], task="t")
+    _export([tmp_path / "in"], tmp_path / "out", mode="full", target="messages")
+    tools = {t["function"]["name"]: t["function"] for t in _samples(tmp_path / "out" / "messages_full.jsonl")[0]["tools"]}
+    schemas = tool_schemas()
+    assert set(tools) == set(schemas)
+    for name, function in tools.items():
+        assert function["description"] == schemas[name]["description"] and len(function["description"]) > 30, name
+        assert not function["description"].startswith("apr-code tool"), name  # what it does, not a placeholder
+        assert function["parameters"]["properties"] == schemas[name]["properties"]
+        assert function["parameters"]["required"] == schemas[name]["required"]
+        assert all(p.get("description") for p in function["parameters"]["properties"].values()), name
+        assert set(function["parameters"]) == {"type", "properties", "required", "additionalProperties"}
+
+
+def test_messages_dataset_trains_one_step_with_trl(tmp_path):
+    """The messages dataset loads with `datasets.load_dataset("json")` and TRL's SFTTrainer takes a training step on
+    it with the bundled smollm2-135m (offline), its loss finite."""
+    pytest.importorskip("torch", reason="TRL needs torch")
+    datasets = pytest.importorskip("datasets", reason="the bench extra (datasets) is not installed")
+    trl = pytest.importorskip("trl", reason="the bench extra (trl) is not installed")
+    import math
+
+    from harness.models import load_model
+
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [
+        ("Read", {"file_path": "/w/a.rs"}, "fn add(a: i32, b: i32) -> i32 { a - b }"),
+        ("Edit", {"file_path": "/w/a.rs", "old_string": "a - b", "new_string": "a + b"}, "ok"),
+        ("Bash", {"command": "cargo test"}, "test result: ok")], task="fix add in a.rs")
+    _export([tmp_path / "in"], tmp_path / "out", mode="full", target="messages")
+    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "messages_full.jsonl"), split="train",
+                                   cache_dir=str(tmp_path / "hf-cache"))
+    assert len(loaded) == 3 and loaded[1]["messages"][2]["tool_calls"][0]["function"]["name"] == "file_edit"
+    model, tokenizer = load_model("smollm2-135m", device="cpu")
+    config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2,
+                           max_length=1024, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True,
+                           dataset_num_proc=None, disable_tqdm=True)
+    trainer = trl.SFTTrainer(model=model.train(), args=config, train_dataset=loaded.remove_columns(["metadata"]),
+                             processing_class=tokenizer)
+    result = trainer.train()
+    assert result.global_step == 1 and math.isfinite(result.training_loss)

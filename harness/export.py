@@ -6,14 +6,19 @@ teacher call through contracts/tool_map.json -> one candidate sample per remappa
 -> the modes pick from the candidates (curated: each trajectory's first; full: all; balanced: a seeded reservoir of
 N per tool) -> duplicates (same instruction and response) are dropped -> JSONL written atomically.
 
+With --jobs N the per-file work (everything up to the candidates and the file's counts) runs in N worker processes;
+the main process takes each file's result in the sorted file order and alone picks, deduplicates and writes, so the
+outputs are byte-identical to --jobs 1 (which runs the same per-file code in the main process, starting none).
+
 Decisions:
 * Unmappable calls (TodoWrite, Task, MultiEdit, ...) are not rendered in the observations: the student cannot make
   them, and an `Action:` it cannot call would teach a tool it does not have. They are counted by name.
 * A mapped call whose remapped input does not validate against the apr-code schema (e.g. an Edit without
   old_string) is counted as unmappable under `<Name>:invalid_input`, so `raw_tool_use == remappable +
   sum(unmappable)` stays exact and every response validates.
-* Only one file's trajectories are held in memory; full/curated samples are written as they are made; balanced
-  keeps a fixed-size reservoir per tool; duplicates are found by a 16-byte digest per sample.
+* Only one file's trajectories and candidates are held in memory per worker (and at most FILES_IN_FLIGHT results
+  per worker wait for the main process); full/curated samples are written file by file; balanced keeps a
+  fixed-size reservoir per tool; duplicates are found by a 16-byte digest per sample.
 
 This module imports neither torch nor transformers. The prompt format itself (rendering, redaction, token budgeting)
 lives in harness.prompt, shared with the agent and the evaluation.
@@ -26,16 +31,20 @@ import hashlib
 import json
 import os
 import random
+import signal
 import sys
-from collections import Counter
-from dataclasses import dataclass, field
+import threading
+from collections import Counter, deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
-from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
+from harness.prompt import (Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
+                            render_observation)
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
 from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
 
@@ -47,6 +56,12 @@ FINAL = "final"  # the `tool` of a final-answer sample (its bucket in per_tool a
 MAX_FINAL_CHARS = 600
 # What `flip export` writes into --out; a directory holding anything else is refused unless --force.
 OUTPUT_NAMES = ("apr_code_sft_*.jsonl", "messages_*.jsonl", STATS_FILE)
+DEFAULT_JOBS = os.cpu_count() or 1
+# A worker process is started for every this many bytes of transcripts (at most --jobs): below it, starting one
+# costs more than the share of the work it would take.
+MIN_BYTES_PER_WORKER = 2 * 1024 * 1024
+# Files submitted ahead per worker: enough to keep every worker busy, few enough that waiting results stay small.
+FILES_IN_FLIGHT = 2
 
 
 # --------------------------------------------------------------------------------------------------- remap
@@ -88,6 +103,7 @@ class ExportOptions:
     max_result_chars: int = 2000
     progress: bool = True
     force: bool = False
+    jobs: int = DEFAULT_JOBS
 
 
 @dataclass
@@ -112,6 +128,18 @@ class Stats:
     without_task: int = 0
     truncated: Counter = field(default_factory=Counter)
     lines: LineStats = field(default_factory=LineStats)
+
+    def add(self, other: "Stats") -> None:
+        """Fold one file's counts into the export's. Every count is a sum, so the merged counts never depend on which
+        worker read which file; the writers' own counts (samples, per_tool, duplicates) are empty in a file's."""
+        for name in (f.name for f in fields(self)):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, int):
+                setattr(self, name, mine + theirs)
+            elif isinstance(mine, LineStats):
+                mine.add(theirs)
+            else:
+                mine.update(theirs)  # a Counter adds; files_skipped names each file once
 
     def as_json(self, options: ExportOptions) -> dict:
         lines = self.lines
@@ -272,6 +300,18 @@ class Writers:
                 context.__exit__(RuntimeError, RuntimeError("export failed"), None)
 
 
+class Candidates:
+    """One file's candidate samples, in the order made, for Writers.offer in the main process: per-file work never
+    picks, deduplicates or writes, so its results can be made in any process and merged in file order."""
+
+    def __init__(self, modes: tuple[str, ...]):
+        self.modes = modes
+        self.offers: list[tuple[Sample, bool]] = []
+
+    def offer(self, sample: Sample, first_in_trajectory: bool) -> None:
+        self.offers.append((sample, first_in_trajectory))
+
+
 def _tool_rng(seed: int, tool: str, n: int) -> random.Random:
     # One generator per (seed, tool, position): the choice for one tool never depends on another tool's samples.
     return random.Random(f"{seed}:{tool}:{n}")
@@ -288,11 +328,12 @@ def sample_line(sample: Sample, target: str) -> str:
 
 @lru_cache(maxsize=None)
 def tools_list() -> tuple:
-    """The apr-code tools as chat-template `tools` entries (from contracts/schemas)."""
+    """The apr-code tools as chat-template `tools` entries: name, description and parameters all from the tool's JSON
+    Schema in contracts/schemas (its `description` says what the tool does; the rest is its parameters)."""
     entries = []
     for name, schema in tool_schemas().items():
-        parameters = {k: v for k, v in schema.items() if k not in ("$schema", "title")}
-        entries.append({"type": "function", "function": {"name": name, "description": f"apr-code tool {name}",
+        parameters = {k: v for k, v in schema.items() if k not in ("$schema", "title", "description")}
+        entries.append({"type": "function", "function": {"name": name, "description": schema["description"],
                                                          "parameters": parameters}})
     return tuple(entries)
 
@@ -319,7 +360,9 @@ def messages_record(sample: Sample) -> dict:
 
 
 def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget, options: ExportOptions,
-                     stats: Stats) -> list[Step]:
+                     stats: Stats, later_samples: bool = True) -> list[Step]:
+    """The trajectory's remappable calls as steps, token-counted. A step's observation is counted only when a later
+    sample can read it: every step's but the last with `later_samples`, none without (first actions only)."""
     steps = []
     for call in trajectory.calls:
         stats.raw_tool_use += 1
@@ -346,20 +389,20 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
         response = render_tool_call(tool, tool_input)
         observation = render_observation(tool, tool_input, result, call.is_error)
         steps.append(Step(tool, tool_input, response, 0, observation, 0))
-    count_steps(budget.counter, steps)
+    count_steps(budget.counter, steps, max(len(steps) - 1, 0) if later_samples else 0)
     return steps
 
 
 def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, scrubber: Scrubber, budget: Budget,
-                      options: ExportOptions, stats: Stats, writers: Writers) -> None:
-    steps = trajectory_steps(trajectory, scrubber, budget, options, stats)
+                      options: ExportOptions, stats: Stats, writers: Candidates) -> None:
+    wanted = {"full", "balanced"} & set(writers.modes)
+    steps = trajectory_steps(trajectory, scrubber, budget, options, stats, later_samples=bool(wanted))
     if not steps:
         return
     task = scrubber.text(trajectory.task) if trajectory.task else None
     if not task:
         stats.without_task += 1
     task_tokens = budget.count(f"Task:\n{task}\n\n") if task else 0
-    wanted = {"full", "balanced"} & set(writers.modes)
     for index, step in enumerate(steps):
         if index and not wanted:
             break  # curated only needs each trajectory's first call
@@ -395,7 +438,7 @@ def final_answer(text: str, limit: int = MAX_FINAL_CHARS) -> str:
 
 
 def export_final(final: str, steps: list[Step], task: str | None, task_tokens: int, trajectory_id: str, source: str,
-                 scrubber: Scrubber, budget: Budget, stats: Stats, writers: Writers) -> None:
+                 scrubber: Scrubber, budget: Budget, stats: Stats, writers: Candidates) -> None:
     """The trajectory's closing text as one more sample: every observation so far, then a response with no call at
     all, so the student learns that a reply without <tool_call> ends the task. Never in curated mode (first actions)."""
     stats.final_candidates += 1
@@ -408,6 +451,7 @@ def export_final(final: str, steps: list[Step], task: str | None, task_tokens: i
         return
     stats.candidates += 1
     step = Step(FINAL, {}, response, budget.count(response + "\n"), "", 0)
+    count_observations(budget.counter, steps)  # the final answer reads every observation, the last one included
     instruction = fit_instruction(budget, task, task_tokens, [*steps, step], len(steps), stats.truncated)
     if instruction is None:
         return  # counted in truncated.samples_dropped_too_long, as a call's sample is
@@ -424,6 +468,8 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
         raise FlipError(f"unknown target {options.target!r}")
     if options.max_tokens < 1 or options.per_tool < 1 or options.max_result_chars < 64:
         raise FlipError("--max-tokens and --per-tool must be positive, --max-result-chars at least 64")
+    if options.jobs < 1:
+        raise FlipError(f"--jobs must be at least 1, not {options.jobs}")
     files = discover(paths, Path(os.path.abspath(out)))
     out = claim_dir(out, "export", OUTPUT_NAMES, options.force)
     if counter is None:
@@ -432,13 +478,17 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
         counter = make_counter(options.tokenizer)
     modes = MODES if options.mode == "all" else (options.mode,)
     stats = Stats()
-    budget = Budget(counter, options.max_tokens, system_prompt())
+    work = FileWork(Budget(counter, options.max_tokens, system_prompt()), options, modes)
     writers = Writers(out, options, modes, stats)
     ok = False
     try:
-        with _progress(files, options.progress) as bar:
-            for source, path in files:
-                _export_file(source, path, budget, options, stats, writers)
+        # the workers start before the progress bar does: its monitor thread would make forking them unsafe
+        with file_results(files, work, worker_count(files, options.jobs)) as results, \
+                _progress(files, options.progress) as bar:
+            for (source, path), (file_stats, candidates) in zip(files, results):
+                stats.add(file_stats)
+                for sample, first_in_trajectory in candidates:
+                    writers.offer(sample, first_in_trajectory)
                 bar.update(_size(path))
         ok = True
     finally:
@@ -449,8 +499,93 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
     return result
 
 
+@dataclass
+class FileWork:
+    """The per-file half of the export, the same in this process (--jobs 1) and in a worker (pickled once to it)."""
+    budget: Budget
+    options: ExportOptions
+    modes: tuple[str, ...]
+
+    def __call__(self, source: str, path: Path) -> tuple[Stats, list[tuple[Sample, bool]]]:
+        """The file's own counts and its candidate samples in order."""
+        stats, candidates = Stats(), Candidates(self.modes)
+        _export_file(source, path, self.budget, self.options, stats, candidates)
+        return stats, candidates.offers
+
+
+def worker_count(files, jobs: int) -> int:
+    """Worker processes to start: at most --jobs, one per file at most, one per MIN_BYTES_PER_WORKER of transcripts
+    at most; 1 means none (the work runs in this process)."""
+    if jobs <= 1 or len(files) <= 1:
+        return 1
+    return max(1, min(jobs, len(files), sum(_size(path) for _, path in files) // MIN_BYTES_PER_WORKER))
+
+
+@contextmanager
+def file_results(files, work: FileWork, workers: int):
+    """An iterator over each file's FileWork result, in the order of `files` whatever finishes first. One worker:
+    the work runs here, lazily, and no process is started. More: a pool of `workers` processes, FILES_IN_FLIGHT
+    files submitted ahead per worker (submitted now, so the workers start before the caller makes threads)."""
+    if workers <= 1:
+        yield (work(source, path) for source, path in files)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=_start_worker, initargs=(work,))
+    try:
+        yield _in_order(pool, files, workers * FILES_IN_FLIGHT)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after a failure: no file after it is read
+
+
+def _in_order(pool, files, window: int):
+    waiting = iter(files)
+    pending = deque(pool.submit(_work_in_worker, source, path) for source, path in _take(waiting, window))
+
+    def results():
+        while pending:
+            future = pending.popleft()
+            pending.extend(pool.submit(_work_in_worker, source, path) for source, path in _take(waiting, 1))
+            yield future.result()  # a worker's FlipError is raised here, as it would be at --jobs 1
+
+    return results()
+
+
+def _take(iterator, n: int) -> list:
+    return [item for _, item in zip(range(n), iterator)]
+
+
+def _start_method():
+    """fork where it is safe, else the platform's default (forkserver or spawn). A forked worker inherits the loaded
+    modules and tokenizer and starts in milliseconds; but fork is unsafe in a process that runs other threads or
+    native thread pools (torch's, e.g. when `flip tune` exports after training), and there a worker that starts from
+    a clean process costs a fraction of a second more."""
+    import multiprocessing
+
+    if sys.platform.startswith("linux") and threading.active_count() == 1 and "torch" not in sys.modules:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
+
+
+_WORK: FileWork | None = None  # in a worker process: the export's per-file work
+
+
+def _start_worker(work: FileWork) -> None:
+    global _WORK
+    _WORK = work
+    # Ctrl-C reaches the whole process group: the main process alone answers it (it stops the pool and removes its
+    # temporary files); `flip`'s SIGTERM handler, inherited through fork, would make a worker raise instead of end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the workers are the parallelism: no thread pool inside each
+
+
+def _work_in_worker(source: str, path: Path):
+    return _WORK(source, path)
+
+
 def _export_file(source: str, path: Path, budget: Budget, options: ExportOptions, stats: Stats,
-                 writers: Writers) -> None:
+                 writers: Candidates) -> None:
     read = read_file(path, stats.lines)
     if read is None:
         stats.files_skipped[source] = "neither stream-json nor a Claude Code session"
@@ -528,6 +663,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of balanced mode's per-tool sampling")
     parser.add_argument("--max-result-chars", type=int, default=ExportOptions.max_result_chars,
                         help="a tool result longer than this keeps its head and tail around a marker")
+    parser.add_argument("--jobs", type=int, default=ExportOptions.jobs,
+                        help="worker processes reading files in parallel (1: none, all in this process); outputs never depend on it")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out holding files flip export did not write (nothing is deleted)")
     parser.add_argument("--allow-empty", action="store_true",
@@ -537,7 +674,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     options = ExportOptions(mode=args.mode, target=args.target, max_tokens=args.max_tokens, tokenizer=args.tokenizer,
                             per_tool=args.per_tool, seed=args.seed, max_result_chars=args.max_result_chars,
-                            progress=not args.quiet, force=args.force)
+                            progress=not args.quiet, force=args.force, jobs=args.jobs)
     stats = export(args.paths, args.out, options)
     if not args.quiet:
         print(summary_table(stats), file=sys.stderr)

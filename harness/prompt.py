@@ -113,8 +113,12 @@ class Scrubber:
                 text = self.windows.sub(_windows_relative, text)
             if self.pattern is not None:
                 text = self.pattern.sub(lambda m: "" if m.group(1) else ".", text)
+        lowered = text.lower() if text.isascii() else None  # one lower-casing serves every (?i) prefilter
         for secret in self.secrets:
-            text = self._redact(secret, text)
+            if secret.may_match(text, lowered):  # most texts hold no needle: the regex is not run at all
+                redacted = self._redact(secret, text)
+                if redacted != text:
+                    text, lowered = redacted, redacted.lower() if redacted.isascii() else None
         return text
 
     def _redact(self, secret, text: str) -> str:
@@ -205,19 +209,32 @@ class Step:
     response: str
     response_tokens: int
     observation: str  # how this step appears in later instructions
-    observation_tokens: int
+    observation_tokens: int | None  # None: not counted yet (count_observations)
 
 
 
 
-def count_steps(counter, steps: list[Step]) -> None:
-    """Fill in each step's token counts (as pieces of an instruction: a response line, an observation paragraph)."""
+def count_steps(counter, steps: list[Step], observed: int | None = None) -> None:
+    """Fill in each step's token counts (as pieces of an instruction: a response line, an observation paragraph).
+
+    Only the first `observed` steps' observations are counted (all by default): a sample for step i reads the
+    observations before i alone, so the exporter leaves the last one (and, for first actions only, every one)
+    uncounted, as None, until a final answer needs it (`count_observations`)."""
     if not steps:
         return
-    counts = counter.count_many([s.response + "\n" for s in steps] + [s.observation + "\n\n" for s in steps])
+    observed = len(steps) if observed is None else observed
+    counts = counter.count_many([s.response + "\n" for s in steps] +
+                                [s.observation + "\n\n" for s in steps[:observed]])
     for i, step in enumerate(steps):
         step.response_tokens = counts[i]
-        step.observation_tokens = counts[len(steps) + i]
+        step.observation_tokens = counts[len(steps) + i] if i < observed else None
+
+
+def count_observations(counter, steps: list[Step]) -> None:
+    """Count the observations count_steps left uncounted."""
+    missing = [s for s in steps if s.observation_tokens is None]
+    for step, tokens in zip(missing, counter.count_many([s.observation + "\n\n" for s in missing])):
+        step.observation_tokens = tokens
 
 
 def fit_instruction(budget: Budget, task: str | None, task_tokens: int, steps: list[Step], index: int,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from harness import FlipError
@@ -81,6 +81,15 @@ class LineStats:
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
+
+    def add(self, other: "LineStats") -> None:
+        """Add another file's line counts (an export read in several processes sums its files' counts)."""
+        for name in (f.name for f in fields(self)):
+            mine = getattr(self, name)
+            if isinstance(mine, Counter):
+                mine.update(getattr(other, name))
+            else:
+                setattr(self, name, mine + getattr(other, name))
 
 
 # ----------------------------------------------------------------------------------------------- line reading
