@@ -1,4 +1,5 @@
-"""Benchmark of `flip export --mode full` against a bare `json.loads` line scan, and its peak memory (make bench)."""
+"""Benchmark of `flip export --mode full` against a bare `json.loads` line scan, at --jobs 1 and at the default jobs
+(the machine's cores), and its peak memory (make bench). Measured numbers: docs/transcripts.md, "Size and speed"."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,15 @@ from pathlib import Path
 import pytest
 
 import transcript_gen as gen
-from harness.export import ExportOptions, export
+from harness.export import DEFAULT_JOBS, ExportOptions, export
 from harness.tokens import counter
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS_BYTES = 20 * 1024 * 1024
+# Export time over bare-scan time may not fall below these. The bare scan json.loads-es few, large lines (~500 MB/s);
+# the export must also scrub and exactly token-count every kept result (~1.8 M characters here, ~0.4 s of one core),
+# so the 0.25 goal is out of reach at 2 cores; these floors guard a collapse (see docs/transcripts.md).
+THROUGHPUT_FLOOR = {1: 0.04, DEFAULT_JOBS: 0.05}
 pytestmark = [pytest.mark.bench, pytest.mark.helper]
 
 
@@ -50,19 +55,22 @@ def bare_scan(directory: Path) -> int:
     return n
 
 
-def test_export_full_throughput_against_a_bare_json_scan(benchmark, corpus, tmp_path):
+@pytest.mark.parametrize("jobs", sorted({1, DEFAULT_JOBS}), ids=lambda jobs: f"jobs{jobs}")
+def test_export_full_throughput_against_a_bare_json_scan(benchmark, corpus, tmp_path, jobs):
     directory, size = corpus
-    counter()  # the tokenizer load is a one-off, not per-corpus work
-    scan = min(_timed(lambda: bare_scan(directory)) for _ in range(3))
-    options = ExportOptions(mode="full", progress=False)
+    counter(None)  # the tokenizer load is a one-off, not per-corpus work (the same cache key export() uses)
+    scan = min(_timed(lambda: bare_scan(directory)) for _ in range(3))  # the baseline, measured in this run
+    options = ExportOptions(mode="full", progress=False, jobs=jobs)
     benchmark.pedantic(lambda: export([str(directory)], tmp_path / "out", options), rounds=3, iterations=1)
     exported = benchmark.stats.stats.min
     ratio = scan / exported
-    benchmark.extra_info.update({"corpus_mb": round(size / 2**20, 1), "bare_scan_s": round(scan, 3),
+    benchmark.extra_info.update({"corpus_mb": round(size / 2**20, 1), "jobs": jobs, "cpus": os.cpu_count(),
+                                 "load_average": os.getloadavg()[0], "bare_scan_s": round(scan, 3),
                                  "export_s": round(exported, 3), "throughput_ratio": round(ratio, 3),
                                  "export_mb_per_s": round(size / 2**20 / exported, 1)})
-    print(f"\nexport full: {size / 2**20:.1f} MB in {exported:.3f}s, bare json scan {scan:.3f}s, ratio {ratio:.3f}")
-    assert ratio > 0.02  # the 0.5 goal is NOT reached (exact tokenization of every sample dominates); guards a collapse
+    print(f"\nexport full --jobs {jobs}: {size / 2**20:.1f} MB in {exported:.3f}s, bare json scan {scan:.3f}s, "
+          f"ratio {ratio:.3f} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    assert ratio > THROUGHPUT_FLOOR[jobs]
 
 
 def _timed(fn) -> float:
@@ -75,14 +83,16 @@ _RSS_PROBE = """
 import resource, sys
 from harness.export import ExportOptions, export
 export([sys.argv[1]], sys.argv[2], ExportOptions(mode=sys.argv[3], progress=False))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
-def _peak_rss_kb(directory: Path, out: Path, mode: str) -> int:
+def _peak_rss_kb(directory: Path, out: Path, mode: str) -> tuple[int, int]:
+    """(the main process's peak RSS, the largest worker's) in KB, of an export at the default jobs."""
     proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(directory), str(out), mode], capture_output=True,
                           text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-    return int(proc.stdout.strip().splitlines()[-1])
+    main, worker = proc.stdout.strip().splitlines()[-1].split()
+    return int(main), int(worker)
 
 
 def test_peak_memory_does_not_grow_with_the_corpus(benchmark, corpus, tmp_path):
@@ -93,10 +103,15 @@ def test_peak_memory_does_not_grow_with_the_corpus(benchmark, corpus, tmp_path):
     rss = {}
     for name, path in (("1x", directory), ("10x", big)):
         rss[name] = _peak_rss_kb(path, tmp_path / f"out-{name}", "all")
-    benchmark.extra_info.update({"peak_rss_mb_1x": round(rss["1x"] / 1024, 1),
-                                 "peak_rss_mb_10x": round(rss["10x"] / 1024, 1),
+    benchmark.extra_info.update({"jobs": DEFAULT_JOBS,
+                                 "peak_rss_mb_1x": round(rss["1x"][0] / 1024, 1),
+                                 "peak_rss_mb_10x": round(rss["10x"][0] / 1024, 1),
+                                 "worker_peak_rss_mb_1x": round(rss["1x"][1] / 1024, 1),
+                                 "worker_peak_rss_mb_10x": round(rss["10x"][1] / 1024, 1),
                                  "corpus_mb_1x": round(size / 2**20, 1), "corpus_mb_10x": round(big_size / 2**20, 1)})
-    print(f"\npeak RSS: {rss['1x'] / 1024:.0f} MB at {size / 2**20:.0f} MB, {rss['10x'] / 1024:.0f} MB at "
-          f"{big_size / 2**20:.0f} MB")
+    print(f"\npeak RSS (main, largest worker) at --jobs {DEFAULT_JOBS}: {rss['1x'][0] / 1024:.0f}, "
+          f"{rss['1x'][1] / 1024:.0f} MB at {size / 2**20:.0f} MB; {rss['10x'][0] / 1024:.0f}, "
+          f"{rss['10x'][1] / 1024:.0f} MB at {big_size / 2**20:.0f} MB")
     benchmark.pedantic(lambda: None, rounds=1)
-    assert rss["10x"] < rss["1x"] * 1.5 + 20 * 1024
+    for process in (0, 1):  # neither the main process nor a worker grows with the corpus
+        assert rss["10x"][process] < rss["1x"][process] * 1.5 + 20 * 1024

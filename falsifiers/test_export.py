@@ -819,6 +819,8 @@ def test_cheaper_accounting_changes_no_sample_and_no_count(tmp_path, monkeypatch
         export([str(tmp_path / "in")], tmp_path / f"cheap-{mode}", ExportOptions(mode=mode, jobs=1, **QUIET),
                counter=Counting())
         cheap[mode] = (_outputs(tmp_path / f"cheap-{mode}"), len(texts))
+        observations = [t for t in texts if t.startswith("Action: ")]
+        assert bool(observations) == (mode == "all"), mode  # first actions read no observation: none is counted
     monkeypatch.setattr(export_module, "count_steps", lambda c, steps, observed=None: count_steps(c, steps))
     for mode in ("all", "curated"):
         texts.clear()
