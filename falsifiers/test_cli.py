@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,6 +80,31 @@ def test_bad_datasets_and_options_get_one_line_errors(tmp_path, tiny_base):
     from harness.evaluate import load_prompts
 
     assert load_prompts(tmp_path / "u2028.jsonl") == [{"id": "a", "task": "x\u2028y"}]
+
+
+def test_eval_and_train_show_progress_bars_that_quiet_hides(tmp_path, tiny_base, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # --quiet sets it for the rest of its process: restored after
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"t{i}", "task": f"read src/m{i}.py"}) + "\n" for i in range(3)))
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "read a.py", "response": render_tool_call("file_read", {"path": "a.py"})})
+                    + "\n")
+    runs = {
+        "eval": ("eval", "--model", tiny_base, "--prompts", prompts, "--max-new-tokens", "2", "--batch-size", "2",
+                 "--out"),
+        "train": ("train", "--data", data, "--base", tiny_base, "--max-steps", "2", "--val-fraction", "0",
+                  "--save-every", "0", "--out"),
+    }
+    for name, argv in runs.items():
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+        code, err = flip(*argv, tmp_path / f"{name}-loud" / "o.jsonl" if name == "eval" else tmp_path / f"{name}-loud")
+        assert code == 0, err
+        bar = {"eval": "prompt/s", "train": "step/s"}[name]  # the unit, in every frame of the bar
+        assert bar in err, (name, err)
+        code, err = flip(*argv, tmp_path / f"{name}-quiet" / "o.jsonl" if name == "eval" else tmp_path / f"{name}-quiet",
+                         "--quiet")
+        assert code == 0, err
+        assert bar not in err and "it/s" not in err, (name, err)  # nor the libraries' bars (it/s)
 
 
 def test_broken_models_and_adapters_are_named_not_traced(tmp_path, tiny):

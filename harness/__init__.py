@@ -21,6 +21,16 @@ def offline_by_default() -> None:
 offline_by_default()
 
 
+def progress_bar(show: bool = True, **kwargs):
+    """A tqdm bar on stderr, hidden when not `show` and under --quiet. The CLI's --quiet sets TQDM_DISABLE, which tqdm
+    reads only when no disable= is passed, so it is read here too."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, disable=not show or os.environ.get("TQDM_DISABLE") == "1", **kwargs)
+
+
 class FlipError(Exception):
     """A user-facing error: bad path, missing model, unusable input. `flip` prints it and exits 2, no traceback."""
 

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import FlipError
+from harness import FlipError, progress_bar
 from harness.atomic import check_out_dir, check_out_file, claim_dir
 from harness.contracts import system_prompt
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
@@ -331,16 +331,13 @@ class OraclePolicy:
 
 def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[list[dict], dict]:
     """Every task as an episode, the live ones advanced together turn by turn: (trace lines, summary)."""
-    from tqdm import tqdm
-
     started = time.perf_counter()
     budget = Budget(policy.counter, options.max_tokens - options.max_new_tokens, system_prompt())
     episodes = [open_episode(task, options) for task in tasks]
     records: dict[str, dict] = {}
     timings = Counter()
     try:
-        with tqdm(total=len(tasks), desc="flip agent", unit="task", file=sys.stderr, disable=not options.progress,
-                  leave=False) as bar:
+        with progress_bar(options.progress, total=len(tasks), desc="flip agent", unit="task", leave=False) as bar:
             for turn in range(options.max_turns):
                 live = [e for e in episodes if e.live]
                 prompts = []

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness import FlipError, read_jsonl
+from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import check_out_file, write_text
 from harness.contracts import system_prompt
 from harness.prompt import render_instruction
@@ -295,7 +295,7 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE,
-             stop_strings: tuple[str, ...] = ()) -> list[dict]:
+             stop_strings: tuple[str, ...] = (), progress: str | None = None) -> list[dict]:
     """Greedy completions of chat-rendered prompts, `batch_size` at a time with left padding (every row's generation
     starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text, in order.
 
@@ -303,7 +303,8 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     `</tool_call>`: the runtime executes only the first call), and then leaves its batch at once, its cache rows
     dropped. This greedy loop is written here rather than calling transformers' `generate` because that keeps decoding
     every row until the slowest one ends: on a CPU one unclosed reply made a whole batch of agent turns decode to the
-    token limit, most of an agent run's time."""
+    token limit, most of an agent run's time. `progress`: a progress bar over the prompts with this label (stderr;
+    --quiet disables every tqdm bar)."""
     stops = set(stop_token_ids(tokenizer))
     device = next(model.parameters()).device
     saved_side = tokenizer.padding_side
@@ -311,11 +312,14 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     was_training = model.training
     model.eval()
     results: list[dict] = []
+    bar = progress_bar(progress is not None, total=len(texts), desc=progress, unit="prompt", leave=False)
     try:
         for start in range(0, len(texts), max(1, batch_size)):
             results += _decode_batch(model, tokenizer, texts[start:start + batch_size], max_new_tokens, stops,
                                      stop_strings, device)
+            bar.update(len(texts[start:start + batch_size]))
     finally:
+        bar.close()
         tokenizer.padding_side = saved_side
         if was_training:
             model.train()
@@ -384,12 +388,12 @@ def _decode_batch(model, tokenizer, texts, max_new_tokens, stops, stop_strings, 
 
 
 def evaluate_loaded(model, tokenizer, prompts: list[dict], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[dict], dict]:
+                    batch_size: int = DEFAULT_BATCH_SIZE, progress: str | None = None) -> tuple[list[dict], dict]:
     """Evaluate an already-loaded (model, tokenizer): (trace records, summary). Used by `flip run` from the trainer's
     on_eval callback, so steps-to-flip is measured on the training model without a reload."""
     start = time.perf_counter()
     texts = [render_prompt(tokenizer, render_instruction(p["task"])) for p in prompts]
-    generated = generate(model, tokenizer, texts, max_new_tokens, batch_size)
+    generated = generate(model, tokenizer, texts, max_new_tokens, batch_size, progress=progress)
     records = [trace_record(p["id"], p["task"], g.pop("output"), kind=p.get("kind"),
                             expected_first_tool=p.get("first_tool"), **g) for p, g in zip(prompts, generated)]
     summary = summarise(records)
@@ -441,7 +445,8 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
 
     check(model)
     loaded, tokenizer = load_for_eval(model, adapter, device)
-    records, summary = evaluate_loaded(loaded, tokenizer, prompt_list, max_new_tokens, batch_size)
+    records, summary = evaluate_loaded(loaded, tokenizer, prompt_list, max_new_tokens, batch_size,
+                                       progress=label or str(model))
     summary = {"model": str(model), "adapter": str(adapter) if adapter else None, **summary}
     write_trace(records, summary, out)
     print(format_summary(summary, label or str(model)), file=sys.stderr)

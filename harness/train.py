@@ -28,7 +28,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import FlipError, read_jsonl
+from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 
 IGNORE = -100  # the label value torch's cross_entropy skips
@@ -519,7 +519,6 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     on_eval(step, model, tokenizer) runs on rank 0 every eval_every optimizer steps and at the end, with the peft
     model in eval mode (train mode is restored after)."""
     import torch
-    from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     timings: dict[str, float] = {}
@@ -578,7 +577,7 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     tokens_total, targets_total, eval_seconds = 0, 0, 0.0
     last_loss, last_val = None, None
     with open(metrics_path, "a", encoding="utf-8") if dist.main else nullcontext() as metrics_file:
-        progress = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not dist.main, file=sys.stderr)
+        progress = progress_bar(dist.main, total=steps, initial=start, desc="train", unit="step")
         for step in range(start, steps):
             step_clock = time.perf_counter()
             micro = step_micro_batches(step, len(train_set), config, dist)
