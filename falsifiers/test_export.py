@@ -436,10 +436,11 @@ def test_every_count_adds_up_across_calls_and_trajectories(tmp_path):
                  call("B", "Read", {"nope": 1}), result("B", "x"),  # no file_path: invalid input
                  call("C", None, {}), result("C", "x"),
                  call("D", "Bash", {"command": "cat big"}), result("D", "y" * 500),
-                 call("E", "Bash", {"command": "ls"}), result("E", "z")]
+                 call("E", "Bash", {"command": "ls"}), result("E", "z"),
+                 call("F", "Grep", {"pattern": "x"})]  # never answered either: two in one file (and per worker)
         path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_result_chars=100)
-    assert stats["without_task"] == 2 and stats["calls_without_result"] == 2
+    assert stats["without_task"] == 2 and stats["calls_without_result"] == 4
     assert stats["unmappable"] == {"(unnamed)": 2, "Read:invalid_input": 2}
     assert stats["truncated"]["results_shortened"] == 2
     last = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[-1]["instruction"]

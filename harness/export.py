@@ -556,15 +556,16 @@ def _take(iterator, n: int) -> list:
 
 
 def _start_method():
-    """fork where it is safe, else the platform's default (forkserver or spawn). A forked worker inherits the loaded
+    """fork where it is safe, else forkserver (spawn where there is none). A forked worker inherits the loaded
     modules and tokenizer and starts in milliseconds; but fork is unsafe in a process that runs other threads or
     native thread pools (torch's, e.g. when `flip tune` exports after training), and there a worker that starts from
-    a clean process costs a fraction of a second more."""
+    a clean process costs a fraction of a second more (the per-file work, tokenizer included, is pickled to it)."""
     import multiprocessing
 
     if sys.platform.startswith("linux") and threading.active_count() == 1 and "torch" not in sys.modules:
         return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
+    return multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                       else "spawn")
 
 
 _WORK: FileWork | None = None  # in a worker process: the export's per-file work
