@@ -650,7 +650,8 @@ def test_refused_calls_are_counted_never_targets_and_later_steps_stay(tmp_path):
     _session(tmp_path / "in" / "a.jsonl", cwd, [
         ("Edit", {"file_path": "/w/a.py", "old_string": "x", "new_string": "y"}, REFUSED, True),
         ("Read", {"file_path": "/w/a.py"}, "1\tx", False),
-        ("Bash", {"command": "rm -rf /"}, "Permission to use Bash with command rm -rf / has been denied.", True),
+        ("Bash", {"command": "rm -rf /"},
+         "<tool_use_error>Permission to use Bash with command rm -rf / has been denied.</tool_use_error>", True),
         ("Bash", {"command": "pytest"}, "Exit code 1\nfailed", True)], task="fix a.py")
     _stream(tmp_path / "in" / "b.ndjson", cwd, [("Bash", {"command": "make deploy"}, "Error"),
                                                 ("Bash", {"command": "make test"}, "ok")], task="test it")
