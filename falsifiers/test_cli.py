@@ -257,3 +257,39 @@ def test_no_command_traces_back_or_touches_a_canary(playground, monkeypatch, arg
     assert code in (0, 1, 2), (argv, code, err)
     assert "Traceback" not in err, (argv, err)
     assert tree_digest(playground / "canary") == before, f"{argv} changed a canary file"
+
+
+# ------------------------------------------------------------------------------------------ flip run's config.json
+
+def _run_options(*argv):
+    from harness.cli import parse_command
+
+    module, args = parse_command(["run", *(str(a) for a in argv)])
+    return module.options_from_args(args)
+
+
+def test_run_config_json_repeats_the_run(tmp_path, tiny_base):
+    from dataclasses import replace
+
+    holdout = tmp_path / "holdout.jsonl"
+    holdout.write_text('{"id": "t1", "task": "fix the bug in a.py"}\n')
+    leak = tmp_path / "leak.jsonl"  # holds the held-out task: the run stops before training, config.json written
+    leak.write_text(json.dumps({"instruction": "fix the bug in a.py", "response": "x"}) + "\n")
+    out = tmp_path / "run"
+    argv = ["--out", out, "--base", tiny_base, "--data", leak, "--holdout", holdout, "--steps", "7", "--rank", "4",
+            "--targets", "q_proj,k_proj", "--no-merge", "--eval-every", "0", "--lr", "0.01", "--val-fraction", "0.25"]
+    code, err = flip("run", *argv, "--quiet")
+    assert code == 2 and "held-out task" in err, err
+    config = out / "config.json"
+    written = config.read_bytes()
+    assert flip("run", *argv, "--quiet")[0] == 2
+    assert config.read_bytes() == written, "the same options wrote different bytes"
+
+    given = _run_options(*argv)
+    assert _run_options("--config", config) == given
+    assert _run_options("--config", config, "--steps", "3", "--merge") == replace(given, steps=3, merge=True)
+
+    for bad, key in (({"rnak": 4}, "rnak"), ({"rank": "4"}, "rank"), ({"targets": "q_proj"}, "targets"),
+                     ({"mode": "everything"}, "mode")):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        _one_line_error(*flip("run", "--config", tmp_path / "bad.json", "--out", tmp_path / "x", "--quiet"), key)

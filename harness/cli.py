@@ -47,6 +47,32 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         _top_parser().parse_args(argv)  # prints help / version / a usage error and exits
         return 2
+    name = argv[0]
+    args = None
+    try:
+        module, args = parse_command(argv)
+        if args.quiet:
+            quiet_libraries()
+        signal.signal(signal.SIGTERM, _interrupt)  # temporary files are removed on SIGTERM as on Ctrl-C
+        return int(module.main(args) or 0)
+    except FlipError as err:
+        print(f"flip {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flip {name}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the user gets one line; --debug shows where
+        if args is not None and args.debug:
+            raise
+        print(f"flip {name}: error: unexpected {type(err).__name__}: {_one_line(err)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def parse_command(argv: list[str]):
+    """(the command's module, its arguments). A command whose module has config_defaults takes --config FILE: the
+    file's options become the parser's defaults and the command line is parsed again, so options given explicitly
+    override the file's (argparse applies a default only to an option not given)."""
     name, rest = argv[0], argv[1:]
     module_name, text = COMMANDS[name]
     module = importlib.import_module(module_name)
@@ -57,23 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of an unexpected error")
     args = parser.parse_args(rest)
-    if args.quiet:
-        quiet_libraries()
-    signal.signal(signal.SIGTERM, _interrupt)  # temporary files are removed on SIGTERM as on Ctrl-C
-    try:
-        return int(module.main(args) or 0)
-    except FlipError as err:
-        print(f"flip {name}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"flip {name}: interrupted; nothing half-written was left behind", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - the user gets one line; --debug shows where
-        if args.debug:
-            raise
-        print(f"flip {name}: error: unexpected {type(err).__name__}: {_one_line(err)} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
-        return 2
+    if getattr(args, "config", None) is not None:
+        parser.set_defaults(**module.config_defaults(args.config))
+        args = parser.parse_args(rest)
+    return module, args
 
 
 class _DefaultsShown(argparse.HelpFormatter):

@@ -13,6 +13,7 @@ The goal is checked, not assumed: the report states each floor with the measured
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from harness import FlipError
 from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
+from harness.options import config_text, field_names, read_config
 from harness.train import TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
@@ -35,7 +37,9 @@ FLIP_THRESHOLD = 0.9  # steps-to-flip: the first eval step with >= 90% of held-o
 GOALS = {"base_tasks_with_call": 0, "student_valid_rate": 0.9, "student_grounded_rate": 0.7}
 # What `flip run` writes into --out; a directory holding anything else is refused unless --force.
 OUTPUT_NAMES = ("datasets", "adapter", "adapter_remapped.safetensors", "adapter.gguf", "merged", "merged.gguf",
-                "traces", "progress.jsonl", "report.json", "report.md")
+                "traces", "progress.jsonl", "report.json", "report.md", "config.json")
+CONFIG_FILE = "config.json"  # the resolved options; `flip run --config FILE` reads one back to repeat the run
+MODES = ("curated", "balanced", "full")
 
 
 @dataclass
@@ -85,6 +89,17 @@ class RunOptions:
             raise FlipError(f"--lr must be a positive number, not {self.lr}")
         if self.agent_tokens >= self.max_length:
             raise FlipError("--agent-tokens must be smaller than --max-length (the prompt needs room too)")
+        if self.mode not in MODES:
+            raise FlipError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+
+
+# What config.json holds: every option but those about this process (--force) and the measurements.
+CONFIG_FIELDS = field_names(RunOptions, exclude=("force", "timings", "cpu_times"))
+
+
+def run_config(options: RunOptions) -> str:
+    """config.json's text: the same options give the same bytes."""
+    return config_text(options, CONFIG_FIELDS)
 
 
 @contextmanager
@@ -429,6 +444,7 @@ def run(options: RunOptions) -> dict:
     from harness.models import check
 
     start, cpu = time.perf_counter(), time.process_time()
+    config = run_config(options)  # the options as given, before --out is made absolute
     prompts = load_prompts(options.holdout)  # every input is checked before the first minute of work
     check(options.base)
     if options.data is None and not options.transcripts.exists():
@@ -436,6 +452,7 @@ def run(options: RunOptions) -> dict:
     if options.data is not None and not options.data.is_file():
         raise FlipError(f"--data {options.data} not found")
     options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force)
+    write_text(options.out / CONFIG_FILE, config)
     with phase(options, "export"):
         data, export_stats = export_phase(options)
         check_no_leak(data, prompts)
@@ -463,10 +480,17 @@ def run(options: RunOptions) -> dict:
     return report
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def add_arguments(parser) -> None:
     defaults = RunOptions(out=Path("."))
-    parser.add_argument("--out", type=Path, required=True,
-                        help="run directory (datasets, adapter, merged, traces, report)")
+    parser.add_argument("--config", type=Path,
+                        help="a run's config.json: its options become the defaults, those given here override them")
+    parser.add_argument("--out", type=Path,
+                        help="run directory (datasets, adapter, merged, traces, report); required unless --config "
+                             "names one")
     parser.add_argument("--base", default=DEFAULT_BASE,
                         help="smollm2-135m, a local HF directory, or a .gguf")
     parser.add_argument("--data", type=Path,
@@ -476,7 +500,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--holdout", type=Path, default=defaults.holdout,
                         help='held-out task folders (prompt.txt, task.json, workspace/), or a {"id", "task"} JSONL '
                              '(first step only, no agent)')
-    parser.add_argument("--mode", choices=("curated", "balanced", "full"), default=defaults.mode,
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode,
                         help="which exported dataset to train on")
     parser.add_argument("--steps", type=int, default=defaults.steps,
                         help="optimizer steps")
@@ -486,7 +510,7 @@ def add_arguments(parser) -> None:
                         help="LoRA rank r")
     parser.add_argument("--alpha", type=int, default=defaults.alpha,
                         help="LoRA alpha")
-    parser.add_argument("--targets", default=",".join(defaults.targets),
+    parser.add_argument("--targets", type=_names, default=",".join(defaults.targets),
                         help="comma-separated LoRA target modules")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="samples per micro-batch")
@@ -496,18 +520,22 @@ def add_arguments(parser) -> None:
                         help="seed of export sampling, data order and LoRA's initialisation")
     parser.add_argument("--max-length", type=int, default=defaults.max_length,
                         help="token budget of a sample")
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                        help="of training trajectories, for the validation loss only")
     parser.add_argument("--eval-every", type=int, default=DEFAULT_EVAL_EVERY,
                         help="steps between held-out evals during training (0: none, no steps-to-flip)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                         help="final evals")
     parser.add_argument("--progress-tokens", type=int, default=defaults.progress_tokens,
                         help="evals during training")
+    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size,
+                        help="prompts decoded together")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present), cpu, cuda, mps")
-    parser.add_argument("--no-merge", dest="merge", action="store_false",
-                        help="skip the merge; the student is base + adapter")
-    parser.add_argument("--no-agent", dest="agent", action="store_false",
-                        help="skip the agentic evaluation (base and student as agents on the held-out workspaces)")
+    parser.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
+                        help="merge the adapter into the base; --no-merge: the student is base + adapter")
+    parser.add_argument("--agent", action=argparse.BooleanOptionalAction, default=True,
+                        help="run base and student as agents on the held-out workspaces")
     parser.add_argument("--max-turns", type=int, default=defaults.max_turns,
                         help="agent turns per held-out task")
     parser.add_argument("--agent-tokens", type=int, default=defaults.agent_tokens,
@@ -516,15 +544,21 @@ def add_arguments(parser) -> None:
                         help="write into a non-empty --out holding files flip run did not write (nothing is deleted)")
 
 
+def config_defaults(path: Path) -> dict:
+    """The options a --config file sets, as parser defaults (harness.cli: the command line overrides them)."""
+    return read_config(path, RunOptions, CONFIG_FIELDS)
+
+
+def options_from_args(args) -> RunOptions:
+    if args.out is None:
+        raise FlipError("--out is required (or a --config file that names one)")
+    values = {name: getattr(args, name) for name in CONFIG_FIELDS}
+    values["eval_every"] = values["eval_every"] or None  # 0 on the command line: no progress evals
+    return RunOptions(**values, force=args.force)
+
+
 def main(args) -> int:
-    options = RunOptions(
-        out=args.out, base=args.base, data=args.data, transcripts=args.transcripts, holdout=args.holdout,
-        mode=args.mode, steps=args.steps, lr=args.lr, rank=args.rank, alpha=args.alpha,
-        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), batch_size=args.batch_size,
-        grad_accum=args.grad_accum, seed=args.seed, max_length=args.max_length,
-        eval_every=args.eval_every or None, max_new_tokens=args.max_new_tokens, progress_tokens=args.progress_tokens,
-        device=args.device, merge=args.merge, agent=args.agent, max_turns=args.max_turns,
-        agent_tokens=args.agent_tokens, force=args.force)
+    options = options_from_args(args)
     report = run(options)
     if not args.quiet:
         print(render_markdown(report), file=sys.stderr)

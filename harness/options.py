@@ -1,0 +1,69 @@
+"""Options as data: a stage's options are one dataclass, and a run's resolved options are a JSON file (config.json)
+that can be read back, so a run can be repeated exactly.
+
+A config file holds the dataclass's fields as JSON values: paths as strings, tuples as lists. Reading one back checks
+every key and value against the field's declared type, so a typo or a wrong type is a one-line error naming the key,
+never a traceback minutes into the run.
+"""
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from harness import FlipError
+
+
+def _json_value(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_text(options, names) -> str:
+    """The JSON of the named fields of a dataclass instance, in declaration order: the same options, the same bytes."""
+    return json.dumps({name: _json_value(getattr(options, name)) for name in names}, indent=2) + "\n"
+
+
+def _typed(value, kind, key: str):
+    """value as a field declared `kind` holds it, or FlipError naming the key."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(kind):
+            return None
+        kinds = [k for k in typing.get_args(kind) if k is not type(None)]
+        return _typed(value, kinds[0], key) if len(kinds) == 1 else value
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise FlipError(f"{key}: expected a list of strings, not {json.dumps(value)}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    if kind in (int, str, bool) and type(value) is kind:
+        return value
+    raise FlipError(f"{key}: expected {getattr(kind, '__name__', kind)}, not {json.dumps(value)}")
+
+
+def read_config(path: str | Path, cls, names) -> dict:
+    """{field: value} from a config file of `cls`'s named fields; unknown keys and ill-typed values are refused."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise FlipError(f"--config {path}: not a readable JSON file ({type(err).__name__})") from None
+    if not isinstance(data, dict):
+        raise FlipError(f"--config {path}: expected a JSON object of options")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise FlipError(f"--config {path}: unknown key {unknown[0]!r} (known: {', '.join(names)})")
+    return {key: _typed(value, hints[key], f"--config {path}: {key}") for key, value in data.items()}
+
+
+def field_names(cls, exclude=()) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name not in exclude)
