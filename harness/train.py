@@ -513,18 +513,51 @@ def _reduce_sum(values: list[float], device, dist: Dist) -> list[float]:
     return tensor.tolist()
 
 
-def train(config: TrainConfig, on_eval=None) -> dict:
-    """Train, write the adapter, metrics.jsonl, loss.png and train_summary.json into config.out; return the summary.
+@dataclass
+class Prepared:
+    """What training needs before its first step: where this process stands, the model, and the encoded splits."""
+    dist: Dist
+    device: object
+    log: object  # prints on rank 0 only
+    model: object
+    tokenizer: object
+    pad_id: int
+    samples: list[dict]
+    prose: int
+    train_idx: list[int]
+    val_idx: list[int]
+    train_set: list
+    val_set: list
+    val_loss_set: list
+    dropped_train: list[int]
+    dropped_val: list[int]
+    timings: dict[str, float]
 
-    on_eval(step, model, tokenizer) runs on rank 0 every eval_every optimizer steps and at the end, with the peft
-    model in eval mode (train mode is restored after)."""
-    import torch
-    from transformers import get_cosine_schedule_with_warmup
+
+@dataclass
+class Schedule:
+    """The optimizer and its learning-rate schedule, and where this run starts (a resumed checkpoint) and stops."""
+    optimizer: object
+    scheduler: object
+    fingerprint: str
+    start: int
+    steps: int
+
+
+@dataclass
+class LoopResult:
+    last_loss: float | None
+    last_val: float | None
+    tokens: int  # every token the steps saw
+    targets: int  # the trainable (response) tokens among them
+
+
+def setup_training(config: TrainConfig) -> Prepared:
+    """Check the inputs, claim --out, load the model and encode both splits; too-long samples are dropped, counted."""
+    from harness.models import check
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    from harness.models import check
-
     samples, prose = load_samples(config.data, config.allow_prose)  # inputs first: a bad one fails in a second
     check(config.base)
     dist, device = init_distributed(config.device)
@@ -548,13 +581,18 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     if dropped_train or dropped_val:
         log(f"flip train: dropped {len(dropped_train) + len(dropped_val)} samples longer than --max-length "
             f"{config.max_length} tokens (never truncated: that would cut the response)")
+    return Prepared(dist, device, log, model, tokenizer, pad_id, samples, prose, train_idx, val_idx, train_set,
+                    val_set, val_loss_set, dropped_train, dropped_val, timings)
 
-    steps = total_steps(len(train_set), config, dist)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup * steps), steps)
-    fingerprint_ = fingerprint(config, dist.world)
-    start = load_checkpoint(config.out, model, optimizer, scheduler, fingerprint_, config.resume, log)
+
+def training_loop(config: TrainConfig, prepared: Prepared, schedule: Schedule, on_eval=None) -> LoopResult:
+    """The optimizer steps from schedule.start: one metrics.jsonl row each, checkpoints, validations and on_eval calls."""
+    import torch
+
+    model, tokenizer, dist, device, pad_id = (prepared.model, prepared.tokenizer, prepared.dist, prepared.device,
+                                              prepared.pad_id)
+    train_set, val_set, val_loss_set = prepared.train_set, prepared.val_set, prepared.val_loss_set
+    optimizer, scheduler, start, steps = schedule.optimizer, schedule.scheduler, schedule.start, schedule.steps
     ddp_model = model
     if dist.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -593,7 +631,7 @@ def train(config: TrainConfig, on_eval=None) -> dict:
             last_loss = loss
             if config.save_every and done % config.save_every == 0 and done < steps:
                 if dist.main:
-                    save_checkpoint(config.out, model, optimizer, scheduler, done, fingerprint_)
+                    save_checkpoint(config.out, model, optimizer, scheduler, done, schedule.fingerprint)
             evaluating = bool(config.eval_every and done % config.eval_every == 0) or done == steps
             eval_clock = time.perf_counter()
             if evaluating and val_set:
@@ -607,24 +645,34 @@ def train(config: TrainConfig, on_eval=None) -> dict:
             progress.set_postfix(loss=f"{loss:.3f}")
             progress.update(1)
         progress.close()
-    train_seconds = time.perf_counter() - clock - eval_seconds
-    timings["train_s"], timings["eval_s"] = train_seconds, eval_seconds
+    prepared.timings["train_s"] = time.perf_counter() - clock - eval_seconds
+    prepared.timings["eval_s"] = eval_seconds
     if start == steps:  # nothing left to train (a rerun of a finished run): still report a validation loss
         last_val = validation_loss(model, val_loss_set, pad_id, config.batch_size, device, dist)
+    return LoopResult(last_loss, last_val, tokens_total, targets_total)
+
+
+def finish_training(config: TrainConfig, prepared: Prepared, schedule: Schedule, loop: LoopResult) -> dict:
+    """The summary; on rank 0 also the adapter, the final checkpoint, loss.png and train_summary.json."""
+    import torch
 
     clock = time.perf_counter()
+    model, dist, samples, timings = prepared.model, prepared.dist, prepared.samples, prepared.timings
+    start, steps = schedule.start, schedule.steps
+    train_seconds = timings["train_s"]
     summary = {
-        "steps": steps, "resumed_from": start, "world_size": dist.world, "device": str(device),
+        "steps": steps, "resumed_from": start, "world_size": dist.world, "device": str(prepared.device),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "samples": {"train": len(train_set), "val": len(val_set), "val_loss_measured_on": len(val_loss_set),
-                    "dropped": len(dropped_train) + len(dropped_val),
-                    "prose": prose,
-                    "dropped_train": len(dropped_train), "dropped_val": len(dropped_val)},
-        "trajectories": {"train": len({trajectory_of(samples[i], i) for i in train_idx}),
-                         "val": len({trajectory_of(samples[i], i) for i in val_idx})},
-        "final_train_loss": last_loss, "final_val_loss": last_val,
-        "tokens_trained": tokens_total, "response_tokens_trained": targets_total,
-        "tokens_per_s": tokens_total / train_seconds if train_seconds > 0 else None,
+        "samples": {"train": len(prepared.train_set), "val": len(prepared.val_set),
+                    "val_loss_measured_on": len(prepared.val_loss_set),
+                    "dropped": len(prepared.dropped_train) + len(prepared.dropped_val),
+                    "prose": prepared.prose,
+                    "dropped_train": len(prepared.dropped_train), "dropped_val": len(prepared.dropped_val)},
+        "trajectories": {"train": len({trajectory_of(samples[i], i) for i in prepared.train_idx}),
+                         "val": len({trajectory_of(samples[i], i) for i in prepared.val_idx})},
+        "final_train_loss": loop.last_loss, "final_val_loss": loop.last_val,
+        "tokens_trained": loop.tokens, "response_tokens_trained": loop.targets,
+        "tokens_per_s": loop.tokens / train_seconds if train_seconds > 0 else None,
         "steps_per_s": (steps - start) / train_seconds if train_seconds > 0 else None,
         "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                    for k, v in asdict(config).items()},
@@ -632,17 +680,37 @@ def train(config: TrainConfig, on_eval=None) -> dict:
     if dist.main:
         save_adapter(model, config.out, config.base)
         if start < steps:
-            save_checkpoint(config.out, model, optimizer, scheduler, steps, fingerprint_)  # a rerun resumes as done
-        plot_loss(read_metrics(metrics_path, steps), config.out / "loss.png")
-        timings["save_s"] = time.perf_counter() - clock
-        summary["timings"] = timings
+            save_checkpoint(config.out, model, schedule.optimizer, schedule.scheduler, steps,
+                            schedule.fingerprint)  # a rerun resumes as done
+        plot_loss(read_metrics(config.out / "metrics.jsonl", steps), config.out / "loss.png")
+    timings["save_s"] = time.perf_counter() - clock
+    summary["timings"] = timings
+    if dist.main:
         write_text(config.out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
-    else:
-        timings["save_s"] = time.perf_counter() - clock
-        summary["timings"] = timings
     if dist.world > 1:
         torch.distributed.barrier()  # nobody exits (and tears down the group) before rank 0 has written
     return summary
+
+
+def train(config: TrainConfig, on_eval=None) -> dict:
+    """Train, write the adapter, metrics.jsonl, loss.png and train_summary.json into config.out; return the summary.
+
+    on_eval(step, model, tokenizer) runs on rank 0 every eval_every optimizer steps and at the end, with the peft
+    model in eval mode (train mode is restored after)."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    prepared = setup_training(config)
+    model, log = prepared.model, prepared.log
+    steps = total_steps(len(prepared.train_set), config, prepared.dist)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup * steps), steps)
+    fingerprint_ = fingerprint(config, prepared.dist.world)
+    start = load_checkpoint(config.out, model, optimizer, scheduler, fingerprint_, config.resume, log)
+    schedule = Schedule(optimizer, scheduler, fingerprint_, start, steps)
+    loop = training_loop(config, prepared, schedule, on_eval)
+    return finish_training(config, prepared, schedule, loop)
 
 
 # --------------------------------------------------------------------------------------------------------------------
