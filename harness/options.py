@@ -1,16 +1,21 @@
 """Options as data: a stage's options are one dataclass, and a run's resolved options are a JSON file (config.json)
 that can be read back, so a run can be repeated exactly.
 
+Each option is declared once, as a dataclass field made by option(): its default and its help. add_options builds
+the command line from those fields (--kebab-case, the field's type, default and help), so no parser restates a
+default.
+
 A config file holds the dataclass's fields as JSON values: paths as strings, tuples as lists. Reading one back checks
 every key and value against the field's declared type, so a typo or a wrong type is a one-line error naming the key,
 never a traceback minutes into the run.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import types
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, field, fields
 from pathlib import Path
 
 from harness import FlipError
@@ -67,3 +72,53 @@ def read_config(path: str | Path, cls, names) -> dict:
 
 def field_names(cls, exclude=()) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.name not in exclude)
+
+
+def option(default=MISSING, help: str = "", **argparse_kwargs):
+    """A dataclass field that is also a command-line option. argparse_kwargs override what add_options derives (a
+    `type` that parses 0 as None, `choices`, `required`...)."""
+    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
+
+
+def names_list(text: str) -> tuple[str, ...]:
+    """A comma-separated option: `q_proj, v_proj` -> ("q_proj", "v_proj")."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def positive_or_none(text: str) -> int | None:
+    """An optional count: 0 (or less) means none."""
+    value = int(text)
+    return value if value > 0 else None
+
+
+def _argument(spec, kind) -> dict:
+    """argparse keywords for one field: its type, its default (required when it has none) and its help."""
+    kwargs = {"help": spec.metadata["help"]}
+    if spec.default is MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = spec.default
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction if spec.default else "store_true"
+    elif typing.get_origin(kind) is tuple:
+        kwargs["type"] = names_list
+        kwargs["default"] = ",".join(spec.default)  # shown as typed; argparse parses a string default with `type`
+    elif kind is not str:
+        kwargs["type"] = kind
+    return {**kwargs, **spec.metadata["argparse"]}
+
+
+def add_options(parser, cls) -> None:
+    """One --kebab-case option per field of `cls` declared with option(), in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for spec in fields(cls):
+        if "help" in spec.metadata:
+            parser.add_argument("--" + spec.name.replace("_", "-"), **_argument(spec, hints[spec.name]))
+
+
+def options_of(cls, args, **extra):
+    """An instance of `cls` from parsed arguments: every option field read from args."""
+    values = {spec.name: getattr(args, spec.name) for spec in fields(cls) if "help" in spec.metadata}
+    return cls(**{**values, **extra})

@@ -13,7 +13,6 @@ The goal is checked, not assumed: the report states each floor with the measured
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from harness import FlipError
 from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
-from harness.options import config_text, field_names, read_config
+from harness.options import add_options, config_text, field_names, option, options_of, positive_or_none, read_config
 from harness.train import TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
@@ -44,39 +43,45 @@ MODES = ("curated", "balanced", "full")
 
 @dataclass
 class RunOptions:
-    out: Path
-    base: str = DEFAULT_BASE
-    data: Path | None = None  # an existing SFT jsonl instead of exporting
-    transcripts: Path = FIXTURES / "transcripts"
-    holdout: Path = FIXTURES / "holdout" / "workspaces"  # task folders (or a {"id","task"} JSONL: no agent)
-    mode: str = RECIPE["mode"]
-    steps: int = RECIPE["steps"]
-    lr: float = RECIPE["lr"]
-    rank: int = RECIPE["rank"]
-    alpha: int = RECIPE["alpha"]
-    targets: tuple[str, ...] = tuple(RECIPE["targets"])
-    batch_size: int = TrainConfig.batch_size
-    grad_accum: int = TrainConfig.grad_accum
-    seed: int = TrainConfig.seed
-    max_length: int = RECIPE["max_length"]
-    val_fraction: float = RECIPE["val_fraction"]  # of training trajectories, for the validation loss only
-    eval_every: int | None = DEFAULT_EVAL_EVERY  # None: no progress evals, so no steps-to-flip
-    max_new_tokens: int = 128
+    out: Path = option(None, "run directory (datasets, adapter, merged, traces, report); required unless --config "
+                             "names one")
+    base: str = option(DEFAULT_BASE, "smollm2-135m, a local HF directory, or a .gguf")
+    data: Path | None = option(None, "train on this SFT jsonl instead of exporting the fixtures")
+    transcripts: Path = option(FIXTURES / "transcripts", "transcripts to export")
+    holdout: Path = option(FIXTURES / "holdout" / "workspaces", 'held-out task folders (prompt.txt, task.json, '
+                           'workspace/), or a {"id", "task"} JSONL (first step only, no agent)')
+    mode: str = option(RECIPE["mode"], "which exported dataset to train on", choices=MODES)
+    steps: int = option(RECIPE["steps"], "optimizer steps")
+    lr: float = option(RECIPE["lr"], "peak learning rate")
+    rank: int = option(RECIPE["rank"], "LoRA rank r")
+    alpha: int = option(RECIPE["alpha"], "LoRA alpha")
+    targets: tuple[str, ...] = option(tuple(RECIPE["targets"]), "comma-separated LoRA target modules")
+    batch_size: int = option(TrainConfig.batch_size, "samples per micro-batch")
+    grad_accum: int = option(TrainConfig.grad_accum, "micro-batches per optimizer step")
+    seed: int = option(TrainConfig.seed, "seed of export sampling, data order and LoRA's initialisation")
+    max_length: int = option(RECIPE["max_length"], "token budget of a sample")
+    val_fraction: float = option(RECIPE["val_fraction"], "of training trajectories, for the validation loss only")
+    eval_every: int | None = option(DEFAULT_EVAL_EVERY, "steps between held-out evals during training (0: none, "
+                                    "no steps-to-flip)", type=positive_or_none)
+    max_new_tokens: int = option(128, "final evals")
     # Progress evals during training decode fewer tokens: greedy decoding is prefix-stable, so a call that opens and
     # closes within them is the same call the full eval sees; a base-like model's prose would otherwise cost the
     # full budget at every eval.
-    progress_tokens: int = 64
-    eval_batch_size: int = 8
-    device: str = "auto"
-    merge: bool = True  # the student is the merged model; without merge it is base + adapter
-    agent: bool = True  # run base and student as agents on the held-out task folders
-    max_turns: int = 8
-    agent_tokens: int = 256  # tokens per agent reply (a file_edit call carries code)
-    force: bool = False  # write into a non-empty --out holding files flip run did not write
+    progress_tokens: int = option(64, "evals during training")
+    eval_batch_size: int = option(8, "prompts decoded together")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
+    merge: bool = option(True, "merge the adapter into the base; --no-merge: the student is base + adapter")
+    agent: bool = option(True, "run base and student as agents on the held-out workspaces")
+    max_turns: int = option(8, "agent turns per held-out task")
+    agent_tokens: int = option(256, "tokens per agent reply (a file_edit call carries code)")
+    force: bool = option(False, "write into a non-empty --out holding files flip run did not write (nothing is "
+                                "deleted)")
     timings: dict = field(default_factory=dict)  # wall seconds per phase
     cpu_times: dict = field(default_factory=dict)  # CPU seconds per phase (all threads of this process)
 
     def __post_init__(self):
+        if self.out is None:
+            raise FlipError("--out is required (or a --config file that names one)")
         self.out = Path(self.out)
         self.transcripts, self.holdout = Path(self.transcripts), Path(self.holdout)
         self.data = Path(self.data) if self.data is not None else None
@@ -480,68 +485,10 @@ def run(options: RunOptions) -> dict:
     return report
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
 def add_arguments(parser) -> None:
-    defaults = RunOptions(out=Path("."))
     parser.add_argument("--config", type=Path,
                         help="a run's config.json: its options become the defaults, those given here override them")
-    parser.add_argument("--out", type=Path,
-                        help="run directory (datasets, adapter, merged, traces, report); required unless --config "
-                             "names one")
-    parser.add_argument("--base", default=DEFAULT_BASE,
-                        help="smollm2-135m, a local HF directory, or a .gguf")
-    parser.add_argument("--data", type=Path,
-                        help="train on this SFT jsonl instead of exporting the fixtures")
-    parser.add_argument("--transcripts", type=Path, default=defaults.transcripts,
-                        help="transcripts to export")
-    parser.add_argument("--holdout", type=Path, default=defaults.holdout,
-                        help='held-out task folders (prompt.txt, task.json, workspace/), or a {"id", "task"} JSONL '
-                             '(first step only, no agent)')
-    parser.add_argument("--mode", choices=MODES, default=defaults.mode,
-                        help="which exported dataset to train on")
-    parser.add_argument("--steps", type=int, default=defaults.steps,
-                        help="optimizer steps")
-    parser.add_argument("--lr", type=float, default=defaults.lr,
-                        help="peak learning rate")
-    parser.add_argument("--rank", type=int, default=defaults.rank,
-                        help="LoRA rank r")
-    parser.add_argument("--alpha", type=int, default=defaults.alpha,
-                        help="LoRA alpha")
-    parser.add_argument("--targets", type=_names, default=",".join(defaults.targets),
-                        help="comma-separated LoRA target modules")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="samples per micro-batch")
-    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum,
-                        help="micro-batches per optimizer step")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seed of export sampling, data order and LoRA's initialisation")
-    parser.add_argument("--max-length", type=int, default=defaults.max_length,
-                        help="token budget of a sample")
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
-                        help="of training trajectories, for the validation loss only")
-    parser.add_argument("--eval-every", type=int, default=DEFAULT_EVAL_EVERY,
-                        help="steps between held-out evals during training (0: none, no steps-to-flip)")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                        help="final evals")
-    parser.add_argument("--progress-tokens", type=int, default=defaults.progress_tokens,
-                        help="evals during training")
-    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size,
-                        help="prompts decoded together")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA when present), cpu, cuda, mps")
-    parser.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
-                        help="merge the adapter into the base; --no-merge: the student is base + adapter")
-    parser.add_argument("--agent", action=argparse.BooleanOptionalAction, default=True,
-                        help="run base and student as agents on the held-out workspaces")
-    parser.add_argument("--max-turns", type=int, default=defaults.max_turns,
-                        help="agent turns per held-out task")
-    parser.add_argument("--agent-tokens", type=int, default=defaults.agent_tokens,
-                        help="tokens per agent reply")
-    parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty --out holding files flip run did not write (nothing is deleted)")
+    add_options(parser, RunOptions)
 
 
 def config_defaults(path: Path) -> dict:
@@ -550,11 +497,7 @@ def config_defaults(path: Path) -> dict:
 
 
 def options_from_args(args) -> RunOptions:
-    if args.out is None:
-        raise FlipError("--out is required (or a --config file that names one)")
-    values = {name: getattr(args, name) for name in CONFIG_FIELDS}
-    values["eval_every"] = values["eval_every"] or None  # 0 on the command line: no progress evals
-    return RunOptions(**values, force=args.force)
+    return options_of(RunOptions, args)
 
 
 def main(args) -> int:

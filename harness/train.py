@@ -30,6 +30,7 @@ from pathlib import Path
 
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
+from harness.options import add_options, option, options_of, positive_or_none
 
 IGNORE = -100  # the label value torch's cross_entropy skips
 END_OF_TURN = "<|im_end|>"  # ChatML; tokenizers without it fall back to their eos token
@@ -43,32 +44,35 @@ OUTPUT_NAMES = ("adapter_model.safetensors", "adapter_config.json", CHECKPOINT, 
 
 @dataclass
 class TrainConfig:
-    data: Path
-    base: str
-    out: Path
-    rank: int = 16
-    alpha: int = 32
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
-    lr: float = 2e-4
-    epochs: int = 3
-    max_steps: int | None = None  # when set, overrides epochs
-    batch_size: int = 1
-    grad_accum: int = 1
-    seed: int = 42
-    val_fraction: float = 0.2
-    # The validation loss is measured on a fixed seeded subset of at most this many validation samples (None: all).
-    # Every sample costs a full forward pass at each eval: the whole split of the default export (~300 samples) took
-    # about 3 minutes per eval on 2 cores, more than the steps between evals.
-    val_samples: int | None = 32
-    warmup: float = 0.1  # fraction of the optimizer steps, then cosine decay to 0
-    grad_clip: float = 1.0
-    max_length: int = 1024
-    device: str = "auto"
-    eval_every: int | None = None  # optimizer steps between validations (and on_eval calls); always at the end
-    save_every: int | None = 50  # optimizer steps between checkpoints; always at the end
-    resume: bool = False  # demand a resume (error when no matching checkpoint); auto-resume happens anyway
-    allow_prose: bool = False  # train on samples whose response is not one valid call (counted in the summary)
-    force: bool = False  # write into a non-empty --out that holds files this command did not write
+    data: Path = option(help="SFT jsonl (instruction, response, system, metadata)")
+    base: str = option(help="smollm2-135m, a local HF directory or a .gguf")
+    out: Path = option(help="output directory (adapter, metrics, checkpoint)")
+    rank: int = option(16, "LoRA rank r")
+    alpha: int = option(32, "LoRA alpha (the update is scaled by alpha / r)")
+    targets: tuple[str, ...] = option(("q_proj", "v_proj"), "comma-separated module names")
+    lr: float = option(2e-4, "peak learning rate (AdamW; warmup, then cosine to 0)")
+    epochs: int = option(3, "passes over the training samples (unless --max-steps)")
+    max_steps: int | None = option(None, "optimizer steps; overrides epochs", type=positive_or_none)
+    batch_size: int = option(1, "per process")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    seed: int = option(42, "seed of the data order, the split and LoRA's initialisation")
+    val_fraction: float = option(0.2, "of trajectories")
+    # Every validation sample costs a full forward pass at each eval: the whole split of the default export (~300
+    # samples) took about 3 minutes per eval on 2 cores, more than the steps between evals.
+    val_samples: int | None = option(
+        32, "validation samples the loss is measured on, a fixed seeded subset (0: all of them)", type=positive_or_none)
+    warmup: float = option(0.1, "fraction of steps, then cosine")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    max_length: int = option(1024, "tokens; longer samples are dropped and counted, never truncated")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps", choices=("auto", "cpu", "cuda", "mps"))
+    eval_every: int | None = option(None, "steps (default: at the end)", type=positive_or_none)
+    save_every: int | None = option(50, "checkpoint steps", type=positive_or_none)
+    # An auto-resume of a matching checkpoint happens anyway; --resume makes a missing one an error.
+    resume: bool = option(False, "require resuming from OUT/checkpoint (a matching checkpoint is resumed anyway)")
+    allow_prose: bool = option(
+        False, "train on samples whose response is not one valid call (counted as prose in the summary)")
+    force: bool = option(
+        False, "write into a non-empty --out holding files flip train did not write (nothing is deleted)")
 
     def __post_init__(self):
         self.data, self.out, self.targets = Path(self.data), Path(self.out), tuple(self.targets)
@@ -718,69 +722,12 @@ def train(config: TrainConfig, on_eval=None) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _positive_or_none(text: str) -> int | None:
-    value = int(text)
-    return value if value > 0 else None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig(data=Path("."), base="", out=Path("."))
-    parser.add_argument("--data", type=Path, required=True,
-                        help="SFT jsonl (instruction, response, system, metadata)")
-    parser.add_argument("--base", required=True,
-                        help="smollm2-135m, a local HF directory or a .gguf")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output directory (adapter, metrics, checkpoint)")
-    parser.add_argument("--rank", type=int, default=defaults.rank,
-                        help="LoRA rank r")
-    parser.add_argument("--alpha", type=int, default=defaults.alpha,
-                        help="LoRA alpha (the update is scaled by alpha / r)")
-    parser.add_argument("--targets", default=",".join(defaults.targets),
-                        help="comma-separated module names")
-    parser.add_argument("--lr", type=float, default=defaults.lr,
-                        help="peak learning rate (AdamW; warmup, then cosine to 0)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs,
-                        help="passes over the training samples (unless --max-steps)")
-    parser.add_argument("--max-steps", type=_positive_or_none, default=None,
-                        help="optimizer steps; overrides epochs")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="per process")
-    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum,
-                        help="micro-batches per optimizer step")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seed of the data order, the split and LoRA's initialisation")
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
-                        help="of trajectories")
-    parser.add_argument("--val-samples", type=_positive_or_none, default=defaults.val_samples,
-                        help="validation samples the loss is measured on, a fixed seeded subset (0: all of them)")
-    parser.add_argument("--warmup", type=float, default=defaults.warmup,
-                        help="fraction of steps, then cosine")
-    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
-                        help="gradient norm clip")
-    parser.add_argument("--max-length", type=int, default=defaults.max_length,
-                        help="tokens; longer samples are dropped and counted, never truncated")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=defaults.device,
-                        help="auto (CUDA when present), cpu, cuda, mps")
-    parser.add_argument("--eval-every", type=_positive_or_none, default=None,
-                        help="steps (default: at the end)")
-    parser.add_argument("--save-every", type=_positive_or_none, default=defaults.save_every,
-                        help="checkpoint steps")
-    parser.add_argument("--resume", action="store_true",
-                        help="require resuming from OUT/checkpoint (a matching checkpoint is resumed anyway)")
-    parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty --out holding files flip train did not write (nothing is deleted)")
-    parser.add_argument("--allow-prose", action="store_true",
-                        help="train on samples whose response is not one valid call (counted as prose in the summary)")
+    add_options(parser, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        data=args.data, base=args.base, out=args.out, rank=args.rank, alpha=args.alpha,
-        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), lr=args.lr, epochs=args.epochs,
-        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
-        val_fraction=args.val_fraction, val_samples=args.val_samples, warmup=args.warmup, grad_clip=args.grad_clip, max_length=args.max_length,
-        device=args.device, eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
-        force=args.force, allow_prose=args.allow_prose)
+    return options_of(TrainConfig, args)
 
 
 def main(args: argparse.Namespace) -> int:
