@@ -31,9 +31,10 @@ from pathlib import Path
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 from harness.options import add_options, option, options_of, positive_or_none
+from harness.prompt import CHATML_END
 
 IGNORE = -100  # the label value torch's cross_entropy skips
-END_OF_TURN = "<|im_end|>"  # ChatML; tokenizers without it fall back to their eos token
+END_OF_TURN = CHATML_END  # tokenizers without it fall back to their eos token
 CHECKPOINT = "checkpoint"
 # Config fields that do not change the trained weights: a checkpoint made with other values still resumes.
 NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every", "val_samples", "force", "allow_prose")
@@ -618,6 +619,8 @@ def training_loop(config: TrainConfig, prepared: Prepared, schedule: Schedule, o
     clock = time.perf_counter()
     tokens_total, targets_total, eval_seconds = 0, 0, 0.0
     last_loss, last_val = None, None
+    # Appended row by row, not written atomically at the end: a killed run keeps its finished steps' rows, which a
+    # resume keeps (read_metrics, rewritten atomically above up to the checkpoint's step).
     with open(metrics_path, "a", encoding="utf-8") if dist.main else nullcontext() as metrics_file:
         progress = progress_bar(dist.main, total=steps, initial=start, desc="train", unit="step")
         for step in range(start, steps):
