@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import FlipError
+from harness import agent as agent_stage, evaluate as eval_stage  # their defaults (neither imports torch)
 from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.options import add_options, config_text, field_names, option, options_of, positive_or_none, read_config
@@ -63,17 +64,17 @@ class RunOptions:
     val_fraction: float = option(RECIPE["val_fraction"], "of training trajectories, for the validation loss only")
     eval_every: int | None = option(DEFAULT_EVAL_EVERY, "steps between held-out evals during training (0: none, "
                                     "no steps-to-flip)", type=positive_or_none)
-    max_new_tokens: int = option(128, "final evals")
+    max_new_tokens: int = option(eval_stage.DEFAULT_MAX_NEW_TOKENS, "final evals")
     # Progress evals during training decode fewer tokens: greedy decoding is prefix-stable, so a call that opens and
     # closes within them is the same call the full eval sees; a base-like model's prose would otherwise cost the
     # full budget at every eval.
     progress_tokens: int = option(64, "evals during training")
-    eval_batch_size: int = option(8, "prompts decoded together")
+    eval_batch_size: int = option(eval_stage.DEFAULT_BATCH_SIZE, "prompts decoded together")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
     merge: bool = option(True, "merge the adapter into the base; --no-merge: the student is base + adapter")
     agent: bool = option(True, "run base and student as agents on the held-out workspaces")
-    max_turns: int = option(8, "agent turns per held-out task")
-    agent_tokens: int = option(256, "tokens per agent reply (a file_edit call carries code)")
+    max_turns: int = option(agent_stage.DEFAULT_MAX_TURNS, "agent turns per held-out task")
+    agent_tokens: int = option(agent_stage.DEFAULT_MAX_NEW_TOKENS, "tokens per agent reply (a call may carry code)")
     force: bool = option(False, "write into a non-empty --out holding files flip run did not write (nothing is "
                                 "deleted)")
     timings: dict = field(default_factory=dict)  # wall seconds per phase
