@@ -20,10 +20,12 @@ import re
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import check_out_file, write_text
+from harness.options import add_options, option, options_of
 from harness.contracts import system_prompt
 from harness.prompt import CHATML_END, render_instruction
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
@@ -457,26 +459,28 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
 # CLI
 # ---------------------------------------------------------------------------------------------------------------------
 
+@dataclass(kw_only=True)
+class EvalOptions:
+    """`flip eval`'s options."""
+    model: str = option(help="smollm2-135m, a local HF directory, or a .gguf file")
+    adapter: str | None = option(None, "a peft adapter directory to apply on top of --model")
+    prompts: str = option(help='JSONL, one {"id", "task"} per line')
+    out: str = option(help="trace JSONL (a .summary.json is written beside it)")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
+    max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens generated per task")
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "prompts per generate() call")
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise FlipError("--max-new-tokens and --batch-size must be >= 1")
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="smollm2-135m, a local HF directory, or a .gguf file")
-    parser.add_argument("--adapter",
-                        help="a peft adapter directory to apply on top of --model")
-    parser.add_argument("--prompts", required=True,
-                        help='JSONL, one {"id", "task"} per line')
-    parser.add_argument("--out", required=True,
-                        help="trace JSONL (a .summary.json is written beside it)")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA when present), cpu, cuda, mps")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help="tokens generated per task")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="prompts per generate() call")
+    add_options(parser, EvalOptions)
 
 
 def main(args) -> int:
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise FlipError("--max-new-tokens and --batch-size must be >= 1")
-    evaluate(args.model, args.prompts, args.out, adapter=args.adapter, device=args.device,
-             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    options = options_of(EvalOptions, args)
+    evaluate(options.model, options.prompts, options.out, adapter=options.adapter, device=options.device,
+             max_new_tokens=options.max_new_tokens, batch_size=options.batch_size)
     return 0
