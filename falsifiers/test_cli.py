@@ -292,4 +292,6 @@ def test_run_config_json_repeats_the_run(tmp_path, tiny_base):
     for bad, key in (({"rnak": 4}, "rnak"), ({"rank": "4"}, "rank"), ({"targets": "q_proj"}, "targets"),
                      ({"mode": "everything"}, "mode")):
         (tmp_path / "bad.json").write_text(json.dumps(bad))
-        _one_line_error(*flip("run", "--config", tmp_path / "bad.json", "--out", tmp_path / "x", "--quiet"), key)
+        # the leaking data again: were a bad file accepted, the run would still stop before training
+        _one_line_error(*flip("run", "--config", tmp_path / "bad.json", "--out", tmp_path / "x", "--data", leak,
+                              "--holdout", holdout, "--base", tiny_base, "--quiet"), key)
