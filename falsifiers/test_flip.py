@@ -1,8 +1,8 @@
 """The flip (contracts/flip.yaml): trained for real on the exported fixture transcripts, the student emits valid,
 grounded tool calls on held-out tasks where its base emits none; as agents, the base solves no held-out task.
 
-The default recipe (contracts/recipes.yaml) trained to its full step count, as `make flip` trains it (FLIP_TEST_STEPS
-overrides, for a quick look that may fall short of the floors); no merge (the student is base + adapter; `make flip`
+The default recipe (contracts/recipes.yaml) trained to its full step count, as `make flip` trains it (FLIP_TEST_RECIPE
+and FLIP_TEST_STEPS choose another recipe and step count, for a quick look that may fall short of the floors); no merge (the student is base + adapter; `make flip`
 measures the merged student), shorter decoding than `make flip`. Everything is
 written under pytest's tmp dir, never into `make flip`'s output. FLIP_BASE_MODEL=/path (HF dir or .gguf) runs the same
 claim for another base (on a GPU runner: the device is `auto`).
@@ -14,14 +14,16 @@ import os
 
 import pytest
 
-from harness.contracts import FIXTURES, default_recipe
+from harness.contracts import FIXTURES, recipes
 
-STEPS = int(os.environ.get("FLIP_TEST_STEPS", default_recipe()["steps"]))
+RECIPE = recipes()[1][os.environ.get("FLIP_TEST_RECIPE") or recipes()[0]]
+STEPS = int(os.environ.get("FLIP_TEST_STEPS", RECIPE["steps"]))
 BASE = os.environ.get("FLIP_BASE_MODEL", "smollm2-135m")
 HOLDOUT = FIXTURES / "holdout" / "workspaces"
 FLOORS = {"valid_rate": 0.9, "grounded_rate": 0.7}  # the report's first-step floors for a test-sized student
-# The mutation suite trains a 20-step student (minutes, not the recipe's full count) that cannot reach FLOORS; it sets
-# its own floors here (JSON), and the flip itself (base no call, student valid calls) is asserted whatever they are.
+# The mutation suite trains a quick 20-step student (minutes, not the default recipe's full count) that need not reach
+# FLOORS; it sets its own here (JSON). The flip itself (the base no call, the student a valid one, no path outside the
+# workspace) is asserted whatever they are.
 FLOORS = {**FLOORS, **json.loads(os.environ.get("FLIP_TEST_FLOORS", "{}"))}
 
 
@@ -30,8 +32,9 @@ FLOORS = {**FLOORS, **json.loads(os.environ.get("FLIP_TEST_FLOORS", "{}"))}
 def test_student_calls_tools_where_base_does_not(tmp_path, record_property):
     from harness.run import RunOptions, run
 
+    recipe = {k: tuple(v) if k == "targets" else v for k, v in RECIPE.items() if k != "steps"}
     options = RunOptions(out=tmp_path / "run", base=BASE, steps=STEPS, eval_every=None, merge=False, agent=False,
-                         max_new_tokens=64, progress_tokens=64, holdout=HOLDOUT)
+                         max_new_tokens=64, progress_tokens=64, holdout=HOLDOUT, **recipe)
     report = run(options)
     base, student = report["base"], report["student"]
     rates = {
