@@ -186,3 +186,25 @@ def test_sigterm_during_export_leaves_no_temporary_file(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_umask_permissions_whatever_their_kind(tmp_path, umask):
+    """A file written atomically and a directory swapped in get what a plain open() / mkdir() would give under the
+    umask (mkstemp alone makes 0600 files and 0700 directories)."""
+    import os
+
+    from harness.atomic import write_bytes
+
+    old = os.umask(umask)
+    try:
+        write_bytes(tmp_path / "out.json", b"{}\n")
+        with replaced_dir(tmp_path / "outdir", "test", ("a.txt",)) as tmp:
+            (tmp / "a.txt").write_text("a")
+        (tmp_path / "plain.txt").write_text("x")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "out.json") == mode(tmp_path / "plain.txt") == 0o666 & ~umask
+    assert mode(tmp_path / "outdir") == mode(tmp_path / "plain") == 0o777 & ~umask
