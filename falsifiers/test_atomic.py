@@ -208,3 +208,25 @@ def test_outputs_get_the_umask_permissions_whatever_their_kind(tmp_path, umask):
     mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
     assert mode(tmp_path / "out.json") == mode(tmp_path / "plain.txt") == 0o666 & ~umask
     assert mode(tmp_path / "outdir") == mode(tmp_path / "plain") == 0o777 & ~umask
+
+
+def test_agent_keep_never_deletes_a_users_task_folder_even_with_force(tmp_path):
+    """Keeping a workspace replaces KEEP/<id>; in a --keep directory the tool did not write (allowed by --force) a
+    folder of that name is the user's, so the run is refused before any work, and the folder is untouched."""
+    from harness.contracts import FIXTURES
+
+    import shutil
+
+    held_out = FIXTURES / "holdout" / "workspaces"
+    task_id = sorted(p.name for p in held_out.iterdir() if (p / "task.json").is_file())[0]
+    tasks = tmp_path / "tasks"  # one task: were the run let through, it would be seconds, not minutes
+    shutil.copytree(held_out / task_id, tasks / task_id)
+    keep = user_dir(tmp_path / "keep")
+    (keep / task_id).mkdir()
+    (keep / task_id / "notes.txt").write_text("mine")
+    before = tree_digest(keep)
+    code = main(["agent", "--model", "smollm2-135m", "--tasks", str(tasks), "--out", str(tmp_path / "t.jsonl"),
+                 "--keep", str(keep), "--force", "--quiet"])
+    assert code == 2
+    assert tree_digest(keep) == before
+    assert not (tmp_path / "t.jsonl").exists()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import FlipError, progress_bar
-from harness.atomic import check_out_dir, check_out_file, claim_dir
+from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state
 from harness.contracts import system_prompt
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
@@ -249,6 +249,17 @@ def close_episode(episode: Episode, options: AgentOptions) -> dict:
     return trace_line(episode, test)
 
 
+def check_keep_dir(keep: Path, ids: list[str], force: bool) -> None:
+    """--keep is an output directory like --out; under --force a foreign one is written into, but a task's folder
+    that is already there is the user's: it would have to be deleted to keep the workspace, so it is refused."""
+    check_out_dir(keep, "agent", ids, force, "--keep")
+    if dir_state(Path(keep), "agent", ids) == "foreign":
+        clashes = [task_id for task_id in ids if (Path(keep) / task_id).exists()]
+        if clashes:
+            raise FlipError(f"--keep {keep} already holds {', '.join(clashes[:3])}{' ...' if len(clashes) > 3 else ''}"
+                            ", which flip agent did not write; choose another --keep (nothing is deleted)")
+
+
 def keep_workspace(source: Path, target: Path) -> None:
     """The final workspace without build outputs, so anyone can re-run its test; replaces an earlier copy of ours."""
     if target.exists():
@@ -444,7 +455,7 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     out = check_out_file(out, "--out")
     check_out_file(summary_file(out), "--out (its .summary.json)")
     if options.keep is not None:
-        check_out_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep")
+        check_keep_dir(options.keep, [t.id for t in tasks], force)
     loaded, tokenizer = load_for_eval(model, adapter, device)
     if options.keep is not None:
         options.keep = claim_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep")
