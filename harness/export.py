@@ -531,9 +531,17 @@ def file_results(files, work: FileWork, workers: int):
         return
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=_start_worker, initargs=(work,))
+    # Ctrl-C / SIGTERM are held while the workers start: `flip`'s handler raises KeyboardInterrupt, and raised inside
+    # fork's after-fork hooks (logging's lock release) Python only prints "Exception ignored" and the export went on.
+    # A signal that came meanwhile is delivered when they are released, in ordinary code. Workers release them.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        yield _in_order(pool, files, workers * FILES_IN_FLIGHT)
+        pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=_start_worker, initargs=(work,))
+        results = _in_order(pool, files, workers * FILES_IN_FLIGHT)  # submits the first files: the workers start
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    try:
+        yield results
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # after a failure: no file after it is read
 
@@ -568,6 +576,7 @@ def _start_method():
                                        else "spawn")
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _WORK: FileWork | None = None  # in a worker process: the export's per-file work
 
 
@@ -578,6 +587,7 @@ def _start_worker(work: FileWork) -> None:
     # temporary files); `flip`'s SIGTERM handler, inherited through fork, would make a worker raise instead of end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the main process while it started the workers
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the workers are the parallelism: no thread pool inside each
 
 
