@@ -227,8 +227,9 @@ def render_session(rec: Recording, rng: random.Random, layout: str, command_wrap
 
 def build(rng: random.Random, fmt: str, n_calls: int, has_task: bool, echo_task: bool = True, split: bool = False,
           partials: bool = False, layout: str = "inline", command_wrapper: bool = False, big: int = 0,
-          tag: str = "x") -> Recording:
-    """One recording from plain choices (the hypothesis strategy and the benchmark both use it)."""
+          tag: str = "x", final: str | None = None) -> Recording:
+    """One recording from plain choices (the hypothesis strategy and the benchmark both use it); `final`, one of
+    FINALS, pins the closing text the recording's cwd would otherwise choose."""
     cwd = f"/tmp/{tag}-teacher.{''.join(rng.choice(ALNUM) for _ in range(6))}"
     planted = secret_values(rng)
     secrets = [text for text, _ in planted]
@@ -237,7 +238,7 @@ def build(rng: random.Random, fmt: str, n_calls: int, has_task: bool, echo_task:
     calls = [_call(rng, cwd, secrets, 0, counter, big) for _ in range(n_calls)]
     rec = Recording(fmt, cwd, task, calls, [must for _, must in planted] + [cwd])
     # Drawn from its own generator: the draws of every other part of a recording stay as they were.
-    rec.final = random.Random(cwd).choice(FINALS).format(cwd=cwd, secret=secrets[0])
+    rec.final = (random.Random(cwd).choice(FINALS) if final is None else final).format(cwd=cwd, secret=secrets[0])
     _count(calls, rec.expected)
     if fmt == "stream":
         render_stream(rec, rng, echo_task=echo_task, split=split, partials=partials)
