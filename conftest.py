@@ -27,11 +27,13 @@ def pytest_configure(config):
 
 
 def _hypothesis_profiles() -> None:
-    """HYPOTHESIS_PROFILE=mutmut (set by `make mutation`): same examples, no shrinking. A mutant only needs one failing
-    example to be killed; shrinking it to a minimal one can take minutes per mutant and tells mutmut nothing."""
+    """HYPOTHESIS_PROFILE=mutation (set for every mutant run: falsifiers/mutation.py): the same examples on every
+    machine and no shrinking. A mutant's verdict must not depend on the draw (a kill that needs a lucky example is a
+    survivor on the next CI run), and a mutant needs only one failing example: shrinking it to a minimal one can take
+    minutes per mutant and tells the verdict nothing."""
     from hypothesis import Phase, settings
 
-    settings.register_profile("mutmut", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], derandomize=True, database=None)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

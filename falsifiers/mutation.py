@@ -275,6 +275,7 @@ class RunResult:
 def _base_env(root: Path, extra: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "COV_CORE_SOURCE"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.setdefault("HYPOTHESIS_PROFILE", "mutation")  # see conftest.py: a verdict that does not depend on the draw
     env["PYTHONPATH"] = os.pathsep.join([str(probe_dir())] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     # conftest.py finds the real transcripts beside the project root; a copy lives elsewhere, so point at them.
     transcripts = root.parent / "shared" / "real-transcripts"
@@ -657,7 +658,7 @@ def run_mutmut(modules: list[str], workdir: Path, children: int, survivors: bool
             config.write_text(narrow_mutmut_config(config.read_text(encoding="utf-8"), modules), encoding="utf-8")
     # The copy has no ../shared beside it: point the real-transcript tests at this checkout's.
     env = {"FLIP_REAL_TRANSCRIPTS": str(ROOT.parent / "shared" / "real-transcripts"), **os.environ,
-           "HYPOTHESIS_PROFILE": "mutmut"}  # see conftest.py
+           "HYPOTHESIS_PROFILE": "mutation"}  # see conftest.py
     proc = subprocess.run([mutmut, "run", "--max-children", str(children), *names], cwd=workdir, env=env)
     if proc.returncode:
         return proc.returncode

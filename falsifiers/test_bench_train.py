@@ -125,3 +125,56 @@ def test_train_throughput_against_trl(benchmark, tmp_path):
           f"TRL SFTTrainer {trl_tps:.0f} tokens/s ({(STEPS - 1) / trl_seconds:.2f} steps/s): {ratio:.2f}x "
           f"at {sum(lengths) / len(lengths):.0f} tokens/sample")
     assert ratio >= FLOOR, f"harness.train is {ratio:.2f}x TRL's throughput (floor {FLOOR}x)"
+
+
+PACK_FLOOR = 1.3  # --pack must train at least 1.3x the samples per CPU second; measured ~1.8x on the fixtures
+
+
+def test_packed_trees_train_more_samples_per_second(benchmark, tmp_path):
+    """--pack against one sample at a time: forward + backward of the same real exported samples (the fixture
+    transcripts of three tasks, mode full), CPU seconds on one thread."""
+    import torch
+
+    from harness.contracts import FIXTURES
+    from harness.export import ExportOptions, export
+    from harness.train import (TrainConfig, build_model, collate, collate_trees, encode, loss_sum, pack_trees,
+                               read_jsonl, trajectory_of, tree_loss_sum)
+
+    tasks = sorted(p for p in (FIXTURES / "transcripts").iterdir() if p.is_dir())[:3]
+    export(tasks, tmp_path / "data", ExportOptions(mode="full", max_tokens=1024, progress=False))
+    samples = [sample for _, sample in read_jsonl(tmp_path / "data" / "apr_code_sft_full.jsonl", "dataset")]
+    config = TrainConfig(data=tmp_path / "data" / "apr_code_sft_full.jsonl", base="smollm2-135m", out=tmp_path / "o",
+                         targets=("q_proj", "v_proj"), device="cpu")
+    model, tokenizer = build_model(config, torch.device("cpu"))
+    encoded = [encode(sample, tokenizer, 1024) for sample in samples]
+    trees = pack_trees(encoded, [trajectory_of(s, i) for i, s in enumerate(samples)], config.pack_tokens)
+
+    def one_by_one() -> float:
+        start = time.process_time()
+        for item in encoded:
+            loss, _ = loss_sum(model, *collate([item], tokenizer.pad_token_id))
+            loss.backward()
+        return time.process_time() - start
+
+    def packed() -> float:
+        start = time.process_time()
+        for tree in trees:
+            loss, _ = tree_loss_sum(model, *collate_trees([tree], torch.float32))
+            loss.backward()
+        return time.process_time() - start
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of one thread is this process's work, whatever the neighbours do
+    try:
+        separate = one_by_one()
+        together = benchmark.pedantic(packed, rounds=1, iterations=1)
+    finally:
+        torch.set_num_threads(threads)
+    ratio = separate / together
+    tokens = sum(len(ids) for ids, _ in encoded), sum(len(tree.input_ids) for tree in trees)
+    benchmark.extra_info.update({"samples": len(encoded), "trees": len(trees), "tokens_one_by_one": tokens[0],
+                                 "tokens_packed": tokens[1], "seconds_one_by_one": separate, "seconds_packed": together,
+                                 "samples_per_s_ratio": ratio})
+    print(f"\n(1 thread, CPU seconds) {len(encoded)} samples one by one {separate:.1f} s ({tokens[0]} tokens), as "
+          f"{len(trees)} trees {together:.1f} s ({tokens[1]} tokens): {ratio:.2f}x the samples per second")
+    assert ratio >= PACK_FLOOR, f"--pack trains {ratio:.2f}x the samples per second (floor {PACK_FLOOR}x)"

@@ -155,6 +155,52 @@ def test_batched_loss_equals_per_sample_loss(tokenizer, tiny_base):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# FALSIFY-TRAIN-009: --pack computes a trajectory's shared prompt tokens once and changes no sample's loss
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _trajectories(tokenizer, n: int, steps: int) -> tuple[list, list[str]]:
+    samples = small_dataset(n, steps)
+    return [T.encode(s, tokenizer, 4096) for s in samples], [s["metadata"]["trajectory"] for s in samples]
+
+
+def test_packed_trees_give_every_sample_its_own_loss(tokenizer, tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
+    encoded, keys = _trajectories(tokenizer, 3, 4)
+    dtype = torch.float32
+    with torch.no_grad():
+        one_by_one = [T.loss_sum(model, *T.collate([item], tokenizer.pad_token_id)) for item in encoded]
+        # each sample alone in a tree, then each trajectory in one tree, then all of them in one forest row
+        alone = [T.tree_loss_sum(model, *T.collate_trees(T.pack_trees([item], ["k"], 4096), dtype)) for item in encoded]
+        trees = T.pack_trees(encoded, keys, 4096)
+        forest = T.tree_loss_sum(model, *T.collate_trees(trees, dtype))
+    for (expected, count), (got, got_count) in zip(one_by_one, alone):
+        assert got_count == count and float(got) == pytest.approx(float(expected), rel=1e-4)
+    assert len(trees) == 3 and [tree.samples for tree in trees] == [4, 4, 4]
+    assert forest[1] == sum(count for _, count in one_by_one)
+    assert float(forest[0]) == pytest.approx(sum(float(loss) for loss, _ in one_by_one), rel=1e-4)
+    # the shared prompt tokens are computed once: far fewer tokens than the samples one by one
+    assert sum(len(tree.input_ids) for tree in trees) < 0.6 * sum(len(ids) for ids, _ in encoded)
+    # a tree never grows past its cap: a trajectory too big for one tree is split, every sample kept
+    longest = max(len(ids) for ids, _ in encoded)
+    capped = T.pack_trees(encoded, keys, longest + 10)
+    assert all(len(tree.input_ids) <= longest + 10 for tree in capped) and len(capped) > 3
+    assert sum(tree.samples for tree in capped) == len(encoded)
+
+
+def test_training_with_pack_steps_over_trees(tmp_path, tiny_base):
+    data = write_jsonl(tmp_path / "d.jsonl", small_dataset(3, 3))
+    summary = T.train(config_for(tiny_base, data, tmp_path / "out", pack=True, max_steps=None, epochs=1,
+                                 val_fraction=0.0))
+    assert summary["steps"] == 3 == summary["packed"]["trees"]  # one tree per trajectory, one tree per step
+    assert summary["packed"]["tokens_packed"] == summary["tokens_trained"] < summary["packed"]["tokens_one_by_one"]
+    with pytest.raises(FlipError, match="--pack-tokens must be at least --max-length"):
+        config_for(tiny_base, data, tmp_path / "o2", pack=True, pack_tokens=100)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # FALSIFY-TRAIN-002: samples that do not fit --max-length are dropped and counted, never cut
 # --------------------------------------------------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ class RunOptions:
     grad_accum: int = option(TrainConfig.grad_accum, "micro-batches per optimizer step")
     seed: int = option(TrainConfig.seed, "seed of export sampling, data order and LoRA's initialisation")
     max_length: int = option(RECIPE["max_length"], "token budget of a sample")
+    pack: bool = option(RECIPE["pack"], "train each trajectory's samples as prefix trees (flip train --pack)")
     val_fraction: float = option(RECIPE["val_fraction"], "of training trajectories, for the validation loss only")
     eval_every: int | None = option(DEFAULT_EVAL_EVERY, "steps between held-out evals during training (0: none, "
                                     "no steps-to-flip)", type=positive_or_none)
@@ -187,7 +188,8 @@ def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[d
     config = TrainConfig(data=data, base=options.base, out=adapter, rank=options.rank, alpha=options.alpha,
                          targets=options.targets, lr=options.lr, max_steps=options.steps,
                          batch_size=options.batch_size, grad_accum=options.grad_accum, seed=options.seed,
-                         max_length=options.max_length, val_fraction=options.val_fraction, device=options.device,
+                         max_length=options.max_length, pack=options.pack, val_fraction=options.val_fraction,
+                         device=options.device,
                          eval_every=options.eval_every,
                          save_every=None)
     # Without progress evals the trainer's end-of-training call is skipped too: the final eval measures the student.
@@ -294,7 +296,7 @@ def build_report(options: RunOptions, data: Path, export_stats, train_summary: d
         "flip_threshold": FLIP_THRESHOLD,
         "progress": progress,
         "training": {k: train_summary.get(k) for k in ("final_train_loss", "final_val_loss", "tokens_per_s",
-                                                         "steps_per_s", "device", "config")},
+                                                         "steps_per_s", "samples", "packed", "device", "config")},
         "loss_curve": "adapter/loss.png",
         "artifacts": artifacts,
         "wall_time_s": dict(options.timings),

@@ -66,7 +66,8 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     check_no_leak(data, prompts)
     config = TrainConfig(data=data, base="smollm2-135m", out=work / "adapter", rank=recipe["rank"],
                          alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],
-                         max_steps=recipe["steps"], max_length=recipe["max_length"], val_fraction=recipe["val_fraction"],
+                         max_steps=recipe["steps"], max_length=recipe["max_length"], pack=recipe["pack"],
+                         val_fraction=recipe["val_fraction"],
                          device=device, save_every=None)
     clock = time.perf_counter()
     summary = train(config)
