@@ -122,14 +122,14 @@ def render_markdown(report: dict) -> str:
         f"{report['train_tasks']} training tasks; agents run up to {report['max_turns']} turns. Chosen: "
         f"**{report['chosen']}** (the default in contracts/recipes.yaml is {report['current_default']}).",
         "",
-        "| recipe | mode | steps | lr | targets | max length | train s | val solved | first tool | first-step valid "
-        "| agent valid calls | stops |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | mode | pack | steps | lr | targets | max length | train s | val solved | first tool "
+        "| first-step valid | agent valid calls | stops |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         recipe, agent, first = row["recipe"], row["agent"], row["first_step"]
         lines.append(
-            f"| {recipe['name']} | {recipe['mode']} | {recipe['steps']} | {recipe['lr']:g} | {','.join(recipe['targets'])} "
+            f"| {recipe['name']} | {recipe['mode']} | {'yes' if recipe.get('pack') else 'no'} | {recipe['steps']} | {recipe['lr']:g} | {','.join(recipe['targets'])} "
             f"| {recipe['max_length']} | {row['train_s']:.0f} | {agent['solved']}/{agent['tasks']} "
             f"| {first['first_tool_match']}/{first['tasks_with_expected_first_tool']} | {pct(first['valid_rate'])} "
             f"| {agent['valid_calls']}/{agent['calls']} | {agent['stop_reasons']} |")
