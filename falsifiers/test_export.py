@@ -209,14 +209,21 @@ def test_remap_follows_the_tool_map_fields(tmp_path):
 def test_paths_are_relative_in_results_and_tasks_too(tmp_path, slash):
     cwd = "/tmp/fix-teacher.AbC123"
     _stream(tmp_path / "in" / "t.ndjson", cwd + slash, [
-        ("Bash", {"command": "cargo test"}, f"error at {cwd}/src/lib.rs:3\nin {cwd}"),
+        # a sibling whose name extends the directory's is not inside it: left as it is
+        ("Bash", {"command": "cargo test"}, f"error at {cwd}/src/lib.rs:3\nin {cwd}\nbackup in {cwd}.bak/src, {cwd}-2"),
         ("Read", {"file_path": f"{cwd}/src/lib.rs"}, "1\tfn a() {}"),
+        # Claude Code's own error ends a sentence with the directory
+        ("Read", {"file_path": f"{cwd}/src/nope.rs"},
+         f"<tool_use_error>File does not exist. Note: your current working directory is {cwd}.</tool_use_error>"),
+        ("Bash", {"command": "ls"}, ""),
     ], prompt_file=f"Fix {cwd}/src/lib.rs please")
     _export([tmp_path / "in"], tmp_path / "out", mode="full")
     last = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[-1]
-    assert "error at src/lib.rs:3\nin ." in last["instruction"]
+    assert "error at src/lib.rs:3\nin .\n" in last["instruction"]
+    assert f"backup in {cwd}.bak/src, {cwd}-2" in last["instruction"]
+    assert "your current working directory is ..</tool_use_error>" in last["instruction"]
     assert last["instruction"].startswith("Task:\nFix src/lib.rs please")
-    assert cwd not in json.dumps(last)
+    assert cwd not in json.dumps(last).replace(f"{cwd}.bak/src", "").replace(f"{cwd}-2", "")
 
 
 def test_each_secret_pattern_is_redacted_and_counted(tmp_path):

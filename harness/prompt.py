@@ -77,8 +77,9 @@ def _root_pattern(roots) -> re.Pattern | None:
     if not roots:
         return None  # longest first (above): nested roots
     alternatives = "|".join(re.escape(r) for r in roots)
-    # ROOT/x -> x ; ROOT alone (not followed by a name character) -> .
-    return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|(?![\w.\-]))")
+    # ROOT/x -> x ; ROOT alone -> . : followed by no name character, or by a full stop that ends a sentence ("your
+    # current working directory is ROOT."), not by one inside a sibling's name (ROOT.bak).
+    return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|(?![\w\-]|\.[\w\-]))")
 
 
 def _windows_pattern(roots) -> re.Pattern | None:
