@@ -190,6 +190,7 @@ def test_packed_trees_give_every_sample_its_own_loss(tokenizer, tiny_base):
     assert sum(tree.samples for tree in capped) == len(encoded)
 
 
+@pytest.mark.helper
 def test_training_with_pack_steps_over_trees(tmp_path, tiny_base):
     data = write_jsonl(tmp_path / "d.jsonl", small_dataset(3, 3))
     summary = T.train(config_for(tiny_base, data, tmp_path / "out", pack=True, max_steps=None, epochs=1,

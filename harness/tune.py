@@ -39,10 +39,17 @@ def validation_split(task_dirs: list[Path], seed: int) -> tuple[list[str], list[
     return train, val
 
 
+def outside_calls(row: dict) -> int:
+    """Calls naming a path outside the workspace: the agent's (refused by the sandbox) and the first step's."""
+    return row["agent"]["refused"] + row["first_step"]["absolute_path_calls"]
+
+
 def score(row: dict) -> tuple:
-    """Higher is better: validation tasks solved, first tools matching, the agent's valid-call rate, fewer steps."""
+    """Higher is better: no call outside the workspace first (a student that climbs out is a defect, whatever else it
+    does well), then validation tasks solved, first tools matching, the agent's valid-call rate, fewer steps."""
     agent = row["agent"]
-    return (agent["solved"], row["first_step"]["first_tool_match"], agent["valid_call_rate"] or 0, -row["recipe"]["steps"])
+    return (-outside_calls(row), agent["solved"], row["first_step"]["first_tool_match"], agent["valid_call_rate"] or 0,
+            -row["recipe"]["steps"])
 
 
 def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], val_dir: Path, max_turns: int,
@@ -122,15 +129,15 @@ def render_markdown(report: dict) -> str:
         f"{report['train_tasks']} training tasks; agents run up to {report['max_turns']} turns. Chosen: "
         f"**{report['chosen']}** (the default in contracts/recipes.yaml is {report['current_default']}).",
         "",
-        "| recipe | mode | pack | steps | lr | targets | max length | train s | val solved | first tool "
+        "| recipe | mode | pack | steps | lr | targets | max length | train s | outside calls | val solved | first tool "
         "| first-step valid | agent valid calls | stops |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         recipe, agent, first = row["recipe"], row["agent"], row["first_step"]
         lines.append(
             f"| {recipe['name']} | {recipe['mode']} | {'yes' if recipe.get('pack') else 'no'} | {recipe['steps']} | {recipe['lr']:g} | {','.join(recipe['targets'])} "
-            f"| {recipe['max_length']} | {row['train_s']:.0f} | {agent['solved']}/{agent['tasks']} "
+            f"| {recipe['max_length']} | {row['train_s']:.0f} | {outside_calls(row)} | {agent['solved']}/{agent['tasks']} "
             f"| {first['first_tool_match']}/{first['tasks_with_expected_first_tool']} | {pct(first['valid_rate'])} "
             f"| {agent['valid_calls']}/{agent['calls']} | {agent['stop_reasons']} |")
     lines += ["", "Validation tasks: " + ", ".join(report["validation_tasks"]) + "."]
