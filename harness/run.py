@@ -189,9 +189,7 @@ def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[d
                          targets=options.targets, lr=options.lr, max_steps=options.steps,
                          batch_size=options.batch_size, grad_accum=options.grad_accum, seed=options.seed,
                          max_length=options.max_length, pack=options.pack, val_fraction=options.val_fraction,
-                         device=options.device,
-                         eval_every=options.eval_every,
-                         save_every=None)
+                         device=options.device, eval_every=options.eval_every, save_every=None)
     # Without progress evals the trainer's end-of-training call is skipped too: the final eval measures the student.
     summary = train(config, on_eval=on_eval if options.eval_every else None)
     write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in progress))
