@@ -161,6 +161,8 @@ def test_empty_exports_exit_1_and_windows_recordings_become_relative(tmp_path):
     cwd = "C:\\tmp\\ws"
     _stream(tmp_path / "win" / "t.ndjson", cwd, [
         ("Read", {"file_path": "C:\\tmp\\ws\\src\\a.py"}, "see C:\\tmp\\ws\\src\\a.py line 1"),
+        ("Read", {"file_path": "C:\\tmp\\ws\\b.py"},
+         "<tool_use_error>File does not exist. Note: your current working directory is C:\\tmp\\ws.</tool_use_error>"),
         ("Bash", {"command": "cd C:\\tmp\\ws && pytest"}, "ok")], task="fix C:\\tmp\\ws\\src\\a.py")
     code, err = flip("export", tmp_path / "win", "--out", tmp_path / "o4", "--max-tokens", "5", "--quiet")
     assert code == 1 and "did not fit --max-tokens 5" in err
@@ -169,6 +171,7 @@ def test_empty_exports_exit_1_and_windows_recordings_become_relative(tmp_path):
     assert json.loads(samples[0]["response"].split("\n")[1])["input"] == {"path": "src/a.py"}
     text = (tmp_path / "o5" / "apr_code_sft_full.jsonl").read_text()
     assert "C:" not in text and "\\\\tmp" not in text and "see src/a.py line 1" in text and "cd . && pytest" in text
+    assert "your current working directory is ..</tool_use_error>" in text
 
 
 def test_outputs_are_never_read_back_and_stale_modes_are_removed(tmp_path):

@@ -72,14 +72,18 @@ def render_chatml(system: str, instruction: str, response: str) -> str:
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # a Windows recording: C:\tmp\ws
 
 
+# Where a root alone ends: before no name character, or before a full stop that ends a sentence (Claude Code's "your
+# current working directory is ROOT."), not before one inside a sibling's name (ROOT.bak).
+_ROOT_ENDS = r"(?![\w\-]|\.[\w\-])"
+
+
 def _root_pattern(roots) -> re.Pattern | None:
     roots = sorted({r for r in roots if r and r != "/" and not _DRIVE.match(r)}, key=len, reverse=True)
     if not roots:
         return None  # longest first (above): nested roots
     alternatives = "|".join(re.escape(r) for r in roots)
-    # ROOT/x -> x ; ROOT alone -> . : followed by no name character, or by a full stop that ends a sentence ("your
-    # current working directory is ROOT."), not by one inside a sibling's name (ROOT.bak).
-    return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|(?![\w\-]|\.[\w\-]))")
+    # ROOT/x -> x ; ROOT alone -> .
+    return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|{_ROOT_ENDS})")
 
 
 def _windows_pattern(roots) -> re.Pattern | None:
@@ -89,7 +93,7 @@ def _windows_pattern(roots) -> re.Pattern | None:
         return None
     separator = r"[\\/]"
     alternatives = "|".join(separator.join(re.escape(part) for part in re.split(r"[\\/]", r)) for r in roots)
-    return re.compile(rf"(?:{alternatives})(?:{separator}([^\s\"'`<>|]+)|(?![\w.\-]))")
+    return re.compile(rf"(?:{alternatives})(?:{separator}([^\s\"'`<>|]+)|{_ROOT_ENDS})")
 
 
 def _windows_relative(match: re.Match) -> str:
