@@ -17,7 +17,8 @@ import pytest
 
 from falsifiers.test_remap import tiny_adapter, tiny_base
 from harness import FlipError
-from harness.atomic import MANIFEST, check_out_dir, claim_dir, dir_state, remove_stale, replaced_dir
+from harness.atomic import (MANIFEST, check_out_dir, claim_dir, dir_state, remove_entry, remove_ours, remove_stale,
+                            replaced_dir)
 from harness.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,19 @@ def test_output_directory_states_and_stale_files(tmp_path):
     assert (out / "a_x.jsonl").exists() and (out / "mine.txt").exists()
     with pytest.raises(FlipError, match="--out .* is a file"):
         check_out_dir(out / "mine.txt", "export", names)
+    # a whole directory is removed only when it is ours: never a user's, nor an empty one nobody can prove is ours
+    assert remove_ours(out, "export", names) is False and (out / "mine.txt").exists()
+    (tmp_path / "empty").mkdir()
+    assert remove_ours(tmp_path / "empty", "export", names) is False and (tmp_path / "empty").is_dir()
+    (out / "mine.txt").unlink()
+    assert remove_ours(out, "export", names) is True and not out.exists()
+    # an entry that is a link to the user's files is unlinked, never followed
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "keep.txt").write_text("user")
+    (tmp_path / "link").symlink_to(users, target_is_directory=True)
+    remove_entry(tmp_path / "link")
+    assert not (tmp_path / "link").is_symlink() and (users / "keep.txt").read_text() == "user"
 
 
 def test_a_failed_replacement_keeps_the_old_directory(tmp_path):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import FlipError, progress_bar
-from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state
+from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, remove_entry
 from harness.contracts import system_prompt
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
@@ -261,9 +261,10 @@ def check_keep_dir(keep: Path, ids: list[str], force: bool) -> None:
 
 
 def keep_workspace(source: Path, target: Path) -> None:
-    """The final workspace without build outputs, so anyone can re-run its test; replaces an earlier copy of ours."""
-    if target.exists():
-        shutil.rmtree(target)
+    """The final workspace without build outputs, so anyone can re-run its test; replaces an earlier copy of ours
+    (check_keep_dir refused, before any work, a KEEP holding a task's folder that flip agent did not write)."""
+    if target.exists() or target.is_symlink():
+        remove_entry(target)
     shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(*SKIP_DIRS, "*.pyc"))
 
 

@@ -139,7 +139,7 @@ def claim_dir(path: str | os.PathLike, command: str, names, force: bool = False,
         _write_manifest(path, command)
     for entry in path.iterdir():
         if _is_our_temp(entry.name, names):
-            _remove(entry)
+            remove_entry(entry)
     return path
 
 
@@ -151,20 +151,22 @@ def remove_stale(path: Path, command: str, names, keep) -> list[str]:
     removed = []
     for entry in sorted(path.iterdir()):
         if entry.name != MANIFEST and entry.name not in keep:
-            _remove(entry)
+            remove_entry(entry)
             removed.append(entry.name)
     return removed
 
 
 def remove_ours(path: Path, command: str, names) -> bool:
-    """Remove a whole directory only when it is this command's own output; True when it was removed."""
-    if dir_state(path, command, names) not in ("ours", "empty"):
+    """Remove a whole directory only when it is this command's own output (its manifest, only its names); True when
+    it was removed. An empty directory is not provably ours: it is left for the command to claim."""
+    if dir_state(path, command, names) != "ours":
         return False
     shutil.rmtree(path)
     return True
 
 
-def _remove(entry: Path) -> None:
+def remove_entry(entry: Path) -> None:
+    """An entry of a directory that is ours: a link is unlinked (never followed), a directory removed whole."""
     if entry.is_dir() and not entry.is_symlink():
         shutil.rmtree(entry)
     else:

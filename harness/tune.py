@@ -3,9 +3,11 @@
     split the training tasks   one task per (kind, language) to validation, seeded; the rest train
     per recipe                 export the train split's transcripts -> train -> first-step eval and agent run on the
                                validation tasks
-    choose                     most validation tasks solved; ties: more first tools matching the teacher's, then a
-                               higher valid-call rate as an agent, then the shorter training
-    report                     DIR/tune.json + DIR/tune.md (docs/recipe.md records the run behind the default)
+    choose                     no call outside the workspace; then most validation tasks solved; ties: more first
+                               tools matching the teacher's, then a higher valid-call rate as an agent, then the
+                               shorter training (score below)
+    report                     writes DIR/tune.json and a Markdown table, DIR/tune.md, into the tune directory;
+                               docs/recipe.md copies the table of the run behind the default
 
 Recipes are data: contracts/recipes.yaml. The held-out workspaces and prompts are never read here.
 """
