@@ -193,3 +193,45 @@ def test_base_model_emits_no_tool_call(tmp_path):
         assert record["tool_use_count"] == 0 and record["tool_calls"] == []
     assert summary["tasks"] == 3 and summary["tasks_with_call"] == 0 and summary["total_calls"] == 0
     assert summary["tasks_naming_path"] == 3 and summary["grounded_rate"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The batched greedy decoder against transformers' own generate, one prompt at a time
+# ---------------------------------------------------------------------------------------------------------------------
+
+SHARED = "<|im_start|>system\nYou are a tool. def main(): print('hello world')<|im_end|>\n<|im_start|>user\n"
+OWN = ["The quick", "brown fox jumps over the lazy dog. 0123456789 <tool_call>", "x",
+       "def main():\n    print('hello')", "The quick brown"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_batched_decoding_equals_decoding_each_prompt_alone(tmp_path, arch):
+    """Prompts of different lengths sharing a system turn (one shares a word more with another), batch sizes that split
+    them unevenly, with stop strings (rows leave at different steps) and without: every output is the one transformers'
+    greedy generate gives that prompt alone. Two prompts in a batch share less than a whole row (a lone-row batch shares
+    nothing), so both prefill paths run."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.evaluate import generate, stop_token_ids
+    from falsifiers.test_remap import tiny_base
+
+    directory = tiny_base(tmp_path, arch)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    texts = [SHARED + own for own in OWN]
+    alone = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        alone.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    assert len(set(alone)) > 1, "the prompts must not all give the same output"
+    for batch_size in (2, 3, 5):
+        plain = generate(model, tokenizer, texts, 12, batch_size)
+        assert [r["output"] for r in plain] == alone, batch_size
+        stop = "o"
+        cut = [text[:text.index(stop) + 1] if stop in text else text for text in alone]
+        stopped = generate(model, tokenizer, texts, 12, batch_size, stop_strings=(stop,))
+        assert [r["output"] for r in stopped] == cut, batch_size
+        assert sum(r["hit_token_limit"] for r in stopped) < len(texts), "no row left its batch early"

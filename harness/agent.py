@@ -32,6 +32,7 @@ from pathlib import Path
 from harness import FlipError, progress_bar
 from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, remove_entry
 from harness.contracts import system_prompt
+from harness.evaluate import DEFAULT_BATCH_SIZE
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
@@ -146,7 +147,7 @@ class AgentOptions:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     max_tokens: int = DEFAULT_MAX_TOKENS
     max_result_chars: int = 2000  # as the exporter's default
-    batch_size: int = 16  # the live tasks decode together; finished rows leave the batch (evaluate.generate)
+    batch_size: int = DEFAULT_BATCH_SIZE  # the live tasks decode together; finished rows leave the batch
     test_timeout: float = DEFAULT_TEST_TIMEOUT
     limits: Limits = field(default_factory=Limits)
     sandbox_dir: str | None = None  # where sandboxes are made (default: the system's temporary directory)

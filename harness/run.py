@@ -70,7 +70,8 @@ class RunOptions:
     # closes within them is the same call the full eval sees; a base-like model's prose would otherwise cost the
     # full budget at every eval.
     progress_tokens: int = option(64, "evals during training")
-    eval_batch_size: int = option(eval_stage.DEFAULT_BATCH_SIZE, "prompts decoded together")
+    eval_batch_size: int = option(eval_stage.DEFAULT_BATCH_SIZE,
+                                  "prompts decoded together (evaluations and agent turns)")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
     merge: bool = option(True, "merge the adapter into the base; --no-merge: the student is base + adapter")
     agent: bool = option(True, "run base and student as agents on the held-out workspaces")
@@ -235,7 +236,7 @@ def agent_phase(options: RunOptions) -> dict:
 
     traces = options.out / "traces"
     agent_options = dict(max_turns=options.max_turns, max_new_tokens=options.agent_tokens,
-                         max_tokens=options.max_length)
+                         max_tokens=options.max_length, batch_size=options.eval_batch_size)
     base = agent(options.base, options.holdout, traces / "agent_base.jsonl", device=options.device,
                  options=AgentOptions(**agent_options), label="base agent")
     model, adapter = student_model(options)
