@@ -4,7 +4,10 @@ Per file (files sorted by their path relative to the export root, so discovery o
 read trajectories (harness.transcripts) -> make recording paths workspace-relative and redact secrets -> remap each
 teacher call through contracts/tool_map.json -> one candidate sample per remappable call, fitted to the token budget
 -> the modes pick from the candidates (curated: each trajectory's first; full: all; balanced: a seeded reservoir of
-N per tool) -> duplicates (same instruction and response) are dropped -> JSONL written atomically.
+N per tool) -> duplicates (same instruction and response) are dropped -> JSONL written atomically. With --target
+messages, mode `conversations` writes each trajectory whole instead, as one chat (system, the task, each call as an
+assistant `tool_calls` turn and its result as a `tool` turn, the final answer), for trainers that train on whole
+conversations; it is not fitted to --max-tokens (a trainer's max_length cuts it).
 
 With --jobs N the per-file work (everything up to the candidates and the file's counts) runs in N worker processes;
 the main process takes each file's result in the sorted file order and alone picks, deduplicates and writes, so the
@@ -44,12 +47,14 @@ from harness import FlipError
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
 from harness.prompt import (Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
-                            render_observation)
+                            render_observation, render_result)
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
 from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
 
-MODES = ("curated", "balanced", "full")
+MODES = ("curated", "balanced", "full")  # of single-step samples
+CONVERSATIONS = "conversations"  # whole trajectories, one chat each: a messages mode only
 TARGETS = ("apr-code", "messages")
+TARGET_MODES = {"apr-code": MODES, "messages": MODES + (CONVERSATIONS,)}  # what --mode all writes
 TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".json")
 STATS_FILE = "export_stats.json"
 FINAL = "final"  # the `tool` of a final-answer sample (its bucket in per_tool and in balanced mode)
@@ -88,6 +93,24 @@ class Sample:
     def key(self) -> bytes:
         return hashlib.blake2b(f"{self.instruction}\0{self.response}".encode("utf-8", "replace"),
                                digest_size=16).digest()
+
+    def tools(self) -> list[str]:
+        return [self.metadata["tool"]]
+
+
+@dataclass
+class Conversation:
+    """One trajectory as a whole chat (mode conversations)."""
+    messages: list[dict]
+    metadata: dict
+
+    def key(self) -> bytes:
+        text = json.dumps(self.messages, ensure_ascii=False, sort_keys=True)
+        return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).digest()
+
+    def tools(self) -> list[str]:
+        calls = [m["tool_calls"][0]["function"]["name"] for m in self.messages if m.get("tool_calls")]
+        return calls + [FINAL] * self.metadata["final"]
 
 
 # ----------------------------------------------------------------------------------------------- the export
@@ -158,9 +181,9 @@ class Stats:
             "candidates": self.candidates,
             "final_candidates": self.final_candidates,
             "finals_dropped": dict(sorted(self.finals_dropped.items())),
-            "samples": {m: self.samples.get(m, 0) for m in MODES if m in self.samples},
+            "samples": {m: self.samples.get(m, 0) for m in TARGET_MODES["messages"] if m in self.samples},
             "per_tool": {m: dict(sorted(v.items())) for m, v in self.per_tool.items()},
-            "duplicates": {m: self.duplicates.get(m, 0) for m in MODES if m in self.duplicates},
+            "duplicates": {m: self.duplicates.get(m, 0) for m in TARGET_MODES["messages"] if m in self.duplicates},
             "redactions": dict(sorted(self.redactions.items())),
             "without_task": self.without_task,
             "truncated": {k: self.truncated.get(k, 0) for k in (
@@ -257,6 +280,8 @@ class Writers:
         for mode in self.modes:
             if mode == "curated" and not first_in_trajectory:
                 continue
+            if (mode == CONVERSATIONS) != isinstance(sample, Conversation):
+                continue  # a conversation goes to its own file only, and a single-step sample never there
             key = key or sample.key()
             if key in self.seen[mode]:
                 self.stats.duplicates[mode] += 1
@@ -283,7 +308,7 @@ class Writers:
     def _write(self, mode: str, sample: Sample) -> None:
         self.handles[mode].write(sample_line(sample, self.options.target))
         self.stats.samples[mode] += 1
-        self.stats.per_tool[mode][sample.metadata["tool"]] += 1
+        self.stats.per_tool[mode].update(sample.tools())
 
     def close(self, ok: bool) -> None:
         if ok and "balanced" in self.modes:
@@ -317,8 +342,10 @@ def _tool_rng(seed: int, tool: str, n: int) -> random.Random:
     return random.Random(f"{seed}:{tool}:{n}")
 
 
-def sample_line(sample: Sample, target: str) -> str:
-    if target == "apr-code":
+def sample_line(sample: Sample | Conversation, target: str) -> str:
+    if isinstance(sample, Conversation):
+        obj = {"messages": sample.messages, "tools": list(tools_list()), "metadata": sample.metadata}
+    elif target == "apr-code":
         obj = {"instruction": sample.instruction, "response": sample.response, "system": sample.system,
                "metadata": sample.metadata}
     else:
@@ -388,7 +415,7 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
                 stats.truncated["results_shortened"] += 1
         response = render_tool_call(tool, tool_input)
         observation = render_observation(tool, tool_input, result, call.is_error)
-        steps.append(Step(tool, tool_input, response, 0, observation, 0))
+        steps.append(Step(tool, tool_input, response, 0, observation, 0, render_result(result, call.is_error)))
     count_steps(budget.counter, steps, max(len(steps) - 1, 0) if later_samples else 0)
     return steps
 
@@ -396,6 +423,7 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
 def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, scrubber: Scrubber, budget: Budget,
                       options: ExportOptions, stats: Stats, writers: Candidates) -> None:
     wanted = {"full", "balanced"} & set(writers.modes)
+    samples = set(writers.modes) != {CONVERSATIONS}
     steps = trajectory_steps(trajectory, scrubber, budget, options, stats, later_samples=bool(wanted))
     if not steps:
         return
@@ -403,7 +431,7 @@ def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, s
     if not task:
         stats.without_task += 1
     task_tokens = budget.count(f"Task:\n{task}\n\n") if task else 0
-    for index, step in enumerate(steps):
+    for index, step in enumerate(steps if samples else ()):
         if index and not wanted:
             break  # curated only needs each trajectory's first call
         stats.candidates += 1
@@ -413,9 +441,28 @@ def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, s
         sample = Sample(instruction, step.response, budget.system,
                         {"trajectory": trajectory_id, "step": index, "tool": step.tool, "source": source})
         writers.offer(sample, first_in_trajectory=index == 0)
-    if wanted and trajectory.final is not None:
-        export_final(trajectory.final, steps, task, task_tokens, trajectory_id, source, scrubber, budget, stats,
-                     writers)
+    answer = None
+    if (wanted or CONVERSATIONS in writers.modes) and trajectory.final is not None:
+        answer = export_final(trajectory.final, steps, task, task_tokens, trajectory_id, source, scrubber, budget,
+                              stats, writers)
+    if CONVERSATIONS in writers.modes and task:  # a chat opens with the user's task: without one there is none
+        writers.offer(conversation(budget.system, task, steps, answer, trajectory_id, source), first_in_trajectory=False)
+
+
+def conversation(system: str, task: str, steps: list[Step], answer: str | None, trajectory_id: str,
+                 source: str) -> Conversation:
+    """The trajectory as one chat: each call an assistant turn with `tool_calls` (object arguments) and its result a
+    `tool` turn answering it by id, then the final answer when there is one."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": task}]
+    for index, step in enumerate(steps):
+        call_id = f"call_{index}"
+        messages.append({"role": "assistant", "content": "", "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": step.tool, "arguments": step.input}}]})
+        messages.append({"role": "tool", "tool_call_id": call_id, "name": step.tool, "content": step.result})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return Conversation(messages, {"trajectory": trajectory_id, "source": source, "steps": len(steps),
+                                   "final": answer is not None})
 
 
 def final_answer(text: str, limit: int = MAX_FINAL_CHARS) -> str:
@@ -438,34 +485,39 @@ def final_answer(text: str, limit: int = MAX_FINAL_CHARS) -> str:
 
 
 def export_final(final: str, steps: list[Step], task: str | None, task_tokens: int, trajectory_id: str, source: str,
-                 scrubber: Scrubber, budget: Budget, stats: Stats, writers: Candidates) -> None:
+                 scrubber: Scrubber, budget: Budget, stats: Stats, writers: Candidates) -> str | None:
     """The trajectory's closing text as one more sample: every observation so far, then a response with no call at
-    all, so the student learns that a reply without <tool_call> ends the task. Never in curated mode (first actions)."""
+    all, so the student learns that a reply without <tool_call> ends the task. Never in curated mode (first actions).
+    Returns the final answer (a conversation's last turn), None when the closing text gives none."""
     stats.final_candidates += 1
     response = final_answer(scrubber.text(final))
     if not response:
         stats.finals_dropped["only_headings"] += 1
-        return
+        return None
     if OPEN in response or CLOSE in response:
         stats.finals_dropped["call_tag_in_text"] += 1  # a final answer must hold no call tag, not even a half one
-        return
+        return None
+    if not {"full", "balanced"} & set(writers.modes):
+        return response  # only a conversation ends with it
     stats.candidates += 1
     step = Step(FINAL, {}, response, budget.count(response + "\n"), "", 0)
     count_observations(budget.counter, steps)  # the final answer reads every observation, the last one included
     instruction = fit_instruction(budget, task, task_tokens, [*steps, step], len(steps), stats.truncated)
-    if instruction is None:
-        return  # counted in truncated.samples_dropped_too_long, as a call's sample is
-    metadata = {"trajectory": trajectory_id, "step": len(steps), "tool": FINAL, "source": source, "final": True}
-    writers.offer(Sample(instruction, response, budget.system, metadata), first_in_trajectory=False)
+    if instruction is not None:  # else counted in truncated.samples_dropped_too_long, as a call's sample is
+        metadata = {"trajectory": trajectory_id, "step": len(steps), "tool": FINAL, "source": source, "final": True}
+        writers.offer(Sample(instruction, response, budget.system, metadata), first_in_trajectory=False)
+    return response
 
 
 def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, counter=None) -> dict:
     """Run the export; returns the stats written to OUT/export_stats.json."""
     options = options or ExportOptions()
-    if options.mode not in MODES + ("all",):
-        raise FlipError(f"unknown mode {options.mode!r}")
     if options.target not in TARGETS:
         raise FlipError(f"unknown target {options.target!r}")
+    if options.mode == CONVERSATIONS and options.target != "messages":
+        raise FlipError("--mode conversations writes chats: it needs --target messages")
+    if options.mode not in TARGET_MODES[options.target] + ("all",):
+        raise FlipError(f"unknown mode {options.mode!r}")
     if options.max_tokens < 1 or options.per_tool < 1 or options.max_result_chars < 64:
         raise FlipError("--max-tokens and --per-tool must be positive, --max-result-chars at least 64")
     if options.jobs < 1:
@@ -476,7 +528,7 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
         from harness.tokens import counter as make_counter
 
         counter = make_counter(options.tokenizer)
-    modes = MODES if options.mode == "all" else (options.mode,)
+    modes = TARGET_MODES[options.target] if options.mode == "all" else (options.mode,)
     stats = Stats()
     work = FileWork(Budget(counter, options.max_tokens, system_prompt()), options, modes)
     writers = Writers(out, options, modes, stats)
@@ -660,8 +712,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transcript files or directories (walked)")
     parser.add_argument("--out", required=True,
                         help="output directory")
-    parser.add_argument("--mode", choices=MODES + ("all",), default=ExportOptions.mode,
-                        help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; all: the three")
+    parser.add_argument("--mode", choices=TARGET_MODES["messages"] + ("all",), default=ExportOptions.mode,
+                        help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; "
+                             "conversations (--target messages): each trajectory as one chat; all: every mode of the "
+                             "target")
     parser.add_argument("--target", choices=TARGETS, default=ExportOptions.target,
                         help="apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)")
     parser.add_argument("--max-tokens", type=int, default=ExportOptions.max_tokens,

@@ -38,9 +38,14 @@ CUT_MARGIN = 1024
 
 # --------------------------------------------------------------------------------------- rendering (public)
 
-def render_observation(tool: str, tool_input: dict, result: str | None, is_error: bool = False) -> str:
+def render_result(result: str | None, is_error: bool = False) -> str:
+    """A call's result as the model reads it: a label saying whether the call failed, then the result's text."""
     label = "Result (error):" if is_error else "Result:"
-    return f"Action: {render_tool_call(tool, tool_input)}\n{label}\n{NO_RESULT if result is None else result}"
+    return f"{label}\n{NO_RESULT if result is None else result}"
+
+
+def render_observation(tool: str, tool_input: dict, result: str | None, is_error: bool = False) -> str:
+    return f"Action: {render_tool_call(tool, tool_input)}\n{render_result(result, is_error)}"
 
 
 def omitted_marker(count: int) -> str:
@@ -215,6 +220,7 @@ class Step:
     response_tokens: int
     observation: str  # how this step appears in later instructions
     observation_tokens: int | None  # None: not counted yet (count_observations)
+    result: str = ""  # render_result of the call's result: a whole conversation's tool message
 
 
 

@@ -25,6 +25,7 @@ from harness import FlipError
 from harness import agent as agent_stage, evaluate as eval_stage  # their defaults (neither imports torch)
 from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
+from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.options import add_options, config_text, field_names, option, options_of, positive_or_none, read_config
 from harness.train import TrainConfig
 
@@ -34,12 +35,10 @@ RECIPE = default_recipe()
 DEFAULT_BASE = "smollm2-135m"
 DEFAULT_EVAL_EVERY = 35  # held-out first-step checks during training (steps-to-flip); each costs ~20 s on 2 cores
 FLIP_THRESHOLD = 0.9  # steps-to-flip: the first eval step with >= 90% of held-out tasks holding a valid call
-GOALS = {"base_tasks_with_call": 0, "student_valid_rate": 0.9, "student_grounded_rate": 0.7}
 # What `flip run` writes into --out; a directory holding anything else is refused unless --force.
 OUTPUT_NAMES = ("datasets", "adapter", "adapter_remapped.safetensors", "adapter.gguf", "merged", "merged.gguf",
                 "traces", "progress.jsonl", "report.json", "report.md", "config.json")
 CONFIG_FILE = "config.json"  # the resolved options; `flip run --config FILE` reads one back to repeat the run
-MODES = ("curated", "balanced", "full")
 
 
 @dataclass
