@@ -446,7 +446,8 @@ def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, s
         answer = export_final(trajectory.final, steps, task, task_tokens, trajectory_id, source, scrubber, budget,
                               stats, writers)
     if CONVERSATIONS in writers.modes and task:  # a chat opens with the user's task: without one there is none
-        writers.offer(conversation(budget.system, task, steps, answer, trajectory_id, source), first_in_trajectory=False)
+        chat = conversation(budget.system, task, steps, answer, trajectory_id, source)
+        writers.offer(chat, first_in_trajectory=False)
 
 
 def conversation(system: str, task: str, steps: list[Step], answer: str | None, trajectory_id: str,
