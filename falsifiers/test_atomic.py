@@ -144,11 +144,19 @@ def test_output_directory_states_and_stale_files(tmp_path):
     assert dir_state(out, "export", names) == "ours" and (out / MANIFEST).is_file()
     (out / "a_x.jsonl").write_text("1")
     (out / "a_y.jsonl").write_text("2")
-    (out / ".a_x.jsonl.abc123.tmp").write_text("left by a killed run")
+    (out / ".a_x.jsonl.k3j_9xq2.tmp").write_text("left by a killed run")  # atomic_path's shape
     assert dir_state(out, "export", names) == "ours"
     assert dir_state(out, "train", names) == "foreign", "another command's directory is not ours"
     claim_dir(out, "export", names)
-    assert not (out / ".a_x.jsonl.abc123.tmp").exists(), "an interrupted run's temporary file survived the next run"
+    assert not (out / ".a_x.jsonl.k3j_9xq2.tmp").exists(), "an interrupted run's temporary file survived the next run"
+    # under --force in a user's directory: our temporaries go, a user's file of a similar name stays
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "notes.txt").write_text("user")
+    (mixed / ".a_x.jsonl.backup.tmp").write_text("user")
+    (mixed / ".stats.json.ab12cd34.tmp").write_text("left by a killed run")
+    claim_dir(mixed, "export", names, force=True)
+    assert sorted(p.name for p in mixed.iterdir()) == [".a_x.jsonl.backup.tmp", "notes.txt"]
     assert remove_stale(out, "export", names, keep={"a_x.jsonl"}) == ["a_y.jsonl"]
     (out / "mine.txt").write_text("user")
     assert dir_state(out, "export", names) == "foreign"

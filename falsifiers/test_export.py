@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -872,31 +873,35 @@ def test_messages_tools_are_described_by_their_schemas(tmp_path):
         assert set(function["parameters"]) == {"type", "properties", "required", "additionalProperties"}
 
 
-def test_messages_dataset_trains_one_step_with_trl(tmp_path):
-    """The messages dataset loads with `datasets.load_dataset("json")` and TRL's SFTTrainer takes a training step on
-    it with the bundled smollm2-135m (offline), its loss finite."""
+def _trl_step_on_export(tmp_path, mode: str, batch_size: int):
+    """Export a three-call fix to the messages target in `mode`, load it with `datasets.load_dataset("json")`, take one
+    TRL SFTTrainer step on it with the bundled smollm2-135m (offline): (the loaded dataset, the train result)."""
     pytest.importorskip("torch", reason="TRL needs torch")
     datasets = pytest.importorskip("datasets", reason="the bench extra (datasets) is not installed")
     trl = pytest.importorskip("trl", reason="the bench extra (trl) is not installed")
-    import math
-
     from harness.models import load_model
 
     _stream(tmp_path / "in" / "t.ndjson", "/w", [
         ("Read", {"file_path": "/w/a.rs"}, "fn add(a: i32, b: i32) -> i32 { a - b }"),
         ("Edit", {"file_path": "/w/a.rs", "old_string": "a - b", "new_string": "a + b"}, "ok"),
         ("Bash", {"command": "cargo test"}, "test result: ok")], task="fix add in a.rs")
-    _export([tmp_path / "in"], tmp_path / "out", mode="full", target="messages")
-    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "messages_full.jsonl"), split="train",
+    _export([tmp_path / "in"], tmp_path / "out", mode=mode, target="messages")
+    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "out" / f"messages_{mode}.jsonl"), split="train",
                                    cache_dir=str(tmp_path / "hf-cache"))
-    assert len(loaded) == 3 and loaded[1]["messages"][2]["tool_calls"][0]["function"]["name"] == "file_edit"
     model, tokenizer = load_model("smollm2-135m", device="cpu")
-    config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2,
+    config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=batch_size,
                            max_length=1024, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True,
                            dataset_num_proc=None, disable_tqdm=True)
     trainer = trl.SFTTrainer(model=model.train(), args=config, train_dataset=loaded.remove_columns(["metadata"]),
                              processing_class=tokenizer)
-    result = trainer.train()
+    return loaded, trainer.train()
+
+
+def test_messages_dataset_trains_one_step_with_trl(tmp_path):
+    """The messages dataset loads with `datasets.load_dataset("json")` and TRL's SFTTrainer takes a training step on
+    it with the bundled smollm2-135m (offline), its loss finite."""
+    loaded, result = _trl_step_on_export(tmp_path, "full", batch_size=2)
+    assert len(loaded) == 3 and loaded[1]["messages"][2]["tool_calls"][0]["function"]["name"] == "file_edit"
     assert result.global_step == 1 and math.isfinite(result.training_loss)
 
 
@@ -954,27 +959,7 @@ def test_conversations_hold_each_trajectory_as_the_full_samples_show_it(tmp_path
 def test_conversations_train_one_step_with_trl(tmp_path):
     """The conversations load with `datasets.load_dataset("json")` (tool turns and call turns in one list) and TRL's
     SFTTrainer takes a training step on them with the bundled smollm2-135m, its loss finite."""
-    pytest.importorskip("torch", reason="TRL needs torch")
-    datasets = pytest.importorskip("datasets", reason="the bench extra (datasets) is not installed")
-    trl = pytest.importorskip("trl", reason="the bench extra (trl) is not installed")
-    import math
-
-    from harness.models import load_model
-
-    _stream(tmp_path / "in" / "t.ndjson", "/w", [
-        ("Read", {"file_path": "/w/a.rs"}, "fn add(a: i32, b: i32) -> i32 { a - b }"),
-        ("Edit", {"file_path": "/w/a.rs", "old_string": "a - b", "new_string": "a + b"}, "ok"),
-        ("Bash", {"command": "cargo test"}, "test result: ok")], task="fix add in a.rs")
-    _export([tmp_path / "in"], tmp_path / "out", mode="conversations", target="messages")
-    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "messages_conversations.jsonl"),
-                                   split="train", cache_dir=str(tmp_path / "hf-cache"))
+    loaded, result = _trl_step_on_export(tmp_path, "conversations", batch_size=1)
     assert len(loaded) == 1 and [m["role"] for m in loaded[0]["messages"]] == [
         "system", "user", "assistant", "tool", "assistant", "tool", "assistant", "tool"]
-    model, tokenizer = load_model("smollm2-135m", device="cpu")
-    config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=1,
-                           max_length=1024, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True,
-                           dataset_num_proc=None, disable_tqdm=True)
-    trainer = trl.SFTTrainer(model=model.train(), args=config, train_dataset=loaded.remove_columns(["metadata"]),
-                             processing_class=tokenizer)
-    result = trainer.train()
     assert result.global_step == 1 and math.isfinite(result.training_loss)

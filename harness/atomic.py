@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -59,10 +60,15 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 # Output directories
 # ---------------------------------------------------------------------------------------------------------------------
 
+# What tempfile names the temporaries of atomic_path / replaced_dir: `.NAME.` + 8 random characters + our suffix
+# (`.gguf`, `.safetensors`, `.png`, `.old`) + `.tmp`. A user's `.NAME.backup.tmp` does not have that shape.
+_OUR_TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?:\.[a-z]+)?\.tmp")
+
+
 def _is_our_temp(name: str, names) -> bool:
-    """A temporary file or directory that atomic_path / replaced_dir left for one of our names (`.NAME.xxxx.tmp`)."""
-    return name.startswith(".") and name.endswith(".tmp") and any(
-        fnmatch.fnmatchcase(name, f".{pattern}.*.tmp") for pattern in names)
+    """A temporary file or directory that atomic_path / replaced_dir left for one of our names."""
+    match = _OUR_TEMP.fullmatch(name)
+    return match is not None and any(fnmatch.fnmatchcase(match["name"], pattern) for pattern in names)
 
 
 def _ours(name: str, names) -> bool:

@@ -54,7 +54,8 @@ from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
 MODES = ("curated", "balanced", "full")  # of single-step samples
 CONVERSATIONS = "conversations"  # whole trajectories, one chat each: a messages mode only
 TARGETS = ("apr-code", "messages")
-TARGET_MODES = {"apr-code": MODES, "messages": MODES + (CONVERSATIONS,)}  # what --mode all writes
+EVERY_MODE = MODES + (CONVERSATIONS,)
+TARGET_MODES = {"apr-code": MODES, "messages": EVERY_MODE}  # what --mode all writes
 TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".json")
 STATS_FILE = "export_stats.json"
 FINAL = "final"  # the `tool` of a final-answer sample (its bucket in per_tool and in balanced mode)
@@ -181,9 +182,9 @@ class Stats:
             "candidates": self.candidates,
             "final_candidates": self.final_candidates,
             "finals_dropped": dict(sorted(self.finals_dropped.items())),
-            "samples": {m: self.samples.get(m, 0) for m in TARGET_MODES["messages"] if m in self.samples},
+            "samples": {m: self.samples.get(m, 0) for m in EVERY_MODE if m in self.samples},
             "per_tool": {m: dict(sorted(v.items())) for m, v in self.per_tool.items()},
-            "duplicates": {m: self.duplicates.get(m, 0) for m in TARGET_MODES["messages"] if m in self.duplicates},
+            "duplicates": {m: self.duplicates.get(m, 0) for m in EVERY_MODE if m in self.duplicates},
             "redactions": dict(sorted(self.redactions.items())),
             "without_task": self.without_task,
             "truncated": {k: self.truncated.get(k, 0) for k in (
@@ -713,7 +714,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transcript files or directories (walked)")
     parser.add_argument("--out", required=True,
                         help="output directory")
-    parser.add_argument("--mode", choices=TARGET_MODES["messages"] + ("all",), default=ExportOptions.mode,
+    parser.add_argument("--mode", choices=EVERY_MODE + ("all",), default=ExportOptions.mode,
                         help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; "
                              "conversations (--target messages): each trajectory as one chat; all: every mode of the "
                              "target")
