@@ -178,3 +178,51 @@ def test_packed_trees_train_more_samples_per_second(benchmark, tmp_path):
     print(f"\n(1 thread, CPU seconds) {len(encoded)} samples one by one {separate:.1f} s ({tokens[0]} tokens), as "
           f"{len(trees)} trees {together:.1f} s ({tokens[1]} tokens): {ratio:.2f}x the samples per second")
     assert ratio >= PACK_FLOOR, f"--pack trains {ratio:.2f}x the samples per second (floor {PACK_FLOOR}x)"
+
+
+BF16_FLOOR = 1.3  # --dtype bfloat16 must train at least 1.3x the samples per CPU second of float32
+
+
+def test_bfloat16_base_trains_more_samples_per_second(benchmark, tmp_path):
+    """--dtype bfloat16 against float32: forward + backward of the same real exported samples (the fixture transcripts
+    of two tasks, mode full) through smollm2-135m with the default recipe's LoRA targets, CPU seconds on one thread."""
+    from harness.models import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has neither avx512_bf16 nor AMX: bf16 would be emulated")
+    import torch
+
+    from harness.contracts import FIXTURES, default_recipe
+    from harness.export import ExportOptions, export
+    from harness.train import TrainConfig, build_model, collate, encode, loss_sum, read_jsonl
+
+    tasks = sorted(p for p in (FIXTURES / "transcripts").iterdir() if p.is_dir())[:2]
+    export(tasks, tmp_path / "data", ExportOptions(mode="full", max_tokens=1024, progress=False))
+    data = tmp_path / "data" / "apr_code_sft_full.jsonl"
+    samples = [sample for _, sample in read_jsonl(data, "dataset")]
+
+    def cpu_seconds(dtype: str) -> float:
+        config = TrainConfig(data=data, base="smollm2-135m", out=tmp_path / dtype, dtype=dtype, device="cpu",
+                             targets=tuple(default_recipe()["targets"]))
+        model, tokenizer = build_model(config, torch.device("cpu"))
+        batches = [collate([encode(sample, tokenizer, 1024)], tokenizer.pad_token_id) for sample in samples]
+        loss_sum(model, *batches[0])[0].backward()  # warm-up: oneDNN picks its kernels on the first call
+        start = time.process_time()
+        for batch in batches:
+            loss, _ = loss_sum(model, *batch)
+            loss.backward()
+        return time.process_time() - start
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of one thread is this process's work, whatever the neighbours do
+    try:
+        full = cpu_seconds("float32")
+        half = benchmark.pedantic(cpu_seconds, args=("bfloat16",), rounds=1, iterations=1)
+    finally:
+        torch.set_num_threads(threads)
+    ratio = full / half
+    benchmark.extra_info.update({"samples": len(samples), "seconds_float32": full, "seconds_bfloat16": half,
+                                 "samples_per_s_ratio": ratio})
+    print(f"\n(1 thread, CPU seconds) {len(samples)} samples: float32 base {full:.1f} s, bfloat16 base {half:.1f} s: "
+          f"{ratio:.2f}x the samples per second")
+    assert ratio >= BF16_FLOOR, f"--dtype bfloat16 trains {ratio:.2f}x the samples per second (floor {BF16_FLOOR}x)"

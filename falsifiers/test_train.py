@@ -292,6 +292,34 @@ def test_training_reduces_loss(tmp_path, tiny_base, tokenizer):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# FALSIFY-TRAIN-010: --dtype bfloat16 runs the frozen base in bf16 and learns a float32 adapter as well as float32 does
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_bfloat16_base_learns_a_float32_adapter(tmp_path, tiny_base, tokenizer):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    samples = small_dataset(3, 2)
+    data = write_jsonl(tmp_path / "d.jsonl", samples)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
+    before = _dataset_loss(base, tokenizer, samples)
+    after = {}
+    for dtype in ("float32", "bfloat16"):
+        config = config_for(tiny_base, data, tmp_path / dtype, max_steps=16, lr=2e-2, val_fraction=0.0, warmup=0.25,
+                            dtype=dtype)
+        summary = T.train(config)
+        assert summary["dtype"] == dtype
+        weights = load_file(config.out / "adapter_model.safetensors")
+        assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}, dtype  # the adapter and its updates
+        after[dtype] = _dataset_loss(PeftModel.from_pretrained(base, config.out).eval(), tokenizer, samples)
+        base = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
+    # measured with the float32 base, as the merge applies it: bf16's rounding of the frozen weights costs little
+    assert after["bfloat16"] < before - 1.0 and abs(after["bfloat16"] - after["float32"]) < 0.1, (before, after)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # FALSIFY-TRAIN-005: an interrupted run resumed from its checkpoint ends with the uninterrupted run's adapter
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -406,13 +434,14 @@ def test_rank_sharding_covers_each_epoch_once():
 def test_real_model_adapter_loads_and_changes_logits(tmp_path, tokenizer):
     from peft import PeftModel
 
-    from harness.models import load_model
+    from harness.models import load_model, training_dtype
 
     config = T.TrainConfig(data=write_jsonl(tmp_path / "d.jsonl", small_dataset(3, 1)), base="smollm2-135m",
                            out=tmp_path / "out", max_steps=2, lr=1e-3, device="cpu", save_every=None, warmup=0.0,
                            val_fraction=0.0)
     summary = T.train(config)
-    assert summary["dtype"] == "float32" and summary["samples"]["dropped"] == 0
+    auto = str(training_dtype("auto", torch.device("cpu"))).removeprefix("torch.")  # bf16 on a CPU that has it
+    assert summary["dtype"] == auto and summary["samples"]["dropped"] == 0
     adapter_config = json.loads((config.out / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "smollm2-135m"
     base, _ = load_model(adapter_config["base_model_name_or_path"], device="cpu")

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
@@ -178,11 +179,39 @@ def pick_device(name: str = "auto"):
     return torch.device(name)
 
 
+DTYPES = ("auto", "float32", "bfloat16")  # what --dtype accepts
+
+
 def default_dtype(device):
-    """bf16 on CUDA, fp32 elsewhere (CPU bf16 matmuls are slow and lossy for 135M-class models)."""
+    """bf16 on CUDA, fp32 elsewhere: a CPU's bf16 speed depends on its instructions (avx512_bf16 / AMX), and the
+    evaluations' greedy decoding should not change with the machine it runs on."""
     import torch
 
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (avx512_bf16 or AMX). Without either, oneDNN emulates bf16 and a
+    bf16 model trains slower than a float32 one. Read from /proc/cpuinfo: torch exposes it only privately."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def training_dtype(name: str, device):
+    """The torch dtype of the frozen base for a --dtype value (one of DTYPES). auto: bf16 where the hardware computes
+    it natively (CUDA, or a CPU with avx512_bf16 / AMX: 1.5 to 1.8x the samples per second of float32 for
+    smollm2-135m), float32 elsewhere."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return default_dtype(device)
 
 
 def load_tokenizer(ref: str | os.PathLike | ModelRef):

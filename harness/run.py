@@ -26,6 +26,7 @@ from harness import agent as agent_stage, evaluate as eval_stage  # their defaul
 from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
+from harness.models import DTYPES
 from harness.options import add_options, config_text, field_names, option, options_of, positive_or_none, read_config
 from harness.train import TrainConfig
 
@@ -62,6 +63,8 @@ class RunOptions:
     max_length: int = option(RECIPE["max_length"], "token budget of a sample")
     pack: bool = option(RECIPE["pack"], "train each trajectory's samples as prefix trees (flip train --pack)")
     val_fraction: float = option(RECIPE["val_fraction"], "of training trajectories, for the validation loss only")
+    dtype: str = option(RECIPE["dtype"], "of the frozen base in training (flip train --dtype)",
+                        choices=DTYPES)
     eval_every: int | None = option(DEFAULT_EVAL_EVERY, "steps between held-out evals during training (0: none, "
                                     "no steps-to-flip)", type=positive_or_none)
     max_new_tokens: int = option(eval_stage.DEFAULT_MAX_NEW_TOKENS, "final evals")
@@ -189,7 +192,7 @@ def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[d
                          targets=options.targets, lr=options.lr, max_steps=options.steps,
                          batch_size=options.batch_size, grad_accum=options.grad_accum, seed=options.seed,
                          max_length=options.max_length, pack=options.pack, val_fraction=options.val_fraction,
-                         device=options.device, eval_every=options.eval_every, save_every=None)
+                         dtype=options.dtype, device=options.device, eval_every=options.eval_every, save_every=None)
     # Without progress evals the trainer's end-of-training call is skipped too: the final eval measures the student.
     summary = train(config, on_eval=on_eval if options.eval_every else None)
     write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in progress))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
+from harness.models import DTYPES
 from harness.options import add_options, option, options_of, positive_or_none
 from harness.prompt import CHATML_END
 
@@ -72,6 +73,10 @@ class TrainConfig:
     # default export, ~1,200 tokens on average, peaked at 5.4 GB RSS).
     pack_tokens: int = option(2048, "most tokens in one packed tree (at least --max-length)")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps", choices=("auto", "cpu", "cuda", "mps"))
+    # The base's frozen weights and the matmuls; the LoRA weights and the optimizer stay float32 either way (peft
+    # keeps an adapter of a bf16 base in fp32), and so does the loss.
+    dtype: str = option("auto", "of the frozen base: auto (bfloat16 where the hardware computes it natively: CUDA, "
+                                "a CPU with avx512_bf16 or AMX; float32 elsewhere), float32, bfloat16", choices=DTYPES)
     eval_every: int | None = option(None, "steps (default: at the end)", type=positive_or_none)
     save_every: int | None = option(50, "checkpoint steps", type=positive_or_none)
     # An auto-resume of a matching checkpoint happens anyway; --resume makes a missing one an error.
@@ -544,9 +549,9 @@ def build_model(config: TrainConfig, device):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from harness.models import load_model
+    from harness.models import load_model, training_dtype
 
-    model, tokenizer = load_model(config.base, device=str(device), dtype=None)
+    model, tokenizer = load_model(config.base, device=str(device), dtype=training_dtype(config.dtype, device))
     if not getattr(tokenizer, "chat_template", None):
         raise FlipError(f"the tokenizer of {config.base} has no chat template: samples are rendered through it")
     model.config.use_cache = False
@@ -796,7 +801,7 @@ def finish_training(config: TrainConfig, prepared: Prepared, schedule: Schedule,
     train_seconds = timings["train_s"]
     summary = {
         "steps": steps, "resumed_from": start, "world_size": dist.world, "device": str(prepared.device),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),  # the frozen base's
         "samples": {"train": len(prepared.train_set), "val": len(prepared.val_set),
                     "val_loss_measured_on": len(prepared.val_loss_set),
                     "dropped": len(prepared.dropped_train) + len(prepared.dropped_val),

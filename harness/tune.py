@@ -76,8 +76,7 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     config = TrainConfig(data=data, base="smollm2-135m", out=work / "adapter", rank=recipe["rank"],
                          alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],
                          max_steps=recipe["steps"], max_length=recipe["max_length"], pack=recipe["pack"],
-                         val_fraction=recipe["val_fraction"],
-                         device=device, save_every=None)
+                         val_fraction=recipe["val_fraction"], dtype=recipe["dtype"], device=device, save_every=None)
     clock = time.perf_counter()
     summary = train(config)
     train_s = time.perf_counter() - clock
