@@ -63,8 +63,7 @@ class RunOptions:
     max_length: int = option(RECIPE["max_length"], "token budget of a sample")
     pack: bool = option(RECIPE["pack"], "train each trajectory's samples as prefix trees (flip train --pack)")
     val_fraction: float = option(RECIPE["val_fraction"], "of training trajectories, for the validation loss only")
-    dtype: str = option(RECIPE["dtype"], "of the frozen base in training (flip train --dtype)",
-                        choices=DTYPES)
+    dtype: str = option(RECIPE["dtype"], "of the frozen base in training (flip train --dtype)", choices=DTYPES)
     eval_every: int | None = option(DEFAULT_EVAL_EVERY, "steps between held-out evals during training (0: none, "
                                     "no steps-to-flip)", type=positive_or_none)
     max_new_tokens: int = option(eval_stage.DEFAULT_MAX_NEW_TOKENS, "final evals")
