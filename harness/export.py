@@ -55,6 +55,7 @@ MODES = ("curated", "balanced", "full")  # of single-step samples
 CONVERSATIONS = "conversations"  # whole trajectories, one chat each: a messages mode only
 TARGETS = ("apr-code", "messages")
 EVERY_MODE = MODES + (CONVERSATIONS,)
+LATER_STEP_MODES = {"full", "balanced"}  # the single-step modes that take steps after the first, and final answers
 TARGET_MODES = {"apr-code": MODES, "messages": EVERY_MODE}  # what --mode all writes
 TRANSCRIPT_SUFFIXES = (".jsonl", ".ndjson", ".json")
 STATS_FILE = "export_stats.json"
@@ -423,7 +424,7 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
 
 def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, scrubber: Scrubber, budget: Budget,
                       options: ExportOptions, stats: Stats, writers: Candidates) -> None:
-    wanted = {"full", "balanced"} & set(writers.modes)
+    wanted = LATER_STEP_MODES & set(writers.modes)
     samples = set(writers.modes) != {CONVERSATIONS}
     steps = trajectory_steps(trajectory, scrubber, budget, options, stats, later_samples=bool(wanted))
     if not steps:
@@ -499,7 +500,7 @@ def export_final(final: str, steps: list[Step], task: str | None, task_tokens: i
     if OPEN in response or CLOSE in response:
         stats.finals_dropped["call_tag_in_text"] += 1  # a final answer must hold no call tag, not even a half one
         return None
-    if not {"full", "balanced"} & set(writers.modes):
+    if not LATER_STEP_MODES & set(writers.modes):
         return response  # only a conversation ends with it
     stats.candidates += 1
     step = Step(FINAL, {}, response, budget.count(response + "\n"), "", 0)
