@@ -33,6 +33,8 @@ from harness import FlipError, progress_bar
 from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, remove_entry
 from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
+from harness.export import ExportOptions
+from harness.options import add_options, option, options_of, path_or_none
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
@@ -143,15 +145,19 @@ def oracle_calls(spec: dict) -> list[tuple[str, dict]]:
 
 @dataclass
 class AgentOptions:
-    max_turns: int = DEFAULT_MAX_TURNS
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    max_result_chars: int = 2000  # as the exporter's default
-    batch_size: int = DEFAULT_BATCH_SIZE  # the live tasks decode together; finished rows leave the batch
-    test_timeout: float = DEFAULT_TEST_TIMEOUT
+    """The agent loop's options. Those made with option() are also `flip agent`'s command-line options; the others
+    are set by the code that runs an agent."""
+    max_turns: int = option(DEFAULT_MAX_TURNS, "turns per task")
+    keep: Path | None = option(None, "leave each task's final workspace at KEEP/<id>/ (build outputs removed)",
+                               type=path_or_none)
+    max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens per reply")
+    max_tokens: int = option(DEFAULT_MAX_TOKENS, "token budget of prompt + reply, as the trainer's --max-length")
+    # The live tasks decode together; finished rows leave the batch.
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "prompts per generate() call")
+    test_timeout: float = option(DEFAULT_TEST_TIMEOUT, "seconds for a task's test command")
+    max_result_chars: int = ExportOptions.max_result_chars  # observations are shortened as the training data's were
     limits: Limits = field(default_factory=Limits)
     sandbox_dir: str | None = None  # where sandboxes are made (default: the system's temporary directory)
-    keep: Path | None = None
     progress: bool = True
 
 
@@ -473,34 +479,22 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
 # CLI
 # ---------------------------------------------------------------------------------------------------------------------
 
+@dataclass(kw_only=True)
+class AgentCliOptions:
+    """`flip agent`'s options that are not the agent loop's (AgentOptions): what runs, on which tasks, where."""
+    model: str = option(help="smollm2-135m, a local HF directory, or a .gguf file")
+    adapter: str | None = option(None, "a peft adapter directory to apply on top of --model")
+    tasks: str = option(help="a directory of task folders: <id>/prompt.txt, <id>/task.json (test), <id>/workspace/")
+    out: str = option(help="trace JSONL, one line per task (a .summary.json is written beside it)")
+    shell_timeout: float = option(Limits.timeout_s, "seconds for one shell call of the model")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
+    force: bool = option(
+        False, "write into a non-empty --keep holding files flip agent did not write (nothing is deleted)")
+
+
 def add_arguments(parser) -> None:
-    defaults = AgentOptions()
-    parser.add_argument("--model", required=True,
-                        help="smollm2-135m, a local HF directory, or a .gguf file")
-    parser.add_argument("--adapter",
-                        help="a peft adapter directory to apply on top of --model")
-    parser.add_argument("--tasks", required=True,
-                        help="a directory of task folders: <id>/prompt.txt, <id>/task.json (test), <id>/workspace/")
-    parser.add_argument("--out", required=True,
-                        help="trace JSONL, one line per task (a .summary.json is written beside it)")
-    parser.add_argument("--max-turns", type=int, default=defaults.max_turns,
-                        help="turns per task")
-    parser.add_argument("--keep",
-                        help="leave each task's final workspace at KEEP/<id>/ (build outputs removed)")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                        help="tokens per reply")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
-                        help="token budget of prompt + reply, as the trainer's --max-length")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="prompts per generate() call")
-    parser.add_argument("--test-timeout", type=float, default=defaults.test_timeout,
-                        help="seconds for a task's test command")
-    parser.add_argument("--shell-timeout", type=float, default=defaults.limits.timeout_s,
-                        help="seconds for one shell call of the model")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA when present), cpu, cuda, mps")
-    parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty --keep holding files flip agent did not write (nothing is deleted)")
+    add_options(parser, AgentCliOptions)
+    add_options(parser, AgentOptions)
 
 
 def main(args) -> int:
@@ -510,10 +504,7 @@ def main(args) -> int:
         raise FlipError("--max-tokens must be larger than --max-new-tokens (the prompt needs room too)")
     if not (args.test_timeout > 0 and args.shell_timeout > 0):
         raise FlipError("--test-timeout and --shell-timeout must be positive")
-    options = AgentOptions(max_turns=args.max_turns, max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens,
-                           batch_size=args.batch_size, test_timeout=args.test_timeout,
-                           limits=Limits(timeout_s=args.shell_timeout), keep=Path(args.keep) if args.keep else None,
-                           progress=not args.quiet)
-    agent(args.model, args.tasks, args.out, adapter=args.adapter, device=args.device, options=options,
-          force=args.force)
+    cli = options_of(AgentCliOptions, args)
+    options = options_of(AgentOptions, args, limits=Limits(timeout_s=cli.shell_timeout), progress=not args.quiet)
+    agent(cli.model, cli.tasks, cli.out, adapter=cli.adapter, device=cli.device, options=options, force=cli.force)
     return 0

@@ -46,6 +46,7 @@ from pathlib import Path
 from harness import FlipError
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
+from harness.options import add_options, option, options_of
 from harness.prompt import (Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
                             render_observation, render_result)
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
@@ -119,16 +120,22 @@ class Conversation:
 
 @dataclass
 class ExportOptions:
-    mode: str = "all"
-    target: str = "apr-code"
-    max_tokens: int = 1024
-    tokenizer: str | None = None
-    per_tool: int = 40
-    seed: int = 42
-    max_result_chars: int = 2000
+    """export()'s options. Those made with option() are also `flip export`'s command-line options."""
+    mode: str = option("all", "curated: first call per trajectory; balanced: seeded N per tool; full: every call; "
+                              "conversations (--target messages): each trajectory as one chat; all: every mode of the "
+                              "target", choices=EVERY_MODE + ("all",))
+    target: str = option("apr-code", "apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)",
+                         choices=TARGETS)
+    max_tokens: int = option(1024, "token budget of the whole ChatML sample")
+    tokenizer: str | None = option(None, "tokenizer.json, HF dir, .gguf or model reference; the default is smollm2-135m")
+    per_tool: int = option(40, "balanced mode: samples per apr-code tool")
+    seed: int = option(42, "seed of balanced mode's per-tool sampling")
+    max_result_chars: int = option(2000, "a tool result longer than this keeps its head and tail around a marker")
+    jobs: int = option(DEFAULT_JOBS, "worker processes reading files in parallel (1: none, all in this process); "
+                                     "outputs never depend on it")
+    force: bool = option(
+        False, "write into a non-empty --out holding files flip export did not write (nothing is deleted)")
     progress: bool = True
-    force: bool = False
-    jobs: int = DEFAULT_JOBS
 
 
 @dataclass
@@ -710,45 +717,30 @@ def summary_table(stats: dict) -> str:
 
 # --------------------------------------------------------------------------------------------------------- CLI
 
+@dataclass
+class ExportCliOptions:
+    """`flip export`'s options that are not export()'s (ExportOptions)."""
+    out: str = option(help="output directory")
+    allow_empty: bool = option(False, "exit 0 even when no sample was written (otherwise 1)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # A positional argument taking one or more values: option() makes --options only.
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="transcript files or directories (walked)")
-    parser.add_argument("--out", required=True,
-                        help="output directory")
-    parser.add_argument("--mode", choices=EVERY_MODE + ("all",), default=ExportOptions.mode,
-                        help="curated: first call per trajectory; balanced: seeded N per tool; full: every call; "
-                             "conversations (--target messages): each trajectory as one chat; all: every mode of the "
-                             "target")
-    parser.add_argument("--target", choices=TARGETS, default=ExportOptions.target,
-                        help="apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)")
-    parser.add_argument("--max-tokens", type=int, default=ExportOptions.max_tokens,
-                        help="token budget of the whole ChatML sample")
-    parser.add_argument("--tokenizer", default=ExportOptions.tokenizer,
-                        help="tokenizer.json, HF dir, .gguf or model reference; the default is smollm2-135m")
-    parser.add_argument("--per-tool", type=int, default=ExportOptions.per_tool,
-                        help="balanced mode: samples per apr-code tool")
-    parser.add_argument("--seed", type=int, default=ExportOptions.seed,
-                        help="seed of balanced mode's per-tool sampling")
-    parser.add_argument("--max-result-chars", type=int, default=ExportOptions.max_result_chars,
-                        help="a tool result longer than this keeps its head and tail around a marker")
-    parser.add_argument("--jobs", type=int, default=ExportOptions.jobs,
-                        help="worker processes reading files in parallel (1: none, all in this process); outputs never depend on it")
-    parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty --out holding files flip export did not write (nothing is deleted)")
-    parser.add_argument("--allow-empty", action="store_true",
-                        help="exit 0 even when no sample was written (otherwise 1)")
+    add_options(parser, ExportCliOptions)
+    add_options(parser, ExportOptions)
 
 
 def main(args) -> int:
-    options = ExportOptions(mode=args.mode, target=args.target, max_tokens=args.max_tokens, tokenizer=args.tokenizer,
-                            per_tool=args.per_tool, seed=args.seed, max_result_chars=args.max_result_chars,
-                            progress=not args.quiet, force=args.force, jobs=args.jobs)
-    stats = export(args.paths, args.out, options)
+    cli = options_of(ExportCliOptions, args)
+    options = options_of(ExportOptions, args, progress=not args.quiet)
+    stats = export(args.paths, cli.out, options)
     if not args.quiet:
         print(summary_table(stats), file=sys.stderr)
-    if not any(stats["samples"].values()) and not args.allow_empty:
+    if not any(stats["samples"].values()) and not cli.allow_empty:
         why = ("no transcript was found" if not stats["files"] else
-               f"{stats['truncated']['samples_dropped_too_long']} samples did not fit --max-tokens {args.max_tokens}"
+               f"{stats['truncated']['samples_dropped_too_long']} samples did not fit --max-tokens {options.max_tokens}"
                if stats["truncated"]["samples_dropped_too_long"] else "the transcripts hold no remappable call")
         print(f"flip export: wrote no sample: {why} (--allow-empty makes this exit 0)", file=sys.stderr)
         return 1

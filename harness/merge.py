@@ -18,11 +18,13 @@ Tensor names and the q/k permutation come from harness.remap (gguf-py's TensorNa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import FlipError
 from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
 from harness import remap
+from harness.options import add_options, option, options_of
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -285,21 +287,24 @@ def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
     return report
 
 
+@dataclass(kw_only=True)
+class MergeOptions:
+    """`flip merge`'s options."""
+    base: str = option(help="base model: smollm2-135m, an HF directory or a .gguf")
+    adapter: str = option(help="a peft adapter dir or an apr .safetensors from `flip remap`")
+    out: str = option(help="the merged Hugging Face directory to write")
+    gguf: str | None = option(None, "the merged GGUF to write (default: <OUT>.gguf beside OUT); never the base")
+    force: bool = option(
+        False, "write into a non-empty --out that an earlier merge did not write (nothing there is deleted)")
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--base", required=True,
-                        help="base model: smollm2-135m, an HF directory or a .gguf")
-    parser.add_argument("--adapter", required=True,
-                        help="a peft adapter dir or an apr .safetensors from `flip remap`")
-    parser.add_argument("--out", required=True,
-                        help="the merged Hugging Face directory to write")
-    parser.add_argument("--gguf",
-                        help="the merged GGUF to write (default: <OUT>.gguf beside OUT); never the base")
-    parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty --out that an earlier merge did not write (nothing there is deleted)")
+    add_options(parser, MergeOptions)
 
 
 def main(args) -> int:
-    report = merge(args.base, args.adapter, args.out, gguf_file=args.gguf, force=args.force)
+    options = options_of(MergeOptions, args)
+    report = merge(options.base, options.adapter, options.out, gguf_file=options.gguf, force=options.force)
     print(json.dumps(report, indent=2))
     if report["paths"]["gguf"] is None:
         print(f"flip merge: no GGUF written: {report['gguf_skipped']}")

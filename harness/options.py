@@ -91,6 +91,11 @@ def positive_or_none(text: str) -> int | None:
     return value if value > 0 else None
 
 
+def path_or_none(text: str) -> Path | None:
+    """An optional path: an empty one means none (Path("") would be the current directory)."""
+    return Path(text) if text else None
+
+
 def _argument(spec, kind) -> dict:
     """argparse keywords for one field: its type, its default (required when it has none) and its help."""
     kwargs = {"help": spec.metadata["help"]}

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import FlipError
 from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
+from harness.options import add_options, option, options_of
 
 PEFT_PREFIX = "base_model.model."
 PEFT_SUFFIXES = {"lora_A": "lora_a", "lora_B": "lora_b"}
@@ -427,29 +429,34 @@ def remap_to_peft(apr_file, out_dir, base, force: bool = False) -> dict:
 # CLI
 # ---------------------------------------------------------------------------------------------------------------------
 
+@dataclass(kw_only=True)
+class RemapOptions:
+    """`flip remap`'s options, but for the adapter to remap (a positional argument)."""
+    out: str = option(help="apr .safetensors to write (or the peft dir with --to peft)")
+    gguf: str | None = option(None, "also write a llama.cpp LoRA adapter GGUF here")
+    base: str | None = option(
+        None, "smollm2-135m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
+    to: str = option("apr", "direction: peft -> apr, or apr -> peft", choices=("apr", "peft"))
+    force: bool = option(
+        False, "--to peft: write into a non-empty --out that an earlier remap did not write (nothing is deleted)")
+
+
 def add_arguments(parser) -> None:
+    # A positional argument: option() makes --options only.
     parser.add_argument("adapter",
                         help="a peft adapter dir (default direction) or an apr .safetensors (--to peft)")
-    parser.add_argument("--out", required=True,
-                        help="apr .safetensors to write (or the peft dir with --to peft)")
-    parser.add_argument("--gguf",
-                        help="also write a llama.cpp LoRA adapter GGUF here")
-    parser.add_argument("--base",
-                        help="smollm2-135m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
-    parser.add_argument("--to", choices=("apr", "peft"), default="apr",
-                        help="direction: peft -> apr, or apr -> peft")
-    parser.add_argument("--force", action="store_true",
-                        help="--to peft: write into a non-empty --out that an earlier remap did not write (nothing is deleted)")
+    add_options(parser, RemapOptions)
 
 
 def main(args) -> int:
-    if args.to == "peft":
-        if not args.base:
+    options = options_of(RemapOptions, args)
+    if options.to == "peft":
+        if not options.base:
             raise FlipError("--to peft needs --base (the apr file does not name its base model)")
-        if args.gguf:
+        if options.gguf:
             raise FlipError("--gguf is only written in the peft -> apr direction")
-        report = remap_to_peft(args.adapter, args.out, args.base, force=args.force)
+        report = remap_to_peft(args.adapter, options.out, options.base, force=options.force)
     else:
-        report = remap_to_apr(args.adapter, args.out, gguf_file=args.gguf, base=args.base)
+        report = remap_to_apr(args.adapter, options.out, gguf_file=options.gguf, base=options.base)
     print(json.dumps(report, indent=2))
     return 0

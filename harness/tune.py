@@ -18,11 +18,14 @@ import random
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import FlipError
+from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation runs agents as `flip run` does
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, recipes
+from harness.options import add_options, option, options_of
 
 TASKS = FIXTURES / "tasks"
 TRANSCRIPTS = FIXTURES / "transcripts"
@@ -92,8 +95,20 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     return row
 
 
-def tune(out: str | Path, names: list[str] | None = None, seed: int = 7, max_turns: int = 8, device: str = "auto",
-         force: bool = False) -> dict:
+@dataclass(kw_only=True)
+class TuneOptions:
+    """`flip tune`'s options."""
+    out: Path = option(help="tune directory (datasets, one adapter and trace set per recipe, tune.json, tune.md)")
+    recipes: str | None = option(None, "comma-separated recipe names from contracts/recipes.yaml (default: all)")
+    seed: int = option(7, "seed of the validation split")
+    max_turns: int = option(DEFAULT_MAX_TURNS, "agent turns per validation task")
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
+    force: bool = option(
+        False, "write into a non-empty --out holding files flip tune did not write (nothing is deleted)")
+
+
+def tune(out: str | Path, names: list[str] | None = None, seed: int = TuneOptions.seed,
+         max_turns: int = TuneOptions.max_turns, device: str = TuneOptions.device, force: bool = False) -> dict:
     default, candidates = recipes()
     names = names or list(candidates)
     unknown = [n for n in names if n not in candidates]
@@ -146,26 +161,17 @@ def render_markdown(report: dict) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", type=Path, required=True,
-                        help="tune directory (datasets, one adapter and trace set per recipe, tune.json, tune.md)")
-    parser.add_argument("--recipes", default=None,
-                        help="comma-separated recipe names from contracts/recipes.yaml (default: all)")
-    parser.add_argument("--seed", type=int, default=7,
-                        help="seed of the validation split")
-    parser.add_argument("--max-turns", type=int, default=8,
-                        help="agent turns per validation task")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA when present), cpu, cuda, mps")
-    parser.add_argument("--force", action="store_true",
-                        help="write into a non-empty --out holding files flip tune did not write (nothing is deleted)")
+    add_options(parser, TuneOptions)
 
 
 def main(args) -> int:
+    options = options_of(TuneOptions, args)
     names = None
-    if args.recipes is not None:
-        names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    if options.recipes is not None:
+        names = [n.strip() for n in options.recipes.split(",") if n.strip()]
         if not names:
             raise FlipError("--recipes names no recipe (omit it to compare them all)")
-    report = tune(args.out, names, seed=args.seed, max_turns=args.max_turns, device=args.device, force=args.force)
+    report = tune(options.out, names, seed=options.seed, max_turns=options.max_turns, device=options.device,
+                  force=options.force)
     print(render_markdown(report), file=sys.stderr)
     return 0
