@@ -107,9 +107,10 @@ def test_accounting_identity_holds_on_damaged_input(recs):
 @given(st.lists(gen.transcripts(), min_size=1, max_size=3))
 def test_every_generated_call_is_counted_exactly_once(recs):
     """Undamaged recordings: the counts equal the generator's ground truth, sub-agent calls included."""
-    expected = Counter()
+    expected, failed = Counter(), Counter()
     for rec in recs:
         expected.update(rec.expected)
+        failed.update(rec.failed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _write_all(recs, tmp / "in")
@@ -117,7 +118,8 @@ def test_every_generated_call_is_counted_exactly_once(recs):
     assert stats["raw_tool_use"] == sum(expected.values())
     assert stats["remappable"] == sum(n for name, n in expected.items() if name in gen.MAPPED)
     finals = stats["final_candidates"] - sum(stats["finals_dropped"].values())
-    assert stats["candidates"] == stats["remappable"] + finals
+    assert stats["failed"] == dict(sorted(failed.items()))
+    assert stats["candidates"] == stats["remappable"] - sum(stats["failed"].values()) + finals
     assert stats["samples"]["full"] + stats["duplicates"]["full"] + stats["truncated"]["samples_dropped_too_long"] \
         == stats["candidates"]
     assert stats["unmappable"] == {name: n for name, n in sorted(expected.items()) if name not in gen.MAPPED}
@@ -612,8 +614,10 @@ def test_real_transcripts_export_with_exact_counts(real_transcripts, tmp_path):
     assert [s["response"] for s in stream if s["metadata"].get("final")] == [
         "The file contains one line:\n\n```\nhello from a file\n```"]
     assert stats["final_candidates"] == 8 and stats["finals_dropped"] == {}
-    assert stats["candidates"] == 133 + 8
-    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 141
+    # Edits and Writes on files not read yet, a Read of a directory: rejected by their tools, never targets
+    assert stats["failed"] == {"Edit": 6, "Read": 1, "Write": 5}
+    assert stats["candidates"] == 133 - 12 + 8
+    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 129
     text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
     assert "/path/to/Demo" not in text and "/work/" not in text
 
@@ -689,6 +693,33 @@ def test_refused_calls_are_counted_never_targets_and_later_steps_stay(tmp_path):
                  if not s["metadata"].get("final")]
     assert [(c.name, c.input) for c in responses] == [("file_read", {"path": "a.py"}), ("shell", {"command": "pytest"}),
                                                        ("shell", {"command": "make test"})]
+
+
+MISSING = "<tool_use_error>File does not exist. Note: your current working directory is /w.</tool_use_error>"
+
+
+def test_calls_their_tool_rejected_are_observations_never_targets(tmp_path):
+    """A call its tool rejected (is_error on a Read, Edit, Write, Grep or Glob: a missing file, an old string not in
+    the file) is counted under `failed`, never trained as a response, and shown to the later steps, which are exported
+    (the recovery is what the student should learn). A failing shell command stays a target. In curated mode the
+    trajectory's first call is its first call that did not fail."""
+    cwd = "/w"
+    _session(tmp_path / "in" / "a.jsonl", cwd, [
+        ("Read", {"file_path": "/w/src/main.py"}, MISSING, True),
+        ("Glob", {"pattern": "**/*.py"}, "/w/app/core.py", False),
+        ("Edit", {"file_path": "/w/app/core.py", "old_string": "x = 1", "new_string": "x = 2"},
+         "<tool_use_error>String to replace not found in file.</tool_use_error>", True),
+        ("Bash", {"command": "pytest"}, "Exit code 1\nfailed", True)], task="fix the constant")
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="all")
+    assert stats["failed"] == {"Edit": 1, "Read": 1} and stats["refused"] == {}
+    full = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    calls = [parse_tool_calls(s["response"])[0] for s in full if not s["metadata"].get("final")]
+    assert [c.name for c in calls] == ["glob", "shell"]
+    assert "File does not exist" in full[0]["instruction"] and "String to replace not found" in full[1]["instruction"]
+    _export([tmp_path / "in"], tmp_path / "curated", mode="curated")  # alone: the exporter reads first actions only
+    for out in ("out", "curated"):
+        curated = _samples(tmp_path / out / "apr_code_sft_curated.jsonl")
+        assert [parse_tool_calls(s["response"])[0].name for s in curated] == ["glob"], out
 
 
 def test_a_session_resumed_into_a_second_file_yields_each_sample_once(tmp_path):
@@ -814,7 +845,8 @@ def test_redaction_prefilters_never_skip_a_match(data):
 
 def test_cheaper_accounting_changes_no_sample_and_no_count(tmp_path, monkeypatch):
     """Token counts are exact however they are saved: a repeated text is encoded once, and an observation is only
-    counted when a later sample can read it (none for first actions only, the last one only for a final answer);
+    counted when a later sample can read it (for first actions only, just the rejected calls before them; the last one
+    only for a final answer);
     the outputs are byte-identical to counting every piece, and fewer texts are counted."""
     import harness.export as export_module
     from harness.prompt import count_steps
@@ -841,7 +873,10 @@ def test_cheaper_accounting_changes_no_sample_and_no_count(tmp_path, monkeypatch
                counter=Counting())
         cheap[mode] = (_outputs(tmp_path / f"cheap-{mode}"), len(texts))
         observations = [t for t in texts if t.startswith("Action: ")]
-        assert bool(observations) == (mode == "all"), mode  # first actions read no observation: none is counted
+        if mode == "all":
+            assert observations
+        else:  # a first action reads only the calls its tools rejected before it: no other observation is counted
+            assert all("\nResult (error):\n" in t for t in observations), observations[:1]
     monkeypatch.setattr(export_module, "count_steps", lambda c, steps, observed=None: count_steps(c, steps))
     for mode in ("all", "curated"):
         texts.clear()

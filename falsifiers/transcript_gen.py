@@ -56,6 +56,7 @@ class Recording:
     prompt_file: str | None = None  # content of a sibling prompt.txt
     final: str | None = None  # the main agent's closing text after its last call
     expected: Counter = field(default_factory=Counter)  # Claude Code tool name -> calls (undamaged)
+    failed: Counter = field(default_factory=Counter)  # tool name -> mapped calls its tool rejected (not Bash's)
 
 
 def _call(rng: random.Random, cwd: str, secrets: list[str], depth: int, counter: list[int], big: int = 0) -> GenCall:
@@ -97,11 +98,13 @@ def _call(rng: random.Random, cwd: str, secrets: list[str], depth: int, counter:
     return call
 
 
-def _count(calls, counter: Counter) -> None:
+def _count(calls, counter: Counter, failed: Counter) -> None:
     for call in calls:
         invalid = call.name == "Edit" and "old_string" not in call.input
         counter[f"{call.name}:invalid_input" if invalid else call.name] += 1
-        _count(call.sub, counter)
+        if call.is_error and call.result is not None and not invalid and call.name in MAPPED and call.name != "Bash":
+            failed[call.name] += 1
+        _count(call.sub, counter, failed)
 
 
 def _dumps(obj) -> bytes:
@@ -239,7 +242,7 @@ def build(rng: random.Random, fmt: str, n_calls: int, has_task: bool, echo_task:
     rec = Recording(fmt, cwd, task, calls, [must for _, must in planted] + [cwd])
     # Drawn from its own generator: the draws of every other part of a recording stay as they were.
     rec.final = (random.Random(cwd).choice(FINALS) if final is None else final).format(cwd=cwd, secret=secrets[0])
-    _count(calls, rec.expected)
+    _count(calls, rec.expected, rec.failed)
     if fmt == "stream":
         render_stream(rec, rng, echo_task=echo_task, split=split, partials=partials)
     else:

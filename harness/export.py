@@ -19,6 +19,8 @@ Decisions:
 * A mapped call whose remapped input does not validate against the apr-code schema (e.g. an Edit without
   old_string) is counted as unmappable under `<Name>:invalid_input`, so `raw_tool_use == remappable +
   sum(unmappable)` stays exact and every response validates.
+* A call its tool rejected (is_error on anything but a shell command) is an observation, never a response, counted
+  under `failed`; a failing shell command (a test run) stays a target. docs/apr-code.md §3 says why.
 * Only one file's trajectories and candidates are held in memory per worker (and at most FILES_IN_FLIGHT results
   per worker wait for the main process); full/curated samples are written file by file; balanced keeps a
   fixed-size reservoir per tool; duplicates are found by a 16-byte digest per sample.
@@ -150,6 +152,7 @@ class Stats:
     unmappable: Counter = field(default_factory=Counter)
     calls_without_result: int = 0
     refused: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)
     candidates: int = 0
     final_candidates: int = 0
     finals_dropped: Counter = field(default_factory=Counter)
@@ -186,6 +189,7 @@ class Stats:
             "unmappable": dict(sorted(self.unmappable.items())),
             "calls_without_result": self.calls_without_result,
             "refused": dict(sorted(self.refused.items())),
+            "failed": dict(sorted(self.failed.items())),
             "orphan_results": lines.orphan_results,
             "candidates": self.candidates,
             "final_candidates": self.final_candidates,
@@ -422,11 +426,24 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
             result, cut = scrubber.shortened(call.result, options.max_result_chars)
             if cut:
                 stats.truncated["results_shortened"] += 1
+        # A call its tool rejected (a file that does not exist, an old string not in the file, an unread file) did
+        # not do what it asked: the student should see the error and what the teacher did next, never learn the call.
+        # A shell command's failure is its outcome (a failing test run is a deliberate step): it stays a target.
+        failed = call.is_error and tool != "shell"
+        if failed:
+            stats.failed[call.name] += 1
         response = render_tool_call(tool, tool_input)
         observation = render_observation(tool, tool_input, result, call.is_error)
-        steps.append(Step(tool, tool_input, response, 0, observation, 0, render_result(result, call.is_error)))
-    count_steps(budget.counter, steps, max(len(steps) - 1, 0) if later_samples else 0)
+        steps.append(Step(tool, tool_input, response, 0, observation, 0, render_result(result, call.is_error),
+                          target=not failed))
+    targets = target_steps(steps)
+    count_steps(budget.counter, steps, (targets[-1] if later_samples else targets[0]) if targets else 0)
     return steps
+
+
+def target_steps(steps: list[Step]) -> list[int]:
+    """The indexes of the steps that are trained as responses (the calls their tools did not reject)."""
+    return [index for index, step in enumerate(steps) if step.target]
 
 
 def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, scrubber: Scrubber, budget: Budget,
@@ -440,16 +457,16 @@ def export_trajectory(trajectory: Trajectory, trajectory_id: str, source: str, s
     if not task:
         stats.without_task += 1
     task_tokens = budget.count(f"Task:\n{task}\n\n") if task else 0
-    for index, step in enumerate(steps if samples else ()):
-        if index and not wanted:
-            break  # curated only needs each trajectory's first call
+    targets = target_steps(steps)
+    for index in (targets if wanted else targets[:1]) if samples else ():  # curated: each trajectory's first call
+        step = steps[index]
         stats.candidates += 1
         instruction = fit_instruction(budget, task, task_tokens, steps, index, stats.truncated)
         if instruction is None:
             continue
         sample = Sample(instruction, step.response, budget.system,
                         {"trajectory": trajectory_id, "step": index, "tool": step.tool, "source": source})
-        writers.offer(sample, first_in_trajectory=index == 0)
+        writers.offer(sample, first_in_trajectory=index == targets[0])
     answer = None
     if (wanted or CONVERSATIONS in writers.modes) and trajectory.final is not None:
         answer = export_final(trajectory.final, steps, task, task_tokens, trajectory_id, source, scrubber, budget,

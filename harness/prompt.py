@@ -221,6 +221,7 @@ class Step:
     observation: str  # how this step appears in later instructions
     observation_tokens: int | None  # None: not counted yet (count_observations)
     result: str = ""  # render_result of the call's result: a whole conversation's tool message
+    target: bool = True  # False: the tool rejected the call (exported as an observation, never as a response)
 
 
 
