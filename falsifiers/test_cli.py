@@ -171,7 +171,7 @@ def test_empty_exports_exit_1_and_windows_recordings_become_relative(tmp_path):
     assert json.loads(samples[0]["response"].split("\n")[1])["input"] == {"path": "src/a.py"}
     text = (tmp_path / "o5" / "apr_code_sft_full.jsonl").read_text()
     assert "C:" not in text and "\\\\tmp" not in text and "see src/a.py line 1" in text and "cd . && pytest" in text
-    assert "your current working directory is ..</tool_use_error>" in text
+    assert "your current working directory is the project directory.</tool_use_error>" in text
 
 
 def test_outputs_are_never_read_back_and_stale_modes_are_removed(tmp_path):

@@ -226,7 +226,7 @@ def test_paths_are_relative_in_results_and_tasks_too(tmp_path, slash):
     last = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[-1]
     assert "error at src/lib.rs:3\nin .\n" in last["instruction"]
     assert f"backup in {cwd}.bak/src, {cwd}-2" in last["instruction"]
-    assert "your current working directory is ..</tool_use_error>" in last["instruction"]
+    assert "your current working directory is the project directory.</tool_use_error>" in last["instruction"]
     assert last["instruction"].startswith("Task:\nFix src/lib.rs please")
     assert cwd not in json.dumps(last).replace(f"{cwd}.bak/src", "").replace(f"{cwd}-2", "")
 

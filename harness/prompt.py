@@ -78,8 +78,16 @@ _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # a Windows recording: C:\tmp\ws
 
 
 # Where a root alone ends: before no name character, or before a full stop that ends a sentence (Claude Code's "your
-# current working directory is ROOT."), not before one inside a sibling's name (ROOT.bak).
+# current working directory is ROOT."), not before one inside a sibling's name (ROOT.bak). A root that ends a sentence
+# is prose and is named in words: as "." the sentence would read "is ..", showing the student the one path that climbs
+# out of its workspace.
+_SENTENCE_END = r"(?P<prose>(?=\.(?:\s|<|$)))"
 _ROOT_ENDS = r"(?![\w\-]|\.[\w\-])"
+PROJECT_DIR = "the project directory"
+
+
+def _root_alone(match: re.Match) -> str:
+    return PROJECT_DIR if match.group("prose") is not None else "."
 
 
 def _root_pattern(roots) -> re.Pattern | None:
@@ -87,8 +95,8 @@ def _root_pattern(roots) -> re.Pattern | None:
     if not roots:
         return None  # longest first (above): nested roots
     alternatives = "|".join(re.escape(r) for r in roots)
-    # ROOT/x -> x ; ROOT alone -> .
-    return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|{_ROOT_ENDS})")
+    # ROOT/x -> x ; ROOT alone -> . (ending a sentence: the project directory)
+    return re.compile(rf"(?:{alternatives})(?:(/)(?=[^\s/\"'`])|{_SENTENCE_END}|{_ROOT_ENDS})")
 
 
 def _windows_pattern(roots) -> re.Pattern | None:
@@ -98,11 +106,11 @@ def _windows_pattern(roots) -> re.Pattern | None:
         return None
     separator = r"[\\/]"
     alternatives = "|".join(separator.join(re.escape(part) for part in re.split(r"[\\/]", r)) for r in roots)
-    return re.compile(rf"(?:{alternatives})(?:{separator}([^\s\"'`<>|]+)|{_ROOT_ENDS})")
+    return re.compile(rf"(?:{alternatives})(?:{separator}([^\s\"'`<>|]+)|{_SENTENCE_END}|{_ROOT_ENDS})")
 
 
 def _windows_relative(match: re.Match) -> str:
-    return match.group(1).replace("\\", "/") if match.group(1) else "."
+    return match.group(1).replace("\\", "/") if match.group(1) else _root_alone(match)
 
 
 class Scrubber:
@@ -122,7 +130,7 @@ class Scrubber:
             if self.windows is not None:
                 text = self.windows.sub(_windows_relative, text)
             if self.pattern is not None:
-                text = self.pattern.sub(lambda m: "" if m.group(1) else ".", text)
+                text = self.pattern.sub(lambda m: "" if m.group(1) else _root_alone(m), text)
         lowered = text.lower() if text.isascii() else None  # one lower-casing serves every (?i) prefilter
         for secret in self.secrets:
             if secret.may_match(text, lowered):  # most texts hold no needle: the regex is not run at all
