@@ -293,7 +293,7 @@ def test_run_config_json_repeats_the_run(tmp_path, tiny_base):
     assert _run_options("--config", config, "--steps", "3", "--merge") == replace(given, steps=3, merge=True)
 
     for bad, key in (({"rnak": 4}, "rnak"), ({"rank": "4"}, "rank"), ({"targets": "q_proj"}, "targets"),
-                     ({"mode": "everything"}, "mode")):
+                     ({"mode": "everything"}, "mode"), ({"device": "gpu"}, "device")):
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         # the leaking data again: were a bad file accepted, the run would still stop before training
         _one_line_error(*flip("run", "--config", tmp_path / "bad.json", "--out", tmp_path / "x", "--data", leak,

@@ -34,7 +34,7 @@ from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, 
 from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
-from harness.options import add_options, option, options_of, path_or_none
+from harness.options import add_options, device_option, option, options_of, path_or_none
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
@@ -487,7 +487,7 @@ class AgentCliOptions:
     tasks: str = option(help="a directory of task folders: <id>/prompt.txt, <id>/task.json (test), <id>/workspace/")
     out: str = option(help="trace JSONL, one line per task (a .summary.json is written beside it)")
     shell_timeout: float = option(Limits.timeout_s, "seconds for one shell call of the model")
-    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
+    device: str = device_option()
     force: bool = option(
         False, "write into a non-empty --keep holding files flip agent did not write (nothing is deleted)")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import check_out_file, write_text
-from harness.options import add_options, option, options_of
+from harness.options import add_options, device_option, option, options_of
 from harness.contracts import system_prompt
 from harness.prompt import CHATML_END, render_instruction
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
@@ -498,7 +498,7 @@ class EvalOptions:
     adapter: str | None = option(None, "a peft adapter directory to apply on top of --model")
     prompts: str = option(help='JSONL, one {"id", "task"} per line')
     out: str = option(help="trace JSONL (a .summary.json is written beside it)")
-    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
+    device: str = device_option()
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens generated per task")
     batch_size: int = option(DEFAULT_BATCH_SIZE, "prompts per generate() call")
 

@@ -67,7 +67,13 @@ def read_config(path: str | Path, cls, names) -> dict:
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise FlipError(f"--config {path}: unknown key {unknown[0]!r} (known: {', '.join(names)})")
-    return {key: _typed(value, hints[key], f"--config {path}: {key}") for key, value in data.items()}
+    values = {key: _typed(value, hints[key], f"--config {path}: {key}") for key, value in data.items()}
+    for spec in fields(cls):
+        choices = spec.metadata.get("argparse", {}).get("choices")
+        if spec.name in values and choices is not None and values[spec.name] not in choices:
+            raise FlipError(f"--config {path}: {spec.name}: {json.dumps(values[spec.name])} is not one of "
+                            f"{', '.join(choices)}")
+    return values
 
 
 def field_names(cls, exclude=()) -> tuple[str, ...]:
@@ -78,6 +84,14 @@ def option(default=MISSING, help: str = "", **argparse_kwargs):
     """A dataclass field that is also a command-line option. argparse_kwargs override what add_options derives (a
     `type` that parses 0 as None, `choices`, `required`...)."""
     return field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def device_option():
+    """The --device every model-running command takes, declared once."""
+    return option("auto", "auto (CUDA when present), cpu, cuda, mps", choices=DEVICES)
 
 
 def names_list(text: str) -> tuple[str, ...]:

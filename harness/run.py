@@ -27,7 +27,8 @@ from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES
-from harness.options import add_options, config_text, field_names, option, options_of, positive_or_none, read_config
+from harness.options import (add_options, config_text, device_option, field_names, option, options_of, positive_or_none,
+                             read_config)
 from harness.train import TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
@@ -73,7 +74,7 @@ class RunOptions:
     progress_tokens: int = option(64, "evals during training")
     eval_batch_size: int = option(eval_stage.DEFAULT_BATCH_SIZE,
                                   "prompts decoded together (evaluations and agent turns)")
-    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
+    device: str = device_option()
     merge: bool = option(True, "merge the adapter into the base; --no-merge: the student is base + adapter")
     agent: bool = option(True, "run base and student as agents on the held-out workspaces")
     max_turns: int = option(agent_stage.DEFAULT_MAX_TURNS, "agent turns per held-out task")

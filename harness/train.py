@@ -31,7 +31,7 @@ from pathlib import Path
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 from harness.models import DTYPES
-from harness.options import add_options, option, options_of, positive_or_none
+from harness.options import add_options, device_option, option, options_of, positive_or_none
 from harness.prompt import CHATML_END
 
 IGNORE = -100  # the label value torch's cross_entropy skips
@@ -72,7 +72,7 @@ class TrainConfig:
     # A tree's attention is tokens x tokens: the cap bounds its memory (training SmolLM2-135M on CPU over trees of the
     # default export, ~1,200 tokens on average, peaked at 5.4 GB RSS).
     pack_tokens: int = option(2048, "most tokens in one packed tree (at least --max-length)")
-    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps", choices=("auto", "cpu", "cuda", "mps"))
+    device: str = device_option()
     # The base's frozen weights and the matmuls; the LoRA weights and the optimizer stay float32 either way (peft
     # keeps an adapter of a bf16 base in fp32), and so does the loss.
     dtype: str = option("auto", "of the frozen base: auto (bfloat16 where the hardware computes it natively: CUDA, "

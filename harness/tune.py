@@ -25,7 +25,7 @@ from harness import FlipError
 from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation runs agents as `flip run` does
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, recipes
-from harness.options import add_options, option, options_of
+from harness.options import add_options, device_option, option, options_of
 
 TASKS = FIXTURES / "tasks"
 TRANSCRIPTS = FIXTURES / "transcripts"
@@ -102,7 +102,7 @@ class TuneOptions:
     recipes: str | None = option(None, "comma-separated recipe names from contracts/recipes.yaml (default: all)")
     seed: int = option(7, "seed of the validation split")
     max_turns: int = option(DEFAULT_MAX_TURNS, "agent turns per validation task")
-    device: str = option("auto", "auto (CUDA when present), cpu, cuda, mps")
+    device: str = device_option()
     force: bool = option(
         False, "write into a non-empty --out holding files flip tune did not write (nothing is deleted)")
 
