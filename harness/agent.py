@@ -34,7 +34,7 @@ from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, 
 from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
-from harness.options import add_options, device_option, option, options_of, path_or_none
+from harness.options import MODEL_HELP, adapter_option, add_options, device_option, option, options_of, path_or_none
 from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
@@ -482,8 +482,8 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
 @dataclass(kw_only=True)
 class AgentCliOptions:
     """`flip agent`'s options that are not the agent loop's (AgentOptions): what runs, on which tasks, where."""
-    model: str = option(help="smollm2-135m, a local HF directory, or a .gguf file")
-    adapter: str | None = option(None, "a peft adapter directory to apply on top of --model")
+    model: str = option(help=MODEL_HELP)
+    adapter: str | None = adapter_option()
     tasks: str = option(help="a directory of task folders: <id>/prompt.txt, <id>/task.json (test), <id>/workspace/")
     out: str = option(help="trace JSONL, one line per task (a .summary.json is written beside it)")
     shell_timeout: float = option(Limits.timeout_s, "seconds for one shell call of the model")

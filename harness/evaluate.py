@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import check_out_file, write_text
-from harness.options import add_options, device_option, option, options_of
+from harness.options import MODEL_HELP, adapter_option, add_options, device_option, option, options_of
 from harness.contracts import system_prompt
 from harness.prompt import CHATML_END, render_instruction
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
@@ -494,8 +494,8 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
 @dataclass(kw_only=True)
 class EvalOptions:
     """`flip eval`'s options."""
-    model: str = option(help="smollm2-135m, a local HF directory, or a .gguf file")
-    adapter: str | None = option(None, "a peft adapter directory to apply on top of --model")
+    model: str = option(help=MODEL_HELP)
+    adapter: str | None = adapter_option()
     prompts: str = option(help='JSONL, one {"id", "task"} per line')
     out: str = option(help="trace JSONL (a .summary.json is written beside it)")
     device: str = device_option()

@@ -24,7 +24,7 @@ from pathlib import Path
 from harness import FlipError
 from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
 from harness import remap
-from harness.options import add_options, option, options_of
+from harness.options import MODEL_HELP, add_options, option, options_of
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
 @dataclass(kw_only=True)
 class MergeOptions:
     """`flip merge`'s options."""
-    base: str = option(help="base model: smollm2-135m, an HF directory or a .gguf")
+    base: str = option(help="base model: " + MODEL_HELP)
     adapter: str = option(help="a peft adapter dir or an apr .safetensors from `flip remap`")
     out: str = option(help="the merged Hugging Face directory to write")
     gguf: str | None = option(None, "the merged GGUF to write (default: <OUT>.gguf beside OUT); never the base")

@@ -94,6 +94,14 @@ def device_option():
     return option("auto", "auto (CUDA when present), cpu, cuda, mps", choices=DEVICES)
 
 
+MODEL_HELP = "smollm2-135m, a local HF directory, or a .gguf file"
+
+
+def adapter_option():
+    """The --adapter of the commands that run a model: a student as base + adapter."""
+    return option(None, "a peft adapter directory to apply on top of --model")
+
+
 def names_list(text: str) -> tuple[str, ...]:
     """A comma-separated option: `q_proj, v_proj` -> ("q_proj", "v_proj")."""
     return tuple(t.strip() for t in text.split(",") if t.strip())

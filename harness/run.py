@@ -27,8 +27,8 @@ from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES
-from harness.options import (add_options, config_text, device_option, field_names, option, options_of, positive_or_none,
-                             read_config)
+from harness.options import (MODEL_HELP, add_options, config_text, device_option, field_names, option, options_of,
+                             positive_or_none, read_config)
 from harness.train import TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
@@ -47,7 +47,7 @@ CONFIG_FILE = "config.json"  # the resolved options; `flip run --config FILE` re
 class RunOptions:
     out: Path = option(None, "run directory (datasets, adapter, merged, traces, report); required unless --config "
                              "names one")
-    base: str = option(DEFAULT_BASE, "smollm2-135m, a local HF directory, or a .gguf")
+    base: str = option(DEFAULT_BASE, MODEL_HELP)
     data: Path | None = option(None, "train on this SFT jsonl instead of exporting the fixtures")
     transcripts: Path = option(FIXTURES / "transcripts", "transcripts to export")
     holdout: Path = option(FIXTURES / "holdout" / "workspaces", 'held-out task folders (prompt.txt, task.json, '

@@ -31,7 +31,7 @@ from pathlib import Path
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 from harness.models import DTYPES
-from harness.options import add_options, device_option, option, options_of, positive_or_none
+from harness.options import MODEL_HELP, add_options, device_option, option, options_of, positive_or_none
 from harness.prompt import CHATML_END
 
 IGNORE = -100  # the label value torch's cross_entropy skips
@@ -47,7 +47,7 @@ OUTPUT_NAMES = ("adapter_model.safetensors", "adapter_config.json", CHECKPOINT, 
 @dataclass
 class TrainConfig:
     data: Path = option(help="SFT jsonl (instruction, response, system, metadata)")
-    base: str = option(help="smollm2-135m, a local HF directory or a .gguf")
+    base: str = option(help=MODEL_HELP)
     out: Path = option(help="output directory (adapter, metrics, checkpoint)")
     rank: int = option(16, "LoRA rank r")
     alpha: int = option(32, "LoRA alpha (the update is scaled by alpha / r)")
