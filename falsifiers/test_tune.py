@@ -1,17 +1,17 @@
 """Falsifiers of harness.tune (contracts/tune.yaml): how `flip tune` chooses the training recipe."""
 from __future__ import annotations
 
-from harness.tune import render_markdown, score
+from harness.tune import pooled, render_markdown, score
 
 
-def _row(name: str, solved=0, first_tool=0, valid=0.5, steps=100, refused=0, absolute=0) -> dict:
+def _row(name: str, solved=0, first_tool=0, valid=0.5, steps=100, refused=0, absolute=0, seed=42) -> dict:
     return {"recipe": {"name": name, "mode": "full", "steps": steps, "lr": 1e-3, "targets": ["q_proj"],
                        "max_length": 1024},
-            "train_s": 1.0,
-            "agent": {"solved": solved, "tasks": 18, "valid_call_rate": valid, "refused": refused, "valid_calls": 1,
-                      "calls": 2, "stop_reasons": {}},
-            "first_step": {"first_tool_match": first_tool, "absolute_path_calls": absolute,
-                           "tasks_with_expected_first_tool": 18, "valid_rate": 1.0}}
+            "train_seed": seed, "train_s": 1.0,
+            "agent": {"solved": solved, "tasks": 18, "valid_call_rate": valid, "refused": refused,
+                      "valid_calls": round(100 * valid), "calls": 100, "stop_reasons": {"answered": 18}},
+            "first_step": {"first_tool_match": first_tool, "absolute_path_calls": absolute, "tasks": 18,
+                           "tasks_with_valid_call": 18, "tasks_with_expected_first_tool": 18, "valid_rate": 1.0}}
 
 
 def _chosen(rows: list[dict]) -> str:
@@ -28,6 +28,27 @@ def test_a_student_that_climbs_out_is_never_chosen_over_one_that_does_not():
     assert _chosen([_row("a", first_tool=9, valid=0.1), _row("b", first_tool=8, valid=0.9)]) == "a"
     assert _chosen([_row("a", valid=0.4), _row("b", valid=0.6)]) == "b"
     assert _chosen([_row("a", steps=200), _row("b", steps=60)]) == "b"
-    report = {"validation_tasks": ["t"], "seed": 7, "train_tasks": 1, "max_turns": 8, "chosen": "clean",
-              "current_default": "clean", "rows": [clean, _row("agent-out", refused=2, absolute=1)]}
+    out = _row("agent-out", refused=2, absolute=1)
+    report = {"validation_tasks": ["t"], "seed": 7, "train_seeds": [42], "train_tasks": 1, "max_turns": 8,
+              "chosen": "clean", "current_default": "clean", "rows": [clean, out], "pooled": [clean, out]}
     assert "| 3 | 0/18 |" in render_markdown(report)  # the outside calls are shown with the row
+
+
+def test_a_recipe_is_chosen_on_its_training_seeds_pooled_not_on_its_luckiest_seed():
+    # "lucky" has one seed better than any run of "steady", but fewer in all; one of "reckless"'s seeds climbs out
+    lucky = pooled([_row("lucky", solved=3, first_tool=12, seed=1), _row("lucky", solved=0, first_tool=2, seed=2)])
+    steady = pooled([_row("steady", solved=2, first_tool=9, seed=1), _row("steady", solved=2, first_tool=9, seed=2)])
+    reckless = pooled([_row("reckless", solved=5, first_tool=15, seed=1),
+                       _row("reckless", solved=5, first_tool=15, refused=1, seed=2)])
+    assert _chosen([lucky, steady, reckless]) == "steady"
+    assert (steady["agent"]["solved"], steady["agent"]["tasks"], steady["first_step"]["first_tool_match"]) == (4, 36, 18)
+    assert steady["recipe"]["train_seeds"] == [1, 2]
+    uneven = pooled([_row("x", valid=0.2, seed=1), _row("x", valid=0.6, seed=2)])
+    assert (uneven["agent"]["valid_calls"], uneven["agent"]["calls"], uneven["agent"]["valid_call_rate"]) == (80, 200, 0.4)
+    assert uneven["agent"]["stop_reasons"] == {"answered": 36}
+    report = {"validation_tasks": ["t"], "seed": 7, "train_seeds": [1, 2], "train_tasks": 1, "max_turns": 8,
+              "chosen": "steady", "current_default": "steady", "pooled": [steady],
+              "rows": [_row("steady", solved=2, first_tool=9, seed=s) for s in (1, 2)]}
+    table = render_markdown(report)
+    assert "| steady (seed 1) |" in table and "| steady (seed 2) |" in table
+    assert "| **steady** (pooled) |" in table and "| 4/36 | 18/36 |" in table

@@ -1,8 +1,10 @@
 """`flip tune`: choose the training recipe on a validation split of the TRAINING tasks, never on held-out ones.
 
     split the training tasks   one task per (kind, language) to validation, seeded; the rest train
-    per recipe                 export the train split's transcripts -> train -> first-step eval and agent run on the
-                               validation tasks
+    per recipe and seed        export the train split's transcripts -> train (one run per training seed) -> first-step
+                               eval and agent run on the validation tasks
+    pool                       a recipe's runs over its training seeds, counts summed: one student's luck with its
+                               data order and initialisation does not choose the recipe (pooled below)
     choose                     no call outside the workspace; then most validation tasks solved; ties: more first
                                tools matching the teacher's, then a higher valid-call rate as an agent, then the
                                shorter training (score below)
@@ -17,7 +19,7 @@ import json
 import random
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation r
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, recipes
 from harness.options import add_options, device_option, option, options_of
+from harness.train import TrainConfig
 
 TASKS = FIXTURES / "tasks"
 TRANSCRIPTS = FIXTURES / "transcripts"
@@ -57,15 +60,39 @@ def score(row: dict) -> tuple:
             -row["recipe"]["steps"])
 
 
+def pooled(rows: list[dict]) -> dict:
+    """One recipe's rows over its training seeds as one row of the same shape: counts summed, rates recomputed."""
+    agents, firsts = [row["agent"] for row in rows], [row["first_step"] for row in rows]
+
+    def total(parts: list[dict], key: str) -> int:
+        return sum(part[key] for part in parts)
+
+    valid_calls, calls = total(agents, "valid_calls"), total(agents, "calls")
+    stops = sum((Counter(part["stop_reasons"]) for part in agents), Counter())
+    tasks = total(firsts, "tasks")
+    return {
+        "recipe": dict(rows[0]["recipe"], train_seeds=[row["train_seed"] for row in rows]),
+        "train_s": sum(row["train_s"] for row in rows),
+        "agent": {"solved": total(agents, "solved"), "tasks": total(agents, "tasks"), "refused": total(agents, "refused"),
+                  "valid_calls": valid_calls, "calls": calls, "valid_call_rate": valid_calls / calls if calls else None,
+                  "stop_reasons": dict(sorted(stops.items()))},
+        "first_step": {"first_tool_match": total(firsts, "first_tool_match"),
+                       "tasks_with_expected_first_tool": total(firsts, "tasks_with_expected_first_tool"),
+                       "absolute_path_calls": total(firsts, "absolute_path_calls"), "tasks": tasks,
+                       "tasks_with_valid_call": total(firsts, "tasks_with_valid_call"),
+                       "valid_rate": total(firsts, "tasks_with_valid_call") / tasks if tasks else None},
+    }
+
+
 def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], val_dir: Path, max_turns: int,
-                    device: str) -> dict:
+                    device: str, train_seed: int) -> dict:
     from harness.agent import AgentOptions, agent
     from harness.evaluate import evaluate, load_prompts
     from harness.export import ExportOptions, export
     from harness.run import check_no_leak
     from harness.train import TrainConfig, train
 
-    work = out / f"recipe-{name}"
+    work = out / f"recipe-{name}-seed{train_seed}"
     if (work / "row.json").is_file():  # an interrupted tune resumes: finished recipes are not run again
         return json.loads((work / "row.json").read_text(encoding="utf-8"))
     started = time.perf_counter()
@@ -79,7 +106,8 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     config = TrainConfig(data=data, base="smollm2-135m", out=work / "adapter", rank=recipe["rank"],
                          alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],
                          max_steps=recipe["steps"], max_length=recipe["max_length"], pack=recipe["pack"],
-                         val_fraction=recipe["val_fraction"], dtype=recipe["dtype"], device=device, save_every=None)
+                         val_fraction=recipe["val_fraction"], dtype=recipe["dtype"], device=device, save_every=None,
+                         seed=train_seed)
     clock = time.perf_counter()
     summary = train(config)
     train_s = time.perf_counter() - clock
@@ -88,7 +116,7 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     agent_summary = agent("smollm2-135m", val_dir, work / "agent.jsonl", adapter=work / "adapter", device=device,
                           options=AgentOptions(max_turns=max_turns, max_tokens=recipe["max_length"]),
                           label=f"{name} agent")
-    row = {"recipe": dict(recipe, name=name), "train_s": round(train_s, 1),
+    row = {"recipe": dict(recipe, name=name), "train_seed": train_seed, "train_s": round(train_s, 1),
            "final_train_loss": summary["final_train_loss"], "first_step": first_step, "agent": agent_summary,
            "seconds": round(time.perf_counter() - started, 1)}
     write_text(work / "row.json", json.dumps(row, indent=2) + "\n")
@@ -101,6 +129,9 @@ class TuneOptions:
     out: Path = option(help="tune directory (datasets, one adapter and trace set per recipe, tune.json, tune.md)")
     recipes: str | None = option(None, "comma-separated recipe names from contracts/recipes.yaml (default: all)")
     seed: int = option(7, "seed of the validation split")
+    train_seeds: str = option(
+        str(TrainConfig.seed), "comma-separated training seeds: each recipe trains once per seed and is chosen on the "
+        "runs pooled; the default is flip train's seed")
     max_turns: int = option(DEFAULT_MAX_TURNS, "agent turns per validation task")
     device: str = device_option()
     force: bool = option(
@@ -108,7 +139,8 @@ class TuneOptions:
 
 
 def tune(out: str | Path, names: list[str] | None = None, seed: int = TuneOptions.seed,
-         max_turns: int = TuneOptions.max_turns, device: str = TuneOptions.device, force: bool = False) -> dict:
+         max_turns: int = TuneOptions.max_turns, device: str = TuneOptions.device, force: bool = False,
+         train_seeds: tuple[int, ...] = (TrainConfig.seed,)) -> dict:
     default, candidates = recipes()
     names = names or list(candidates)
     unknown = [n for n in names if n not in candidates]
@@ -122,13 +154,18 @@ def tune(out: str | Path, names: list[str] | None = None, seed: int = TuneOption
     for task_id in val_ids:
         if not (val_dir / task_id).exists():
             (val_dir / task_id).symlink_to(TASKS / task_id)
-    rows = []
+    rows, pools = [], []
     for name in names:
-        print(f"flip tune: recipe {name} ...", file=sys.stderr, flush=True)
-        rows.append(evaluate_recipe(name, candidates[name], out, train_ids, val_dir, max_turns, device))
-    chosen = max(rows, key=score)["recipe"]["name"]
-    report = {"seed": seed, "validation_tasks": val_ids, "train_tasks": len(train_ids), "max_turns": max_turns,
-              "current_default": default, "chosen": chosen, "rows": rows}
+        runs = []
+        for train_seed in train_seeds:
+            print(f"flip tune: recipe {name}, training seed {train_seed} ...", file=sys.stderr, flush=True)
+            runs.append(evaluate_recipe(name, candidates[name], out, train_ids, val_dir, max_turns, device, train_seed))
+        rows += runs
+        pools.append(pooled(runs))
+    chosen = max(pools, key=score)["recipe"]["name"]
+    report = {"seed": seed, "train_seeds": list(train_seeds), "validation_tasks": val_ids,
+              "train_tasks": len(train_ids), "max_turns": max_turns, "current_default": default, "chosen": chosen,
+              "pooled": pools, "rows": rows}
     write_text(out / "tune.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "tune.md", render_markdown(report))
     return report
@@ -138,24 +175,32 @@ def render_markdown(report: dict) -> str:
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.0f}%"
 
+    def line(row: dict, label: str) -> str:
+        recipe, agent, first = row["recipe"], row["agent"], row["first_step"]
+        return (
+            f"| {label} | {recipe['mode']} | {'yes' if recipe.get('pack') else 'no'} | {recipe['steps']} | {recipe['lr']:g} "
+            f"| {','.join(recipe['targets'])} | {recipe['max_length']} | {row['train_s']:.0f} | {outside_calls(row)} "
+            f"| {agent['solved']}/{agent['tasks']} | {first['first_tool_match']}/{first['tasks_with_expected_first_tool']} "
+            f"| {pct(first['valid_rate'])} | {agent['valid_calls']}/{agent['calls']} | {agent['stop_reasons']} |")
+
     lines = [
         "# flip tune: recipes compared on a validation split of the training tasks",
         "",
         f"{len(report['validation_tasks'])} validation tasks (one per kind and language, seed {report['seed']}), "
-        f"{report['train_tasks']} training tasks; agents run up to {report['max_turns']} turns. Chosen: "
+        f"{report['train_tasks']} training tasks; agents run up to {report['max_turns']} turns; each recipe trained "
+        f"with seed(s) {', '.join(map(str, report['train_seeds']))}, chosen on its runs pooled. Chosen: "
         f"**{report['chosen']}** (the default in contracts/recipes.yaml is {report['current_default']}).",
         "",
-        "| recipe | mode | pack | steps | lr | targets | max length | train s | outside calls | val solved | first tool "
-        "| first-step valid | agent valid calls | stops |",
+        "| recipe (training seed) | mode | pack | steps | lr | targets | max length | train s | outside calls "
+        "| val solved | first tool | first-step valid | agent valid calls | stops |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in report["rows"]:
-        recipe, agent, first = row["recipe"], row["agent"], row["first_step"]
-        lines.append(
-            f"| {recipe['name']} | {recipe['mode']} | {'yes' if recipe.get('pack') else 'no'} | {recipe['steps']} | {recipe['lr']:g} | {','.join(recipe['targets'])} "
-            f"| {recipe['max_length']} | {row['train_s']:.0f} | {outside_calls(row)} | {agent['solved']}/{agent['tasks']} "
-            f"| {first['first_tool_match']}/{first['tasks_with_expected_first_tool']} | {pct(first['valid_rate'])} "
-            f"| {agent['valid_calls']}/{agent['calls']} | {agent['stop_reasons']} |")
+    for pool in report["pooled"]:
+        name = pool["recipe"]["name"]
+        runs = [row for row in report["rows"] if row["recipe"]["name"] == name]
+        if len(runs) > 1:
+            lines += [line(row, f"{name} (seed {row['train_seed']})") for row in runs]
+        lines.append(line(pool, f"**{name}**" + (" (pooled)" if len(runs) > 1 else f" (seed {runs[0]['train_seed']})")))
     lines += ["", "Validation tasks: " + ", ".join(report["validation_tasks"]) + "."]
     return "\n".join(lines) + "\n"
 
@@ -171,7 +216,13 @@ def main(args) -> int:
         names = [n.strip() for n in options.recipes.split(",") if n.strip()]
         if not names:
             raise FlipError("--recipes names no recipe (omit it to compare them all)")
+    try:
+        train_seeds = tuple(dict.fromkeys(int(seed) for seed in options.train_seeds.split(",") if seed.strip()))
+    except ValueError:
+        raise FlipError(f"--train-seeds {options.train_seeds!r}: not a comma-separated list of integers") from None
+    if not train_seeds:
+        raise FlipError("--train-seeds names no seed")
     report = tune(options.out, names, seed=options.seed, max_turns=options.max_turns, device=options.device,
-                  force=options.force)
+                  force=options.force, train_seeds=train_seeds)
     print(render_markdown(report), file=sys.stderr)
     return 0
