@@ -92,6 +92,26 @@ def test_apr_file_merge(tiny, tmp_path, monkeypatch):
     assert not (tmp_path / "never").exists()
 
 
+def test_a_gguf_base_is_converted_once_per_content(tiny, tmp_path, monkeypatch):
+    """The cached HF conversion of a GGUF base is named by the file's bytes: the same GGUF copied elsewhere or touched
+    (a reinstalled wheel) reuses it, a GGUF with other weights gets its own; nothing else is written to the cache."""
+    import os
+
+    from harness.models import hf_directory
+
+    monkeypatch.setenv("FLIP_CACHE", str(tmp_path / "cache"))
+    merge.export_gguf(tiny["llama"][0], tmp_path / "a" / "base.gguf")
+    (tmp_path / "b").mkdir()
+    shutil.copyfile(tmp_path / "a" / "base.gguf", tmp_path / "b" / "base.gguf")
+    os.utime(tmp_path / "b" / "base.gguf", (1_000_000_000, 1_000_000_000))
+    first = hf_directory(tmp_path / "a" / "base.gguf")
+    assert hf_directory(tmp_path / "b" / "base.gguf") == first
+    merge.export_gguf(tiny["qwen2"][0], tmp_path / "c" / "base.gguf")
+    other = hf_directory(tmp_path / "c" / "base.gguf")
+    assert other != first
+    assert sorted(p.name for p in (tmp_path / "cache" / "hf").iterdir()) == sorted([first.name, other.name])
+
+
 @pytest.mark.slow
 def test_real_model_merge(tmp_path):
     """On the bundled SmolLM2-135M (a Q4_1 GGUF, Llama): merging a q,k,v,o rank-8 adapter via its apr file gives
