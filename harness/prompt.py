@@ -28,6 +28,10 @@ NO_RESULT = "(no result recorded)"
 CHATML_PREFIX = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
 CHATML_MIDDLE = "<|im_end|>\n<|im_start|>assistant\n"
 CHATML_END = "<|im_end|>"
+# Token budget of one whole ChatML sample (system, prompt and reply): what export fits a sample into, the longest sample
+# training keeps, and the most an agent's prompt plus reply may take, so the student is never asked beyond what it
+# was trained on. One number for all three (export --max-tokens, train --max-length, agent --max-tokens).
+SAMPLE_TOKENS = 1024
 # Margin (tokens per joined piece) under which a sample's summed piece counts are trusted without counting the
 # whole sample again: BPE may split a "\n\n" between two pieces one token differently than inside one piece.
 PIECE_SLACK = 2

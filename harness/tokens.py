@@ -7,7 +7,6 @@ later export loads that file with `tokenizers.Tokenizer.from_file` in millisecon
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
+from harness.models import gguf_cache_dir
 
 DEFAULT_TOKENIZER = "smollm2-135m"
 
@@ -27,14 +27,8 @@ tok.backend_tokenizer.save(sys.argv[3])
 """
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("FLIP_CACHE", Path.home() / ".cache" / "apr-flip"))
-
-
 def _gguf_tokenizer_json(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    target = _cache_root() / "tokenizers" / f"{gguf.stem}-{key}" / "tokenizer.json"
+    target = gguf_cache_dir("tokenizers", gguf) / "tokenizer.json"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

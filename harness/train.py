@@ -32,7 +32,7 @@ from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 from harness.models import DTYPES
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of, positive_or_none
-from harness.prompt import CHATML_END
+from harness.prompt import CHATML_END, SAMPLE_TOKENS
 
 IGNORE = -100  # the label value torch's cross_entropy skips
 END_OF_TURN = CHATML_END  # tokenizers without it fall back to their eos token
@@ -65,7 +65,7 @@ class TrainConfig:
         32, "validation samples the loss is measured on, a fixed seeded subset (0: all of them)", type=positive_or_none)
     warmup: float = option(0.1, "fraction of steps, then cosine")
     grad_clip: float = option(1.0, "gradient norm clip")
-    max_length: int = option(1024, "tokens; longer samples are dropped and counted, never truncated")
+    max_length: int = option(SAMPLE_TOKENS, "tokens; longer samples are dropped and counted, never truncated")
     pack: bool = option(False, "train each trajectory's samples as prefix trees: the prompt tokens they share are "
                                "computed once and every sample's loss is unchanged; a micro-batch is then trees, "
                                "not samples")
