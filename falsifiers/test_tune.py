@@ -52,3 +52,18 @@ def test_a_recipe_is_chosen_on_its_training_seeds_pooled_not_on_its_luckiest_see
     table = render_markdown(report)
     assert "| steady (seed 1) |" in table and "| steady (seed 2) |" in table
     assert "| **steady** (pooled) |" in table and "| 4/36 | 18/36 |" in table
+
+
+def test_bad_tune_options_are_refused_before_any_work(tmp_path):
+    """A tune runs for most of an hour: a turn budget or seed list that cannot work is a one-line error up front, and
+    nothing is written (before, --max-turns 0 trained every recipe first)."""
+    from falsifiers.test_cli import _one_line_error, flip
+
+    out = tmp_path / "tune"
+    for argv, needle in ((["--max-turns", "0"], "--max-turns must be at least 1"),
+                         (["--train-seeds", "1,x"], "not a comma-separated list of integers"),
+                         (["--train-seeds", ","], "--train-seeds names no seed"),
+                         (["--recipes", "nope"], "unknown recipe(s) nope")):
+        code, err = flip("tune", "--out", out, "--recipes", "full-qv", *argv, "--quiet")
+        _one_line_error(code, err, needle)
+        assert not out.exists()

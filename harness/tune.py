@@ -146,6 +146,10 @@ def tune(out: str | Path, names: list[str] | None = None, seed: int = TuneOption
     unknown = [n for n in names if n not in candidates]
     if unknown:
         raise FlipError(f"unknown recipe(s) {', '.join(unknown)}; contracts/recipes.yaml has {', '.join(candidates)}")
+    if max_turns < 1:
+        raise FlipError(f"--max-turns must be at least 1, not {max_turns}")
+    if not train_seeds:
+        raise FlipError("--train-seeds names no seed")
     out = claim_dir(out, "tune", OUTPUT_NAMES, force)
     task_dirs = sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file())
     train_ids, val_ids = validation_split(task_dirs, seed)
@@ -220,8 +224,6 @@ def main(args) -> int:
         train_seeds = tuple(dict.fromkeys(int(seed) for seed in options.train_seeds.split(",") if seed.strip()))
     except ValueError:
         raise FlipError(f"--train-seeds {options.train_seeds!r}: not a comma-separated list of integers") from None
-    if not train_seeds:
-        raise FlipError("--train-seeds names no seed")
     report = tune(options.out, names, seed=options.seed, max_turns=options.max_turns, device=options.device,
                   force=options.force, train_seeds=train_seeds)
     print(render_markdown(report), file=sys.stderr)
