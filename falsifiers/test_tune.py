@@ -1,7 +1,12 @@
 """Falsifiers of harness.tune (contracts/tune.yaml): how `flip tune` chooses the training recipe."""
 from __future__ import annotations
 
-from harness.tune import pooled, render_markdown, score
+import json
+
+import pytest
+
+from harness import FlipError
+from harness.tune import check_same_base, pooled, render_markdown, score
 
 
 def _row(name: str, solved=0, first_tool=0, valid=0.5, steps=100, refused=0, absolute=0, seed=42) -> dict:
@@ -29,7 +34,7 @@ def test_a_student_that_climbs_out_is_never_chosen_over_one_that_does_not():
     assert _chosen([_row("a", valid=0.4), _row("b", valid=0.6)]) == "b"
     assert _chosen([_row("a", steps=200), _row("b", steps=60)]) == "b"
     out = _row("agent-out", refused=2, absolute=1)
-    report = {"validation_tasks": ["t"], "seed": 7, "train_seeds": [42], "train_tasks": 1, "max_turns": 8,
+    report = {"base": "smollm2-135m", "validation_tasks": ["t"], "seed": 7, "train_seeds": [42], "train_tasks": 1, "max_turns": 8,
               "chosen": "clean", "current_default": "clean", "rows": [clean, out], "pooled": [clean, out]}
     assert "| 3 | 0/18 |" in render_markdown(report)  # the outside calls are shown with the row
 
@@ -46,7 +51,7 @@ def test_a_recipe_is_chosen_on_its_training_seeds_pooled_not_on_its_luckiest_see
     uneven = pooled([_row("x", valid=0.2, seed=1), _row("x", valid=0.6, seed=2)])
     assert (uneven["agent"]["valid_calls"], uneven["agent"]["calls"], uneven["agent"]["valid_call_rate"]) == (80, 200, 0.4)
     assert uneven["agent"]["stop_reasons"] == {"answered": 36}
-    report = {"validation_tasks": ["t"], "seed": 7, "train_seeds": [1, 2], "train_tasks": 1, "max_turns": 8,
+    report = {"base": "smollm2-135m", "validation_tasks": ["t"], "seed": 7, "train_seeds": [1, 2], "train_tasks": 1, "max_turns": 8,
               "chosen": "steady", "current_default": "steady", "pooled": [steady],
               "rows": [_row("steady", solved=2, first_tool=9, seed=s) for s in (1, 2)]}
     table = render_markdown(report)
@@ -63,7 +68,18 @@ def test_bad_tune_options_are_refused_before_any_work(tmp_path):
     for argv, needle in ((["--max-turns", "0"], "--max-turns must be at least 1"),
                          (["--train-seeds", "1,x"], "not a comma-separated list of integers"),
                          (["--train-seeds", ","], "--train-seeds names no seed"),
-                         (["--recipes", "nope"], "unknown recipe(s) nope")):
+                         (["--recipes", "nope"], "unknown recipe(s) nope"),
+                         (["--base", tmp_path / "nowhere"], "not found")):
         code, err = flip("tune", "--out", out, "--recipes", "full-qv", *argv, "--quiet")
         _one_line_error(code, err, needle)
         assert not out.exists()
+    # a tune resumes only with the base it began with: its datasets and finished rows were made for that base
+    (out / "datasets-1024").mkdir(parents=True)
+    (out / "datasets-1024" / "export_stats.json").write_text(json.dumps({"options": {"tokenizer": "smollm2-135m"}}))
+    check_same_base(out, "smollm2-135m")
+    with pytest.raises(FlipError, match="was tuned with --base smollm2-135m .*datasets-1024.*, not /models/qwen"):
+        check_same_base(out, "/models/qwen")
+    (out / "recipe-a-seed42").mkdir()
+    (out / "recipe-a-seed42" / "row.json").write_text(json.dumps({"base": "/models/qwen"}))
+    with pytest.raises(FlipError, match=r"recipe-a-seed42.row\.json"):
+        check_same_base(out, "smollm2-135m")

@@ -48,6 +48,7 @@ from pathlib import Path
 from harness import FlipError
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
+from harness.models import SMOLLM2
 from harness.options import add_options, option, options_of
 from harness.prompt import (SAMPLE_TOKENS, Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
                             render_observation, render_result)
@@ -129,7 +130,7 @@ class ExportOptions:
     target: str = option("apr-code", "apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)",
                          choices=TARGETS)
     max_tokens: int = option(SAMPLE_TOKENS, "token budget of the whole ChatML sample")
-    tokenizer: str | None = option(None, "tokenizer.json, HF dir, .gguf or model reference; the default is smollm2-135m")
+    tokenizer: str | None = option(None, f"tokenizer.json, HF dir, .gguf or model reference; the default is {SMOLLM2}")
     per_tool: int = option(40, "balanced mode: samples per apr-code tool")
     seed: int = option(42, "seed of balanced mode's per-tool sampling")
     max_result_chars: int = option(2000, "a tool result longer than this keeps its head and tail around a marker")
@@ -211,7 +212,7 @@ class Stats:
                 "repaired_bytes": lines.repaired_bytes,
             },
             "options": {"mode": options.mode, "target": options.target, "max_tokens": options.max_tokens,
-                        "tokenizer": options.tokenizer or "smollm2-135m", "per_tool": options.per_tool,
+                        "tokenizer": options.tokenizer or SMOLLM2, "per_tool": options.per_tool,
                         "seed": options.seed, "max_result_chars": options.max_result_chars},
         }
 

@@ -26,7 +26,7 @@ from harness import agent as agent_stage, evaluate as eval_stage  # their defaul
 from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
-from harness.models import DTYPES
+from harness.models import DTYPES, SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, field_names, option, options_of,
                              positive_or_none, read_config)
 from harness.train import TrainConfig
@@ -34,7 +34,6 @@ from harness.train import TrainConfig
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
 # the training tasks (docs/recipe.md); what it does not set keeps TrainConfig's defaults.
 RECIPE = default_recipe()
-DEFAULT_BASE = "smollm2-135m"
 DEFAULT_EVAL_EVERY = 35  # held-out first-step checks during training (steps-to-flip); each costs ~20 s on 2 cores
 FLIP_THRESHOLD = 0.9  # steps-to-flip: the first eval step with >= 90% of held-out tasks holding a valid call
 # What `flip run` writes into --out; a directory holding anything else is refused unless --force.
@@ -47,7 +46,7 @@ CONFIG_FILE = "config.json"  # the resolved options; `flip run --config FILE` re
 class RunOptions:
     out: Path = option(None, "run directory (datasets, adapter, merged, traces, report); required unless --config "
                              "names one")
-    base: str = option(DEFAULT_BASE, MODEL_HELP)
+    base: str = option(SMOLLM2, MODEL_HELP)
     data: Path | None = option(None, "train on this SFT jsonl instead of exporting the fixtures")
     transcripts: Path = option(FIXTURES / "transcripts", "transcripts to export")
     holdout: Path = option(FIXTURES / "holdout" / "workspaces", 'held-out task folders (prompt.txt, task.json, '
@@ -139,8 +138,9 @@ def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
     from harness.export import ExportOptions, export
 
     out = options.out / "datasets"
+    # the token budget is counted with the base's own tokenizer: the trainer keeps or drops samples by the same count
     stats = export([options.transcripts], out, ExportOptions(mode="all", max_tokens=options.max_length,
-                                                              seed=options.seed, progress=False))
+                                                              tokenizer=options.base, seed=options.seed, progress=False))
     data = out / f"apr_code_sft_{options.mode}.jsonl"
     if not data.is_file():
         raise FlipError(f"the export wrote no {data.name} (modes: curated, balanced, full)")

@@ -14,9 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
-from harness.models import gguf_cache_dir
+from harness.models import SMOLLM2, gguf_cache_dir
 
-DEFAULT_TOKENIZER = "smollm2-135m"
 
 # The child process that converts a GGUF tokenizer: it alone pays for torch + transformers.
 _CONVERT = """
@@ -48,7 +47,7 @@ def _gguf_tokenizer_json(gguf: Path) -> Path:
 
 def tokenizer_json_path(ref: str | os.PathLike | None = None) -> Path:
     """The tokenizer.json for a reference (converting and caching a GGUF's tokenizer on first use)."""
-    text = str(ref) if ref is not None else DEFAULT_TOKENIZER
+    text = str(ref) if ref is not None else SMOLLM2
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".json":
         return path

@@ -27,7 +27,8 @@ from harness import FlipError
 from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation runs agents as `flip run` does
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, recipes
-from harness.options import add_options, device_option, option, options_of
+from harness.models import SMOLLM2, check
+from harness.options import MODEL_HELP, add_options, device_option, option, options_of
 from harness.train import TrainConfig
 
 TASKS = FIXTURES / "tasks"
@@ -84,8 +85,20 @@ def pooled(rows: list[dict]) -> dict:
     }
 
 
-def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], val_dir: Path, max_turns: int,
-                    device: str, train_seed: int) -> dict:
+def check_same_base(out: Path, base: str) -> None:
+    """A tune directory resumes only with the base it began with: its datasets were counted with that base's tokenizer
+    and its finished rows trained it."""
+    made = [(stats, json.loads(stats.read_text(encoding="utf-8"))["options"]["tokenizer"])
+            for stats in sorted(out.glob("datasets-*/export_stats.json"))]
+    made += [(row, json.loads(row.read_text(encoding="utf-8"))["base"]) for row in sorted(out.glob("recipe-*/row.json"))]
+    for path, used in made:
+        if used != base:
+            raise FlipError(f"{out} was tuned with --base {used} ({path.relative_to(out)}), not {base}: "
+                            "resume it with that base, or tune into another --out")
+
+
+def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], val_dir: Path, base: str,
+                    max_turns: int, device: str, train_seed: int) -> dict:
     from harness.agent import AgentOptions, agent
     from harness.evaluate import evaluate, load_prompts
     from harness.export import ExportOptions, export
@@ -99,11 +112,11 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     datasets = out / f"datasets-{recipe['max_length']}"
     if not (datasets / f"apr_code_sft_{recipe['mode']}.jsonl").is_file():
         export([TRANSCRIPTS / task_id for task_id in train_ids], datasets,
-               ExportOptions(mode="all", max_tokens=recipe["max_length"], progress=False))
+               ExportOptions(mode="all", max_tokens=recipe["max_length"], tokenizer=base, progress=False))
     data = datasets / f"apr_code_sft_{recipe['mode']}.jsonl"
     prompts = load_prompts(val_dir)
     check_no_leak(data, prompts)
-    config = TrainConfig(data=data, base="smollm2-135m", out=work / "adapter", rank=recipe["rank"],
+    config = TrainConfig(data=data, base=base, out=work / "adapter", rank=recipe["rank"],
                          alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],
                          max_steps=recipe["steps"], max_length=recipe["max_length"], pack=recipe["pack"],
                          val_fraction=recipe["val_fraction"], dtype=recipe["dtype"], device=device, save_every=None,
@@ -111,12 +124,12 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     clock = time.perf_counter()
     summary = train(config)
     train_s = time.perf_counter() - clock
-    first_step = evaluate("smollm2-135m", prompts, work / "first_step.jsonl", adapter=work / "adapter", device=device,
+    first_step = evaluate(base, prompts, work / "first_step.jsonl", adapter=work / "adapter", device=device,
                           label=f"{name} first step")
-    agent_summary = agent("smollm2-135m", val_dir, work / "agent.jsonl", adapter=work / "adapter", device=device,
+    agent_summary = agent(base, val_dir, work / "agent.jsonl", adapter=work / "adapter", device=device,
                           options=AgentOptions(max_turns=max_turns, max_tokens=recipe["max_length"]),
                           label=f"{name} agent")
-    row = {"recipe": dict(recipe, name=name), "train_seed": train_seed, "train_s": round(train_s, 1),
+    row = {"recipe": dict(recipe, name=name), "base": base, "train_seed": train_seed, "train_s": round(train_s, 1),
            "final_train_loss": summary["final_train_loss"], "first_step": first_step, "agent": agent_summary,
            "seconds": round(time.perf_counter() - started, 1)}
     write_text(work / "row.json", json.dumps(row, indent=2) + "\n")
@@ -127,6 +140,7 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
 class TuneOptions:
     """`flip tune`'s options."""
     out: Path = option(help="tune directory (datasets, one adapter and trace set per recipe, tune.json, tune.md)")
+    base: str = option(SMOLLM2, "the base every recipe trains: " + MODEL_HELP)
     recipes: str | None = option(None, "comma-separated recipe names from contracts/recipes.yaml (default: all)")
     seed: int = option(7, "seed of the validation split")
     train_seeds: str = option(
@@ -138,7 +152,7 @@ class TuneOptions:
         False, "write into a non-empty --out holding files flip tune did not write (nothing is deleted)")
 
 
-def tune(out: str | Path, names: list[str] | None = None, seed: int = TuneOptions.seed,
+def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOptions.base, seed: int = TuneOptions.seed,
          max_turns: int = TuneOptions.max_turns, device: str = TuneOptions.device, force: bool = False,
          train_seeds: tuple[int, ...] = (TrainConfig.seed,)) -> dict:
     default, candidates = recipes()
@@ -150,7 +164,9 @@ def tune(out: str | Path, names: list[str] | None = None, seed: int = TuneOption
         raise FlipError(f"--max-turns must be at least 1, not {max_turns}")
     if not train_seeds:
         raise FlipError("--train-seeds names no seed")
+    check(base)
     out = claim_dir(out, "tune", OUTPUT_NAMES, force)
+    check_same_base(out, base)
     task_dirs = sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file())
     train_ids, val_ids = validation_split(task_dirs, seed)
     val_dir = out / "val-tasks"
@@ -163,11 +179,12 @@ def tune(out: str | Path, names: list[str] | None = None, seed: int = TuneOption
         runs = []
         for train_seed in train_seeds:
             print(f"flip tune: recipe {name}, training seed {train_seed} ...", file=sys.stderr, flush=True)
-            runs.append(evaluate_recipe(name, candidates[name], out, train_ids, val_dir, max_turns, device, train_seed))
+            runs.append(evaluate_recipe(name, candidates[name], out, train_ids, val_dir, base, max_turns, device,
+                                        train_seed))
         rows += runs
         pools.append(pooled(runs))
     chosen = max(pools, key=score)["recipe"]["name"]
-    report = {"seed": seed, "train_seeds": list(train_seeds), "validation_tasks": val_ids,
+    report = {"base": base, "seed": seed, "train_seeds": list(train_seeds), "validation_tasks": val_ids,
               "train_tasks": len(train_ids), "max_turns": max_turns, "current_default": default, "chosen": chosen,
               "pooled": pools, "rows": rows}
     write_text(out / "tune.json", json.dumps(report, indent=2) + "\n")
@@ -190,7 +207,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# flip tune: recipes compared on a validation split of the training tasks",
         "",
-        f"{len(report['validation_tasks'])} validation tasks (one per kind and language, seed {report['seed']}), "
+        f"Base `{report['base']}`; {len(report['validation_tasks'])} validation tasks (one per kind and language, "
+        f"seed {report['seed']}), "
         f"{report['train_tasks']} training tasks; agents run up to {report['max_turns']} turns; each recipe trained "
         f"with seed(s) {', '.join(map(str, report['train_seeds']))}, chosen on its runs pooled. Chosen: "
         f"**{report['chosen']}** (the default in contracts/recipes.yaml is {report['current_default']}).",
@@ -224,7 +242,7 @@ def main(args) -> int:
         train_seeds = tuple(dict.fromkeys(int(seed) for seed in options.train_seeds.split(",") if seed.strip()))
     except ValueError:
         raise FlipError(f"--train-seeds {options.train_seeds!r}: not a comma-separated list of integers") from None
-    report = tune(options.out, names, seed=options.seed, max_turns=options.max_turns, device=options.device,
+    report = tune(options.out, names, base=options.base, seed=options.seed, max_turns=options.max_turns, device=options.device,
                   force=options.force, train_seeds=train_seeds)
     print(render_markdown(report), file=sys.stderr)
     return 0
