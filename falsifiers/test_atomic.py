@@ -157,7 +157,12 @@ def test_output_directory_states_and_stale_files(tmp_path):
     (mixed / ".stats.json.ab12cd34.tmp").write_text("left by a killed run")
     claim_dir(mixed, "export", names, force=True)
     assert sorted(p.name for p in mixed.iterdir()) == [".a_x.jsonl.backup.tmp", "notes.txt"]
+    assert remove_stale(out, "export", names, keep={"a_x.jsonl", "a_y.jsonl"}) == [], "nothing was recorded yet"
+    (out / "a_mine.jsonl").write_text("user")  # the user's file, named like ours, in our directory
+    claim_dir(out, "export", names)  # the next run keeps what the last one recorded writing
     assert remove_stale(out, "export", names, keep={"a_x.jsonl"}) == ["a_y.jsonl"]
+    assert (out / "a_mine.jsonl").read_text() == "user", "a file no run of ours recorded writing was removed"
+    (out / "a_mine.jsonl").unlink()
     (out / "mine.txt").write_text("user")
     assert dir_state(out, "export", names) == "foreign"
     assert remove_stale(out, "export", names, keep=set()) == [], "stale removal touched a directory with user files"

@@ -142,7 +142,7 @@ def claim_dir(path: str | os.PathLike, command: str, names, force: bool = False,
     state = dir_state(path, command, names)
     path.mkdir(parents=True, exist_ok=True)
     if state in ("absent", "empty", "ours"):
-        _write_manifest(path, command)
+        _write_manifest(path, command, _manifest(path).get("entries") or ())  # what earlier runs recorded writing
     for entry in path.iterdir():
         if _is_our_temp(entry.name, names):
             remove_entry(entry)
@@ -150,15 +150,16 @@ def claim_dir(path: str | os.PathLike, command: str, names, force: bool = False,
 
 
 def remove_stale(path: Path, command: str, names, keep) -> list[str]:
-    """In a directory that is ours, remove our entries that this run did not write (e.g. another mode's dataset), so
-    the directory holds exactly what this run describes. A directory holding foreign files is left untouched."""
+    """In a directory that is ours, remove the entries an earlier run recorded writing that this run did not write
+    (e.g. another mode's dataset), then record this run's entries (`keep`). A file that merely matches our names was
+    recorded by no run of ours: it is the user's and stays. A directory holding foreign files is left untouched."""
     if dir_state(path, command, names) != "ours":
         return []
-    removed = []
-    for entry in sorted(path.iterdir()):
-        if entry.name != MANIFEST and entry.name not in keep:
-            remove_entry(entry)
-            removed.append(entry.name)
+    recorded = _manifest(path).get("entries") or ()
+    removed = sorted(name for name in set(recorded) - set(keep) if os.path.lexists(path / name))
+    for name in removed:
+        remove_entry(path / name)
+    _write_manifest(path, command, keep)
     return removed
 
 
