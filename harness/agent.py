@@ -46,6 +46,7 @@ DEFAULT_TEST_TIMEOUT = 300.0
 REPEAT_LIMIT = 3  # the same call this many times in a row ends the episode
 SHOWN_INVALID_CHARS = 400  # how much of an unparsable reply its error observation repeats
 STOP_REASONS = ("answered", "repeated", "max_turns", "context_full")
+CHANGING_TOOLS = ("file_edit", "file_write")  # a call of these that its tool accepted changed the workspace
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -154,6 +155,8 @@ class AgentOptions:
     # The live tasks decode together; finished rows leave the batch.
     batch_size: int = option(DEFAULT_BATCH_SIZE, "prompts per generate() call")
     test_timeout: float = option(DEFAULT_TEST_TIMEOUT, "seconds for a task's test command")
+    temperature: float = option(0.0, "0: greedy replies; above 0: sampled at this temperature (pass@k runs)")
+    sample_seed: int = option(0, "seed of the sampled replies (with --temperature above 0): same seed, same run")
     max_result_chars: int = ExportOptions.max_result_chars  # observations are shortened as the training data's were
     limits: Limits = field(default_factory=Limits)
     sandbox_dir: str | None = None  # where sandboxes are made (default: the system's temporary directory)
@@ -230,6 +233,7 @@ def act(episode: Episode, output: str, counter, options: AgentOptions) -> None:
     turn["valid"] = True
     result = episode.runtime.execute(call.name, tool_input)
     turn["refused"] = result.refused
+    turn["applied"] = call.name in CHANGING_TOOLS and not result.is_error
     shown, _ = episode.scrubber.shortened(result.text, options.max_result_chars)
     observation = render_observation(call.name, episode.scrubber.value(tool_input), shown, result.is_error)
     _record(episode, turn, call, observation, counter)
@@ -295,6 +299,7 @@ def trace_line(episode: Episode, test) -> dict:
         "calls_by_tool": dict(sorted(Counter(c["name"] for c in calls).items())),
         "invalid_calls": sum(1 for t in episode.turns if t["observation"] is not None and not t["valid"]),
         "refused": sum(1 for t in episode.turns if t["refused"]),
+        "edits_applied": sum(1 for t in episode.turns if t.get("applied")),
         "test": {"command": task.test, "exit_code": test.exit_code, "timed_out": test.timed_out,
                  "output_tail": test.output[-1500:]},
         "seconds": round(episode.seconds, 2),
@@ -306,13 +311,14 @@ def trace_line(episode: Episode, test) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 class ModelPolicy:
-    """Greedy replies of a loaded model, the live tasks' prompts batched together."""
+    """Replies of a loaded model (greedy, or sampled with options.temperature), the live tasks' prompts batched together."""
 
     def __init__(self, model, tokenizer, options: AgentOptions):
         from harness.tokens import TokenCounter
 
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.counter = TokenCounter.of(tokenizer)
+        self.turn = 0
 
     def __call__(self, episodes: list[Episode], instructions: list[str]) -> list[str]:
         from harness.evaluate import generate, render_prompt
@@ -320,7 +326,9 @@ class ModelPolicy:
         texts = [render_prompt(self.tokenizer, instruction) for instruction in instructions]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
         generated = generate(self.model, self.tokenizer, [texts[i] for i in order], self.options.max_new_tokens,
-                             self.options.batch_size, stop_strings=(CLOSE,))
+                             self.options.batch_size, stop_strings=(CLOSE,), temperature=self.options.temperature,
+                             seed=self.options.sample_seed + self.turn)
+        self.turn += 1  # a fresh draw each turn, the same draws on every rerun
         outputs = [""] * len(texts)
         for index, result in zip(order, generated):
             outputs[index] = result["output"]
@@ -429,6 +437,7 @@ def summarise(lines: list[dict], seconds: float) -> dict:
         "first_tool_match_rate": _rate(sum(1 for line in expecting if line["first_tool_match"]), len(expecting)),
         "calls_per_tool": dict(sorted(sum((Counter(line["calls_by_tool"]) for line in lines), Counter()).items())),
         "refused": sum(line["refused"] for line in lines),
+        "edits_applied": sum(line["edits_applied"] for line in lines),
         "stop_reasons": dict(sorted(Counter(line["stop_reason"] for line in lines).items())),
         "per_kind": {kind: dict(row) for kind, row in sorted(kinds.items())},
         "seconds": round(seconds, 1),
@@ -503,6 +512,8 @@ def main(args) -> int:
         raise FlipError("--max-tokens must be larger than --max-new-tokens (the prompt needs room too)")
     if not (args.test_timeout > 0 and args.shell_timeout > 0):
         raise FlipError("--test-timeout and --shell-timeout must be positive")
+    if not (0 <= args.temperature < float("inf")):
+        raise FlipError(f"--temperature must be a finite number >= 0, not {args.temperature}")
     cli = options_of(AgentCliOptions, args)
     options = options_of(AgentOptions, args, limits=Limits(timeout_s=cli.shell_timeout), progress=not args.quiet)
     agent(cli.model, cli.tasks, cli.out, adapter=cli.adapter, device=cli.device, options=options, force=cli.force)

@@ -300,8 +300,10 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE,
-             stop_strings: tuple[str, ...] = (), progress: str | None = None) -> list[dict]:
-    """Greedy completions of chat-rendered prompts, `batch_size` at a time with left padding (every row's generation
+             stop_strings: tuple[str, ...] = (), progress: str | None = None, temperature: float = 0.0,
+             seed: int = 0) -> list[dict]:
+    """Greedy completions (or, with `temperature` > 0, samples from the softmax at that temperature, drawn from a
+    generator seeded with `seed`, so a sampled run repeats exactly) of chat-rendered prompts, `batch_size` at a time with left padding (every row's generation
     starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text, in order.
 
     A row ends at an end-of-turn token, or at the first of `stop_strings` (kept in its output; the agent's
@@ -313,6 +315,7 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     progress bar over the prompts with this label (stderr; --quiet disables every tqdm bar)."""
     stops = set(stop_token_ids(tokenizer))
     device = next(model.parameters()).device
+    pick = _sampler(temperature, seed, device)
     was_training = model.training
     model.eval()
     results: list[dict] = []
@@ -320,13 +323,27 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     try:
         for start in range(0, len(texts), max(1, batch_size)):
             results += _decode_batch(model, tokenizer, texts[start:start + batch_size], max_new_tokens, stops,
-                                     stop_strings, device)
+                                     stop_strings, device, pick)
             bar.update(len(texts[start:start + batch_size]))
     finally:
         bar.close()
         if was_training:
             model.train()
     return results
+
+
+def _sampler(temperature: float, seed: int, device):
+    """The next-token rule over a batch's last logits: argmax when greedy; else a draw from softmax(logits / T)."""
+    import torch
+
+    if not temperature > 0:
+        return lambda logits: logits.argmax(-1)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(logits):
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw
 
 
 def _cache_keyword(model) -> str:
@@ -337,7 +354,7 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _decode_batch(model, tokenizer, texts, max_new_tokens, stops, stop_strings, device) -> list[dict]:
+def _decode_batch(model, tokenizer, texts, max_new_tokens, stops, stop_strings, device, pick) -> list[dict]:
     import torch
     from transformers import DynamicCache
 
@@ -351,7 +368,7 @@ def _decode_batch(model, tokenizer, texts, max_new_tokens, stops, stop_strings, 
         out, mask, next_position = _prefill(model, tokenizer, texts, cache, cache_arg, device)
         limit = max_new_tokens
         for step in range(limit):
-            chosen = out.logits[:, -1].argmax(-1)
+            chosen = pick(out.logits[:, -1])
             keep = []
             for row, token in enumerate(chosen.tolist()):
                 index = rows[row]
