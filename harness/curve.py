@@ -76,12 +76,12 @@ def link_validation(out: Path, tasks: Path, val_ids: list[str], fixture_val: boo
     return val_dir
 
 
-def check_not_held_out(data: Path, val_dir: Path) -> None:
+def check_not_held_out(data: Path, val_prompts: list[dict]) -> None:
     """No training sample holds a validation task's or a held-out task's text."""
     from harness.evaluate import load_prompts
     from harness.run import check_no_leak
 
-    check_no_leak(data, load_prompts(val_dir) + load_prompts(FIXTURES / "holdout" / "tasks.jsonl"))
+    check_no_leak(data, val_prompts + load_prompts(FIXTURES / "holdout" / "tasks.jsonl"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -256,7 +256,9 @@ def train_student(n: int, ids: list[str], tasks: Path, out: Path, val_dir: Path,
         export([tasks / "transcripts" / task_id for task_id in ids], datasets,
                ExportOptions(mode="all", max_tokens=recipe["max_length"], tokenizer=options.base, progress=False))
     data = datasets / f"apr_code_sft_{recipe['mode']}.jsonl"
-    check_not_held_out(data, val_dir)
+    from harness.evaluate import load_prompts
+
+    check_not_held_out(data, load_prompts(val_dir))
     if not (work / "adapter" / "adapter_config.json").is_file():
         train(TrainConfig(data=data, base=options.base, out=work / "adapter", rank=recipe["rank"],
                           alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],

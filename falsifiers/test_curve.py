@@ -1,0 +1,97 @@
+"""Falsifiers of contracts/curve.yaml: the learning curve's statistics, its sampled decoding, and its split (no
+held-out text reaches a student's training data)."""
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from math import sqrt
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from harness import FlipError
+from harness.stats import mcnemar_exact, pass_at_k, wilson
+
+Z95 = 1.959963984540054
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(1, n))))
+def test_pass_at_k_is_the_mean_over_every_k_subset(case):
+    """pass@k is unbiased: the share of all k-subsets of the n samples that hold at least one correct sample."""
+    n, c, k = case
+    outcomes = [True] * c + [False] * (n - c)
+    subsets = list(combinations(range(n), k))
+    exact = sum(any(outcomes[i] for i in subset) for subset in subsets) / len(subsets)
+    assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+
+
+@pytest.mark.parametrize("k,n", [(0, 38), (1, 38), (20, 38), (38, 38), (3, 10)])
+def test_wilson_interval_is_the_closed_form(k, n):
+    """The 95% Wilson score interval (Wilson 1927), from its formula."""
+    p = k / n
+    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 / (1 + Z95 ** 2 / n) * sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n ** 2))
+    low, high = wilson(k, n)
+    assert low == pytest.approx(max(0.0, centre - half), abs=1e-4)
+    assert high == pytest.approx(min(1.0, centre + half), abs=1e-4)
+
+
+def test_mcnemar_exact_counts_only_the_discordant_tasks():
+    """Two-sided exact McNemar: the binomial test on the tasks exactly one student solved; agreement is no evidence."""
+    assert mcnemar_exact([True, False] * 5, [True, False] * 5) == 1.0
+    ten_one_way = [True] * 10 + [False] * 20
+    assert mcnemar_exact(ten_one_way, [False] * 30) == pytest.approx(2 * 0.5 ** 10)
+    assert mcnemar_exact([True] * 3 + [False] * 27, [False] * 30) == pytest.approx(0.25)  # 3-0 is noise
+    with pytest.raises(ValueError):
+        mcnemar_exact([True], [True, False])
+
+
+def test_sampled_decoding_is_seeded_and_greedy_at_zero(tmp_path):
+    """Temperature 0 is the greedy decoder; a sampled run repeats exactly with its seed and differs with another."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from falsifiers.test_remap import tiny_base
+    from harness.evaluate import generate
+
+    directory = tiny_base(tmp_path, "llama")
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    texts = ["The quick brown fox", "def main():", "x"]
+    greedy = [r["output"] for r in generate(model, tokenizer, texts, 16, 3)]
+    assert [r["output"] for r in generate(model, tokenizer, texts, 16, 3, temperature=0.0, seed=5)] == greedy
+    first = [r["output"] for r in generate(model, tokenizer, texts, 16, 3, temperature=1.5, seed=1)]
+    again = [r["output"] for r in generate(model, tokenizer, texts, 16, 3, temperature=1.5, seed=1)]
+    other = [r["output"] for r in generate(model, tokenizer, texts, 16, 3, temperature=1.5, seed=2)]
+    assert first == again
+    assert first != other
+    assert first != greedy
+
+
+def test_curve_refuses_training_data_holding_held_out_text(tmp_path):
+    """A dataset whose instruction holds a held-out task's text never trains a curve student."""
+    from harness.contracts import FIXTURES
+    from harness.curve import check_not_held_out
+
+    held_out = json.loads((FIXTURES / "holdout" / "tasks.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    validation = [{"id": "v1", "task": "Make the greeting say hello to every name."}]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(json.dumps({"instruction": "Task:\nFix the bug in util.py.", "response": "x"}) + "\n")
+    check_not_held_out(clean, validation)
+    leaked = tmp_path / "leaked.jsonl"
+    leaked.write_text(json.dumps({"instruction": f"Task:\n{held_out['task']}", "response": "x"}) + "\n")
+    with pytest.raises(FlipError, match="never train on the eval set"):
+        check_not_held_out(leaked, validation)
+    with pytest.raises(FlipError, match="never train on the eval set"):
+        check_not_held_out(clean, [{"id": "v2", "task": "Fix the bug in util.py."}])
+
+
+@pytest.mark.helper
+def test_enclosing_function_and_plain_answer():
+    from harness.curve import enclosing_function, plain_answer
+
+    source = "import os\n\ndef f(x):\n    y = x + 1\n\n    return y\n\n\ndef g():\n    return 2\n"
+    assert enclosing_function(source, "    y = x + 1") == "def f(x):\n    y = x + 1\n\n    return y\n"
+    assert enclosing_function(source, "import os") is None
+    assert plain_answer("def f(x):\n    return x\n\n# Bug: next\n") == "def f(x):\n    return x\n"
