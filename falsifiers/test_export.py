@@ -119,7 +119,8 @@ def test_every_generated_call_is_counted_exactly_once(recs):
     assert stats["remappable"] == sum(n for name, n in expected.items() if name in gen.MAPPED)
     finals = stats["final_candidates"] - sum(stats["finals_dropped"].values())
     assert stats["failed"] == dict(sorted(failed.items()))
-    assert stats["candidates"] == stats["remappable"] - sum(stats["failed"].values()) + finals
+    assert stats["candidates"] == stats["remappable"] - sum(stats["failed"].values()) \
+        - sum(stats["runtime_refused"].values()) + finals
     assert stats["samples"]["full"] + stats["duplicates"]["full"] + stats["truncated"]["samples_dropped_too_long"] \
         == stats["candidates"]
     assert stats["unmappable"] == {name: n for name, n in sorted(expected.items()) if name not in gen.MAPPED}
@@ -616,8 +617,10 @@ def test_real_transcripts_export_with_exact_counts(real_transcripts, tmp_path):
     assert stats["final_candidates"] == 8 and stats["finals_dropped"] == {}
     # Edits and Writes on files not read yet, a Read of a directory: rejected by their tools, never targets
     assert stats["failed"] == {"Edit": 6, "Read": 1, "Write": 5}
-    assert stats["candidates"] == 133 - 12 + 8
-    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 129
+    # 32 shell commands apr-code's command rule refuses (pipes, `&&`, heredocs): observations, never targets
+    assert stats["runtime_refused"] == {"shell:metacharacters": 32} and stats["runtime_rewritten"] == {}
+    assert stats["candidates"] == 133 - 12 - 32 + 8
+    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 97
     text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
     assert "/path/to/Demo" not in text and "/work/" not in text
 

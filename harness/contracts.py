@@ -107,3 +107,11 @@ def redaction() -> tuple[str, tuple[SecretPattern, ...]]:
         needles = tuple(n.lower() if ignore_case else n for n in entry.get("needles", ()))
         patterns.append(SecretPattern(entry["name"], regex, int(entry.get("group", 0)), needles, ignore_case))
     return raw["placeholder"], tuple(patterns)
+
+
+@lru_cache(maxsize=None)
+def apr_runtime() -> dict:
+    """apr-code's real tool runtime as its source declares it (contracts/apr_runtime.yaml; harness.apr_runtime)."""
+    import yaml
+
+    return yaml.safe_load((CONTRACTS / "apr_runtime.yaml").read_text(encoding="utf-8"))

@@ -46,6 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
+from harness.apr_runtime import rewrite_target, target_refusal
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
 from harness.models import SMOLLM2
@@ -154,6 +155,8 @@ class Stats:
     calls_without_result: int = 0
     refused: Counter = field(default_factory=Counter)
     failed: Counter = field(default_factory=Counter)
+    runtime_refused: Counter = field(default_factory=Counter)  # reason -> calls apr-code's runtime would not run
+    runtime_rewritten: Counter = field(default_factory=Counter)  # reason -> calls rewritten exactly to run there
     candidates: int = 0
     final_candidates: int = 0
     finals_dropped: Counter = field(default_factory=Counter)
@@ -191,6 +194,8 @@ class Stats:
             "calls_without_result": self.calls_without_result,
             "refused": dict(sorted(self.refused.items())),
             "failed": dict(sorted(self.failed.items())),
+            "runtime_refused": dict(sorted(self.runtime_refused.items())),
+            "runtime_rewritten": dict(sorted(self.runtime_rewritten.items())),
             "orphan_results": lines.orphan_results,
             "candidates": self.candidates,
             "final_candidates": self.final_candidates,
@@ -420,6 +425,10 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
         if call.refused:
             stats.refused[call.name] += 1  # it never ran: neither a target nor an observation
             continue
+        rewrite = rewrite_target(tool, tool_input)  # exact: the same action, in a form apr-code's runtime runs
+        if rewrite is not None:
+            tool_input = rewrite.input
+            stats.runtime_rewritten[rewrite.reason] += 1
         if call.result is None:
             stats.calls_without_result += 1
             result = None
@@ -433,10 +442,15 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
         failed = call.is_error and tool != "shell"
         if failed:
             stats.failed[call.name] += 1
+        # A call apr-code's runtime would refuse or run differently (harness.apr_runtime) is never a target either;
+        # the teacher did run it, so it stays an observation, as a failed call does.
+        unrunnable = None if failed else target_refusal(tool, tool_input, call.result)
+        if unrunnable is not None:
+            stats.runtime_refused[unrunnable] += 1
         response = render_tool_call(tool, tool_input)
         observation = render_observation(tool, tool_input, result, call.is_error)
         steps.append(Step(tool, tool_input, response, 0, observation, 0, render_result(result, call.is_error),
-                          target=not failed))
+                          target=not failed and unrunnable is None))
     targets = target_steps(steps)
     count_steps(budget.counter, steps, (targets[-1] if later_samples else targets[0]) if targets else 0)
     return steps
