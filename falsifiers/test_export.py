@@ -725,6 +725,31 @@ def test_calls_their_tool_rejected_are_observations_never_targets(tmp_path):
         assert [parse_tool_calls(s["response"])[0].name for s in curated] == ["glob"], out
 
 
+def test_calls_apr_code_runtime_would_not_run_are_never_targets(tmp_path):
+    """A call apr-code's runtime (contracts/apr_runtime.yaml) would refuse or run differently (a command its command
+    rule refuses, a regular-expression grep on a substring matcher, a read over its line limit) is counted by reason
+    under `runtime_refused`, never trained, and stays an observation; `cd <working dir> && X` is trained as X, counted
+    under `runtime_rewritten`; the accounting identity holds with both."""
+    cwd = "/w"
+    _session(tmp_path / "in" / "a.jsonl", cwd, [
+        ("Bash", {"command": "ls | wc -l"}, "3", False),
+        ("Grep", {"pattern": "PAGE_SIZE\\s*=", "path": "/w"}, "Found 1 file\n/w/a.py", False),
+        ("Read", {"file_path": "/w/a.py", "limit": 5000}, "1\tx", False),
+        ("Bash", {"command": "cd /w && cargo test"}, "ok", False),
+        ("Read", {"file_path": "/w/a.py", "limit": 2000}, "1\tx", False)], task="fix a.py")
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    assert stats["runtime_refused"] == {"file_read:limit_over_max_lines": 1, "grep:regex_pattern": 1,
+                                        "shell:metacharacters": 1}
+    assert stats["runtime_rewritten"] == {"shell:cd_working_dir": 1}
+    assert stats["candidates"] == stats["remappable"] - sum(stats["runtime_refused"].values()) \
+        + stats["final_candidates"] - sum(stats["finals_dropped"].values())
+    full = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    calls = [(c.name, c.input) for c in (parse_tool_calls(s["response"])[0] for s in full
+                                         if not s["metadata"].get("final"))]
+    assert calls == [("shell", {"command": "cargo test"}), ("file_read", {"path": "a.py", "limit": 2000})]
+    assert "ls | wc -l" in full[0]["instruction"]  # the teacher ran it: an observation
+
+
 def test_a_session_resumed_into_a_second_file_yields_each_sample_once(tmp_path):
     cwd = "/w"
     calls = [("Read", {"file_path": "/w/a.py"}, "1\tx", False), ("Bash", {"command": "pytest"}, "ok", False)]
