@@ -750,6 +750,33 @@ def test_calls_apr_code_runtime_would_not_run_are_never_targets(tmp_path):
     assert "ls | wc -l" in full[0]["instruction"]  # the teacher ran it: an observation
 
 
+def test_the_apr_runtime_dialect_trains_the_runtimes_field_names(tmp_path):
+    """--dialect apr-runtime: every file_edit target and observation carries old_string/new_string (never old/new),
+    every response validates in that dialect's schemas and against apr-code's declared ones, and the samples carry
+    that dialect's system prompt; the default dialect keeps old/new."""
+    from harness.apr_runtime import runtime_schemas, schema_errors
+
+    cwd = "/w"
+    _session(tmp_path / "in" / "a.jsonl", cwd, [
+        ("Read", {"file_path": "/w/a.py"}, "1\tx = 1", False),
+        ("Edit", {"file_path": "/w/a.py", "old_string": "x = 1", "new_string": "x = 2"}, "ok", False),
+        ("Bash", {"command": "pytest"}, "ok", False)], task="fix a.py")
+    _export([tmp_path / "in"], tmp_path / "runtime", mode="full", dialect="apr-runtime")
+    full = _samples(tmp_path / "runtime" / "apr_code_sft_full.jsonl")
+    calls = [parse_tool_calls(s["response"])[0] for s in full if not s["metadata"].get("final")]
+    assert ("file_edit", {"path": "a.py", "old_string": "x = 1", "new_string": "x = 2"}) in [(c.name, c.input)
+                                                                                             for c in calls]
+    for call in calls:
+        assert call_errors(call, "apr-runtime") == [] and schema_errors(call.input, runtime_schemas()[call.name]) == []
+    assert all(s["system"] == system_prompt("apr-runtime") for s in full)
+    assert '"old_string": "x = 1"' in full[-1]["instruction"]  # the observations speak the dialect too
+    assert not any('"old": "x = 1"' in s["instruction"] + s["response"] for s in full)
+    _export([tmp_path / "in"], tmp_path / "prompt", mode="full")
+    edits = [parse_tool_calls(s["response"])[0] for s in _samples(tmp_path / "prompt" / "apr_code_sft_full.jsonl")
+             if s["metadata"]["tool"] == "file_edit"]
+    assert [c.input for c in edits] == [{"path": "a.py", "old": "x = 1", "new": "x = 2"}]
+
+
 def test_a_session_resumed_into_a_second_file_yields_each_sample_once(tmp_path):
     cwd = "/w"
     calls = [("Read", {"file_path": "/w/a.py"}, "1\tx", False), ("Bash", {"command": "pytest"}, "ok", False)]

@@ -38,7 +38,7 @@ from harness.options import (MODEL_HELP, adapter_option, add_options, device_opt
                              options_of, path_or_none, runtime_option)
 from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.apr_runtime import runtime_schemas, schema_errors
-from harness.contracts import dialect_renames
+from harness.contracts import dialect_input, dialect_renames
 from harness.runtime import AprRuntime, Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
@@ -248,12 +248,6 @@ def act(episode: Episode, output: str, counter, options: AgentOptions) -> None:
     shown, _ = episode.scrubber.shortened(result.text, options.max_result_chars)
     observation = render_observation(call.name, episode.scrubber.value(tool_input), shown, result.is_error)
     _record(episode, turn, call, observation, counter)
-
-
-def dialect_input(tool: str, tool_input: dict, dialect: str | None) -> dict:
-    """A call in the project's field names, in a dialect's."""
-    renames = dialect_renames(dialect).get(tool, {})
-    return {renames.get(k, k): v for k, v in tool_input.items()}
 
 
 def project_input(tool: str, tool_input: dict, dialect: str) -> dict:

@@ -87,6 +87,12 @@ def dialect_renames(dialect: str | None) -> dict[str, dict[str, str]]:
     return _dialect(dialect)["rename"]
 
 
+def dialect_input(tool: str, tool_input: dict, dialect: str | None) -> dict:
+    """A call in the project's field names, in a dialect's."""
+    renames = dialect_renames(dialect).get(tool, {})
+    return {renames.get(k, k): v for k, v in tool_input.items()}
+
+
 @lru_cache(maxsize=None)
 def system_prompt(dialect: str | None = None) -> str:
     return (CONTRACTS / _dialect(dialect)["system_prompt"]).read_text(encoding="utf-8").strip()

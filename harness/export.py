@@ -48,9 +48,9 @@ from pathlib import Path
 from harness import FlipError
 from harness.apr_runtime import rewrite_target, target_refusal
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
-from harness.contracts import system_prompt, tool_map, tool_schemas
+from harness.contracts import dialect_input, system_prompt, tool_map, tool_schemas
 from harness.models import SMOLLM2
-from harness.options import add_options, option, options_of
+from harness.options import add_options, dialect_option, option, options_of
 from harness.prompt import (SAMPLE_TOKENS, Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
                             render_observation, render_result)
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
@@ -137,6 +137,7 @@ class ExportOptions:
     max_result_chars: int = option(2000, "a tool result longer than this keeps its head and tail around a marker")
     jobs: int = option(DEFAULT_JOBS, "worker processes reading files in parallel (1: none, all in this process); "
                                      "outputs never depend on it")
+    dialect: str = dialect_option()
     force: bool = option(
         False, "write into a non-empty --out holding files flip export did not write (nothing is deleted)")
     progress: bool = True
@@ -218,7 +219,7 @@ class Stats:
             },
             "options": {"mode": options.mode, "target": options.target, "max_tokens": options.max_tokens,
                         "tokenizer": options.tokenizer or SMOLLM2, "per_tool": options.per_tool,
-                        "seed": options.seed, "max_result_chars": options.max_result_chars},
+                        "seed": options.seed, "max_result_chars": options.max_result_chars, "dialect": options.dialect},
         }
 
 
@@ -447,6 +448,7 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
         unrunnable = None if failed else target_refusal(tool, tool_input, call.result)
         if unrunnable is not None:
             stats.runtime_refused[unrunnable] += 1
+        tool_input = dialect_input(tool, tool_input, options.dialect)
         response = render_tool_call(tool, tool_input)
         observation = render_observation(tool, tool_input, result, call.is_error)
         steps.append(Step(tool, tool_input, response, 0, observation, 0, render_result(result, call.is_error),
@@ -572,7 +574,7 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
         counter = make_counter(options.tokenizer)
     modes = TARGET_MODES[options.target] if options.mode == "all" else (options.mode,)
     stats = Stats()
-    work = FileWork(Budget(counter, options.max_tokens, system_prompt()), options, modes)
+    work = FileWork(Budget(counter, options.max_tokens, system_prompt(options.dialect)), options, modes)
     writers = Writers(out, options, modes, stats)
     ok = False
     try:
