@@ -231,19 +231,15 @@ def act(episode: Episode, output: str, counter, options: AgentOptions) -> None:
         turn["valid"] = call.name in runtime_schemas() and isinstance(call.input, dict) \
             and not schema_errors(tool_input, runtime_schemas()[call.name])
         result = episode.runtime.execute(call.name, tool_input)
-        turn["refused"] = result.refused
-        shown, _ = episode.scrubber.shortened(result.text, options.max_result_chars)
-        _record(episode, turn, call, render_observation(call.name, episode.scrubber.value(tool_input), shown,
-                                                        result.is_error), counter)
-        return
-    errors = call_errors(call, options.dialect)
-    if errors:
-        text = errors[0] if errors[0].startswith("unknown tool") else "InputValidationError: " + "; ".join(errors)
-        observation = render_observation(call.name, tool_input, tool_error(text), is_error=True)
-        _record(episode, turn, call, observation, counter)
-        return
-    turn["valid"] = True
-    result = episode.runtime.execute(call.name, project_input(call.name, tool_input, options.dialect))
+    else:
+        errors = call_errors(call, options.dialect)
+        if errors:
+            text = errors[0] if errors[0].startswith("unknown tool") else "InputValidationError: " + "; ".join(errors)
+            observation = render_observation(call.name, tool_input, tool_error(text), is_error=True)
+            _record(episode, turn, call, observation, counter)
+            return
+        turn["valid"] = True
+        result = episode.runtime.execute(call.name, project_input(call.name, tool_input, options.dialect))
     turn["refused"] = result.refused
     shown, _ = episode.scrubber.shortened(result.text, options.max_result_chars)
     observation = render_observation(call.name, episode.scrubber.value(tool_input), shown, result.is_error)
