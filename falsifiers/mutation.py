@@ -41,7 +41,7 @@ CONTRACTS_DIR = "contracts"
 # What a copy of the project holds. Copied: everything a mutant could touch or a falsifier imports.
 # Symlinked: big read-only inputs; a falsifier must never write into them (a mutant could otherwise corrupt them).
 COPY_ITEMS = ("harness", "falsifiers", "contracts", "conftest.py", "pyproject.toml")
-LINK_ITEMS = ("fixtures", "datasets")
+LINK_ITEMS = ("fixtures", "datasets", "docs")  # docs: the generated tables a falsifier compares
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("FLIP_MUTATION_TIMEOUT", "900"))
 

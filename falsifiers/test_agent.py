@@ -132,3 +132,33 @@ def test_base_model_solves_no_held_out_task_and_the_cli_leaves_rechecked_workspa
         assert not (keep / line["id"] / "target").exists(), "build outputs were kept"
         rerun = subprocess.run(line["test"]["command"], shell=True, cwd=keep / line["id"], capture_output=True)
         assert rerun.returncode == line["test"]["exit_code"] != 0
+
+
+def _kinds_first_tasks():
+    tasks, seen = [], set()
+    for task in load_tasks(HOLDOUT):
+        if task.kind not in seen:
+            seen.add(task.kind)
+            tasks.append(task)
+    return tasks
+
+
+def test_apr_runtime_pairings_of_dialect_and_runtime():
+    """`--runtime apr` answers with apr-code's own runtime (contracts/apr_runtime.yaml), executing for real: the
+    oracle in the apr-runtime dialect (file_edit old_string/new_string) solves one held-out task of every kind there,
+    with apr-code's texts; in the apr-prompt dialect (old/new) every file_edit is answered `missing required field
+    'old_string'` and changes nothing, so no task that needs an edit is solved."""
+    tasks = _kinds_first_tasks()
+    apr = AgentOptions(max_turns=12, progress=False, runtime="apr", dialect="apr-runtime")
+    lines, summary = run_agent(tasks, OraclePolicy(counter(), "apr-runtime"), apr)
+    assert summary["solved"] == len(tasks) == 9, {l["id"]: l["test"]["output_tail"][-200:] for l in lines}
+    observations = [t["observation"] or "" for line in lines for t in line["turns"]]
+    assert any(o.startswith("Action:") and "Replaced 1 occurrence" in o for o in observations)
+    assert not any("old_string' " in o for o in observations)
+    prompt = AgentOptions(max_turns=12, progress=False, runtime="apr", dialect="apr-prompt")
+    lines, summary = run_agent(tasks, OraclePolicy(counter(), "apr-prompt"), prompt)
+    edits = [t for line in lines for t in line["turns"] if t["call"] and t["call"]["name"] == "file_edit"]
+    assert edits and all("missing required field 'old_string'" in t["observation"] and not t["valid"] for t in edits)
+    needs_edit = {line["id"] for line in lines if any(t["call"] and t["call"]["name"] == "file_edit"
+                                                     for t in line["turns"])}
+    assert needs_edit and not any(line["solved"] for line in lines if line["id"] in needs_edit)

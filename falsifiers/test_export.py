@@ -119,7 +119,8 @@ def test_every_generated_call_is_counted_exactly_once(recs):
     assert stats["remappable"] == sum(n for name, n in expected.items() if name in gen.MAPPED)
     finals = stats["final_candidates"] - sum(stats["finals_dropped"].values())
     assert stats["failed"] == dict(sorted(failed.items()))
-    assert stats["candidates"] == stats["remappable"] - sum(stats["failed"].values()) + finals
+    assert stats["candidates"] == stats["remappable"] - sum(stats["failed"].values()) \
+        - sum(stats["runtime_refused"].values()) + finals
     assert stats["samples"]["full"] + stats["duplicates"]["full"] + stats["truncated"]["samples_dropped_too_long"] \
         == stats["candidates"]
     assert stats["unmappable"] == {name: n for name, n in sorted(expected.items()) if name not in gen.MAPPED}
@@ -616,8 +617,10 @@ def test_real_transcripts_export_with_exact_counts(real_transcripts, tmp_path):
     assert stats["final_candidates"] == 8 and stats["finals_dropped"] == {}
     # Edits and Writes on files not read yet, a Read of a directory: rejected by their tools, never targets
     assert stats["failed"] == {"Edit": 6, "Read": 1, "Write": 5}
-    assert stats["candidates"] == 133 - 12 + 8
-    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 129
+    # 32 shell commands apr-code's command rule refuses (pipes, `&&`, heredocs): observations, never targets
+    assert stats["runtime_refused"] == {"shell:metacharacters": 32} and stats["runtime_rewritten"] == {}
+    assert stats["candidates"] == 133 - 12 - 32 + 8
+    assert stats["samples"]["full"] + stats["truncated"]["samples_dropped_too_long"] + stats["duplicates"]["full"] == 97
     text = (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text()
     assert "/path/to/Demo" not in text and "/work/" not in text
 
@@ -720,6 +723,58 @@ def test_calls_their_tool_rejected_are_observations_never_targets(tmp_path):
     for out in ("out", "curated"):
         curated = _samples(tmp_path / out / "apr_code_sft_curated.jsonl")
         assert [parse_tool_calls(s["response"])[0].name for s in curated] == ["glob"], out
+
+
+def test_calls_apr_code_runtime_would_not_run_are_never_targets(tmp_path):
+    """A call apr-code's runtime (contracts/apr_runtime.yaml) would refuse or run differently (a command its command
+    rule refuses, a regular-expression grep on a substring matcher, a read over its line limit) is counted by reason
+    under `runtime_refused`, never trained, and stays an observation; `cd <working dir> && X` is trained as X, counted
+    under `runtime_rewritten`; the accounting identity holds with both."""
+    cwd = "/w"
+    _session(tmp_path / "in" / "a.jsonl", cwd, [
+        ("Bash", {"command": "ls | wc -l"}, "3", False),
+        ("Grep", {"pattern": "PAGE_SIZE\\s*=", "path": "/w"}, "Found 1 file\n/w/a.py", False),
+        ("Read", {"file_path": "/w/a.py", "limit": 5000}, "1\tx", False),
+        ("Bash", {"command": "cd /w && cargo test"}, "ok", False),
+        ("Read", {"file_path": "/w/a.py", "limit": 2000}, "1\tx", False)], task="fix a.py")
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    assert stats["runtime_refused"] == {"file_read:limit_over_max_lines": 1, "grep:regex_pattern": 1,
+                                        "shell:metacharacters": 1}
+    assert stats["runtime_rewritten"] == {"shell:cd_working_dir": 1}
+    assert stats["candidates"] == stats["remappable"] - sum(stats["runtime_refused"].values()) \
+        + stats["final_candidates"] - sum(stats["finals_dropped"].values())
+    full = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
+    calls = [(c.name, c.input) for c in (parse_tool_calls(s["response"])[0] for s in full
+                                         if not s["metadata"].get("final"))]
+    assert calls == [("shell", {"command": "cargo test"}), ("file_read", {"path": "a.py", "limit": 2000})]
+    assert "ls | wc -l" in full[0]["instruction"]  # the teacher ran it: an observation
+
+
+def test_the_apr_runtime_dialect_trains_the_runtimes_field_names(tmp_path):
+    """--dialect apr-runtime: every file_edit target and observation carries old_string/new_string (never old/new),
+    every response validates in that dialect's schemas and against apr-code's declared ones, and the samples carry
+    that dialect's system prompt; the default dialect keeps old/new."""
+    from harness.apr_runtime import runtime_schemas, schema_errors
+
+    cwd = "/w"
+    _session(tmp_path / "in" / "a.jsonl", cwd, [
+        ("Read", {"file_path": "/w/a.py"}, "1\tx = 1", False),
+        ("Edit", {"file_path": "/w/a.py", "old_string": "x = 1", "new_string": "x = 2"}, "ok", False),
+        ("Bash", {"command": "pytest"}, "ok", False)], task="fix a.py")
+    _export([tmp_path / "in"], tmp_path / "runtime", mode="full", dialect="apr-runtime")
+    full = _samples(tmp_path / "runtime" / "apr_code_sft_full.jsonl")
+    calls = [parse_tool_calls(s["response"])[0] for s in full if not s["metadata"].get("final")]
+    assert ("file_edit", {"path": "a.py", "old_string": "x = 1", "new_string": "x = 2"}) in [(c.name, c.input)
+                                                                                             for c in calls]
+    for call in calls:
+        assert call_errors(call, "apr-runtime") == [] and schema_errors(call.input, runtime_schemas()[call.name]) == []
+    assert all(s["system"] == system_prompt("apr-runtime") for s in full)
+    assert '"old_string": "x = 1"' in full[-1]["instruction"]  # the observations speak the dialect too
+    assert not any('"old": "x = 1"' in s["instruction"] + s["response"] for s in full)
+    _export([tmp_path / "in"], tmp_path / "prompt", mode="full")
+    edits = [parse_tool_calls(s["response"])[0] for s in _samples(tmp_path / "prompt" / "apr_code_sft_full.jsonl")
+             if s["metadata"]["tool"] == "file_edit"]
+    assert [c.input for c in edits] == [{"path": "a.py", "old": "x = 1", "new": "x = 2"}]
 
 
 def test_a_session_resumed_into_a_second_file_yields_each_sample_once(tmp_path):

@@ -181,3 +181,46 @@ def test_calls_naming_paths_outside_are_refused_and_run_nothing(runtime, tmp_pat
         assert result.refused and result.is_error, (tool, tool_input, result)
         assert "secret" not in result.text
     assert outside.read_text() == "secret\n" and not (tmp_path / "x.txt").exists()
+
+
+def test_apr_runtime_answers_with_apr_codes_texts(tmp_path):
+    """harness.runtime.AprRuntime (`flip agent --runtime apr`) executes for real in a sandbox and answers with the
+    texts and limits of contracts/apr_runtime.yaml: numbered lines and the continuation note, `Wrote N bytes`,
+    `Edited P. Replaced 1 occurrence (A bytes → B bytes).`, the command rule's refusal before anything runs,
+    `exit code N:`, output cut at 8,192 bytes, substring grep as `path:line:content`, glob's `No files matching`."""
+    from harness.runtime import AprRuntime
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("PAGE_SIZE = 10\nx = 1\n")
+    with Sandbox(tmp_path) as sandbox:
+        runtime = AprRuntime(sandbox)
+
+        def run(tool, **tool_input):
+            result = runtime.execute(tool, tool_input)
+            return result.is_error, result.text.replace(str(sandbox.root), "ROOT")
+
+        assert run("file_read", path="src/a.py") == (False, "1\tPAGE_SIZE = 10\n2\tx = 1\n")
+        assert run("file_read", path="src/a.py", offset=0, limit=1) == (
+            False, "1\tPAGE_SIZE = 10\n\n[1 more lines, use offset=2 to continue]")
+        assert run("file_edit", path="src/a.py", old="x = 1", new="x = 2") == (
+            True, "missing required field 'old_string'")
+        assert run("file_edit", path="src/a.py", old_string="x = 1", new_string="x = 22") == (
+            False, "Edited ROOT/src/a.py. Replaced 1 occurrence (5 bytes → 6 bytes).")
+        assert run("file_write", path="b/c.txt", content="é") == (False, "Wrote 2 bytes to ROOT/b/c.txt")
+        assert run("shell", command="touch made | cat") == (
+            True, "command contains shell metacharacters (;|&&||`$()) — injection blocked")
+        assert not (sandbox.root / "made").exists()
+        assert run("shell", command="sh -c 'echo out; exit 3'") == (True, "command contains shell metacharacters "
+                                                                          "(;|&&||`$()) — injection blocked")
+        assert run("shell", command="python3 -c 'import sys; sys.exit(3)'") == (True, "command contains shell "
+                                                                                  "metacharacters (;|&&||`$()) — "
+                                                                                  "injection blocked")
+        assert run("shell", command="false") == (True, "exit code 1:\n")
+        error, text = run("shell", command="head -c 9000 /dev/zero")
+        assert not error and text == "\0" * 8192 + "\n\n[output truncated at 8192 bytes]"
+        assert run("grep", pattern="PAGE_SIZE =") == (False, "./src/a.py:1:PAGE_SIZE = 10\n")
+        assert run("grep", pattern="PAGE_SIZE\\s*=") == (False, "No matches found.")
+        assert run("grep", pattern="page_size", case_insensitive=True, path="src/a.py") == (
+            False, "src/a.py:1:PAGE_SIZE = 10\n")
+        assert run("glob", pattern="**/*.rs") == (False, "No files matching './**/*.rs'")
+        assert run("glob", pattern="**/*.py") == (False, "./src/a.py")

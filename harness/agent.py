@@ -34,9 +34,12 @@ from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, 
 from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
-from harness.options import MODEL_HELP, adapter_option, add_options, device_option, option, options_of, path_or_none
+from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, dialect_option, option,
+                             options_of, path_or_none, runtime_option)
 from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
-from harness.runtime import Runtime, tool_error
+from harness.apr_runtime import runtime_schemas, schema_errors
+from harness.contracts import dialect_input, dialect_renames
+from harness.runtime import AprRuntime, Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
 
@@ -157,6 +160,8 @@ class AgentOptions:
     test_timeout: float = option(DEFAULT_TEST_TIMEOUT, "seconds for a task's test command")
     temperature: float = option(0.0, "0: greedy replies; above 0: sampled at this temperature (pass@k runs)")
     sample_seed: int = option(0, "seed of the sampled replies (with --temperature above 0): same seed, same run")
+    dialect: str = dialect_option()
+    runtime: str = runtime_option()
     max_result_chars: int = ExportOptions.max_result_chars  # observations are shortened as the training data's were
     limits: Limits = field(default_factory=Limits)
     sandbox_dir: str | None = None  # where sandboxes are made (default: the system's temporary directory)
@@ -186,7 +191,8 @@ def open_episode(task: AgentTask, options: AgentOptions) -> Episode:
     # Results name the sandbox by its path, as Claude Code's name the recording directory: the same Scrubber makes
     # them workspace-relative (and redacts secrets) exactly as the exporter does.
     scrubber = Scrubber(sorted({str(sandbox.root), str(sandbox.real_root)}), Counter())
-    return Episode(task, sandbox, Runtime(sandbox), scrubber)
+    runtime = AprRuntime(sandbox) if options.runtime == "apr" else Runtime(sandbox)
+    return Episode(task, sandbox, runtime, scrubber)
 
 
 def next_instruction(episode: Episode, budget: Budget) -> str | None:
@@ -224,19 +230,34 @@ def act(episode: Episode, output: str, counter, options: AgentOptions) -> None:
         episode.stop_reason = "repeated"
         return
     tool_input = call.input if isinstance(call.input, dict) else {}
-    errors = call_errors(call)
-    if errors:
-        text = errors[0] if errors[0].startswith("unknown tool") else "InputValidationError: " + "; ".join(errors)
-        observation = render_observation(call.name, tool_input, tool_error(text), is_error=True)
-        _record(episode, turn, call, observation, counter)
-        return
-    turn["valid"] = True
-    result = episode.runtime.execute(call.name, tool_input)
+    if options.runtime == "apr":  # apr-code validates each call itself, with its own texts
+        turn["valid"] = call.name in runtime_schemas() and isinstance(call.input, dict) \
+            and not schema_errors(tool_input, runtime_schemas()[call.name])
+        result = episode.runtime.execute(call.name, tool_input)
+    else:
+        errors = call_errors(call, options.dialect)
+        if errors:
+            text = errors[0] if errors[0].startswith("unknown tool") else "InputValidationError: " + "; ".join(errors)
+            observation = render_observation(call.name, tool_input, tool_error(text), is_error=True)
+            _record(episode, turn, call, observation, counter)
+            return
+        turn["valid"] = True
+        result = episode.runtime.execute(call.name, project_input(call.name, tool_input, options.dialect))
     turn["refused"] = result.refused
     turn["applied"] = call.name in CHANGING_TOOLS and not result.is_error
     shown, _ = episode.scrubber.shortened(result.text, options.max_result_chars)
     observation = render_observation(call.name, episode.scrubber.value(tool_input), shown, result.is_error)
     _record(episode, turn, call, observation, counter)
+
+
+def project_input(tool: str, tool_input: dict, dialect: str) -> dict:
+    """A dialect's call in the field names harness.runtime.Runtime takes (the renames undone; a runtime-dialect memory
+    call's content is its value under no key)."""
+    back = {new: old for old, new in dialect_renames(dialect).get(tool, {}).items()}
+    renamed = {back.get(k, k): v for k, v in tool_input.items()}
+    if tool == "memory" and "content" in renamed:
+        renamed = {"action": renamed["action"], "value": renamed["content"]}
+    return renamed
 
 
 def _record(episode: Episode, turn: dict, call: ToolCall | None, observation: str, counter) -> None:
@@ -323,7 +344,7 @@ class ModelPolicy:
     def __call__(self, episodes: list[Episode], instructions: list[str]) -> list[str]:
         from harness.evaluate import generate, render_prompt
 
-        texts = [render_prompt(self.tokenizer, instruction) for instruction in instructions]
+        texts = [render_prompt(self.tokenizer, instruction, self.options.dialect) for instruction in instructions]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
         generated = generate(self.model, self.tokenizer, [texts[i] for i in order], self.options.max_new_tokens,
                              self.options.batch_size, stop_strings=(CLOSE,), temperature=self.options.temperature,
@@ -336,17 +357,19 @@ class ModelPolicy:
 
 
 class OraclePolicy:
-    """The scripted teacher's solution steps (oracle_calls), then its summary as the final, call-free answer."""
+    """The scripted teacher's solution steps (oracle_calls, in the dialect's field names), then its summary as the
+    final, call-free answer."""
 
-    def __init__(self, counter):
+    def __init__(self, counter, dialect: str | None = None):
         self.counter = counter
+        self.dialect = dialect
 
     def __call__(self, episodes: list[Episode], instructions: list[str]) -> list[str]:
         outputs = []
         for episode in episodes:
             plan = oracle_calls(episode.task.spec)
             step = len(episode.turns)
-            outputs.append(render_tool_call(*plan[step]) if step < len(plan)
+            outputs.append(render_tool_call(plan[step][0], dialect_input(*plan[step], self.dialect)) if step < len(plan)
                            else episode.task.spec.get("summary", "Done."))
         return outputs
 
@@ -358,7 +381,7 @@ class OraclePolicy:
 def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[list[dict], dict]:
     """Every task as an episode, the live ones advanced together turn by turn: (trace lines, summary)."""
     started = time.perf_counter()
-    budget = Budget(policy.counter, options.max_tokens - options.max_new_tokens, system_prompt())
+    budget = Budget(policy.counter, options.max_tokens - options.max_new_tokens, system_prompt(options.dialect))
     episodes = [open_episode(task, options) for task in tasks]
     records: dict[str, dict] = {}
     timings = Counter()

@@ -41,17 +41,61 @@ def tool_map() -> dict[str, ToolMapping]:
 
 
 @lru_cache(maxsize=None)
-def tool_schemas() -> dict[str, dict]:
-    """apr-code tool name -> its JSON Schema."""
-    return {
-        path.name.removesuffix(".schema.json"): json.loads(path.read_text(encoding="utf-8"))
-        for path in sorted((CONTRACTS / "schemas").glob("*.schema.json"))
-    }
+def dialects() -> tuple[str, dict[str, dict]]:
+    """(the default dialect, {name: dialect}) from contracts/dialects.yaml: the field names a student is trained and
+    run with."""
+    import yaml
+
+    raw = yaml.safe_load((CONTRACTS / "dialects.yaml").read_text(encoding="utf-8"))
+    return raw["default"], raw["dialects"]
+
+
+def dialect_names() -> tuple[str, ...]:
+    return tuple(dialects()[1])
+
+
+def _dialect(dialect: str | None) -> dict:
+    default, table = dialects()
+    return table[dialect or default]
 
 
 @lru_cache(maxsize=None)
-def system_prompt() -> str:
-    return (CONTRACTS / "system_prompt.md").read_text(encoding="utf-8").strip()
+def tool_schemas(dialect: str | None = None) -> dict[str, dict]:
+    """apr-code tool name -> its JSON Schema in a dialect (the default: contracts/schemas as they are)."""
+    schemas = {
+        path.name.removesuffix(".schema.json"): json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted((CONTRACTS / "schemas").glob("*.schema.json"))
+    }
+    spec = _dialect(dialect)
+    for tool in spec["runtime_schemas"]:
+        declared = apr_runtime()["tools"][tool]
+        schemas[tool] = {"title": tool, "description": declared["description"], **declared["input_schema"]}
+    for tool, renames in spec["rename"].items():
+        schemas[tool] = renamed_schema(schemas[tool], renames)
+    return schemas
+
+
+def renamed_schema(schema: dict, renames: dict[str, str]) -> dict:
+    """The schema with its properties renamed (order, descriptions and constraints kept)."""
+    return {**schema,
+            "properties": {renames.get(k, k): v for k, v in schema["properties"].items()},
+            "required": [renames.get(k, k) for k in schema.get("required", [])]}
+
+
+def dialect_renames(dialect: str | None) -> dict[str, dict[str, str]]:
+    """tool -> {project field: the dialect's field}; empty for the default dialect."""
+    return _dialect(dialect)["rename"]
+
+
+def dialect_input(tool: str, tool_input: dict, dialect: str | None) -> dict:
+    """A call in the project's field names, in a dialect's."""
+    renames = dialect_renames(dialect).get(tool, {})
+    return {renames.get(k, k): v for k, v in tool_input.items()}
+
+
+@lru_cache(maxsize=None)
+def system_prompt(dialect: str | None = None) -> str:
+    return (CONTRACTS / _dialect(dialect)["system_prompt"]).read_text(encoding="utf-8").strip()
 
 
 @lru_cache(maxsize=None)
@@ -107,3 +151,11 @@ def redaction() -> tuple[str, tuple[SecretPattern, ...]]:
         needles = tuple(n.lower() if ignore_case else n for n in entry.get("needles", ()))
         patterns.append(SecretPattern(entry["name"], regex, int(entry.get("group", 0)), needles, ignore_case))
     return raw["placeholder"], tuple(patterns)
+
+
+@lru_cache(maxsize=None)
+def apr_runtime() -> dict:
+    """apr-code's real tool runtime as its source declares it (contracts/apr_runtime.yaml; harness.apr_runtime)."""
+    import yaml
+
+    return yaml.safe_load((CONTRACTS / "apr_runtime.yaml").read_text(encoding="utf-8"))

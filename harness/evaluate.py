@@ -274,13 +274,14 @@ def load_prompts(path: str | os.PathLike) -> list[dict]:
     return prompts
 
 
-def chat_messages(instruction: str) -> list[dict]:
-    return [{"role": "system", "content": system_prompt()}, {"role": "user", "content": instruction}]
+def chat_messages(instruction: str, dialect: str | None = None) -> list[dict]:
+    return [{"role": "system", "content": system_prompt(dialect)}, {"role": "user", "content": instruction}]
 
 
-def render_prompt(tokenizer, instruction: str) -> str:
+def render_prompt(tokenizer, instruction: str, dialect: str | None = None) -> str:
     """A user turn (an instruction from harness.prompt) in the model's own chat template, ready for its reply."""
-    return tokenizer.apply_chat_template(chat_messages(instruction), tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(chat_messages(instruction, dialect), tokenize=False,
+                                         add_generation_prompt=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -46,10 +46,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
+from harness.apr_runtime import rewrite_target, target_refusal
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
-from harness.contracts import system_prompt, tool_map, tool_schemas
+from harness.contracts import dialect_input, system_prompt, tool_map, tool_schemas
 from harness.models import SMOLLM2
-from harness.options import add_options, option, options_of
+from harness.options import add_options, dialect_option, option, options_of
 from harness.prompt import (SAMPLE_TOKENS, Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
                             render_observation, render_result)
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
@@ -136,6 +137,7 @@ class ExportOptions:
     max_result_chars: int = option(2000, "a tool result longer than this keeps its head and tail around a marker")
     jobs: int = option(DEFAULT_JOBS, "worker processes reading files in parallel (1: none, all in this process); "
                                      "outputs never depend on it")
+    dialect: str = dialect_option()
     force: bool = option(
         False, "write into a non-empty --out holding files flip export did not write (nothing is deleted)")
     progress: bool = True
@@ -154,6 +156,8 @@ class Stats:
     calls_without_result: int = 0
     refused: Counter = field(default_factory=Counter)
     failed: Counter = field(default_factory=Counter)
+    runtime_refused: Counter = field(default_factory=Counter)  # reason -> calls apr-code's runtime would not run
+    runtime_rewritten: Counter = field(default_factory=Counter)  # reason -> calls rewritten exactly to run there
     candidates: int = 0
     final_candidates: int = 0
     finals_dropped: Counter = field(default_factory=Counter)
@@ -191,6 +195,8 @@ class Stats:
             "calls_without_result": self.calls_without_result,
             "refused": dict(sorted(self.refused.items())),
             "failed": dict(sorted(self.failed.items())),
+            "runtime_refused": dict(sorted(self.runtime_refused.items())),
+            "runtime_rewritten": dict(sorted(self.runtime_rewritten.items())),
             "orphan_results": lines.orphan_results,
             "candidates": self.candidates,
             "final_candidates": self.final_candidates,
@@ -213,7 +219,7 @@ class Stats:
             },
             "options": {"mode": options.mode, "target": options.target, "max_tokens": options.max_tokens,
                         "tokenizer": options.tokenizer or SMOLLM2, "per_tool": options.per_tool,
-                        "seed": options.seed, "max_result_chars": options.max_result_chars},
+                        "seed": options.seed, "max_result_chars": options.max_result_chars, "dialect": options.dialect},
         }
 
 
@@ -420,6 +426,10 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
         if call.refused:
             stats.refused[call.name] += 1  # it never ran: neither a target nor an observation
             continue
+        rewrite = rewrite_target(tool, tool_input)  # exact: the same action, in a form apr-code's runtime runs
+        if rewrite is not None:
+            tool_input = rewrite.input
+            stats.runtime_rewritten[rewrite.reason] += 1
         if call.result is None:
             stats.calls_without_result += 1
             result = None
@@ -433,10 +443,16 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
         failed = call.is_error and tool != "shell"
         if failed:
             stats.failed[call.name] += 1
+        # A call apr-code's runtime would refuse or run differently (harness.apr_runtime) is never a target either;
+        # the teacher did run it, so it stays an observation, as a failed call does.
+        unrunnable = None if failed else target_refusal(tool, tool_input, call.result)
+        if unrunnable is not None:
+            stats.runtime_refused[unrunnable] += 1
+        tool_input = dialect_input(tool, tool_input, options.dialect)
         response = render_tool_call(tool, tool_input)
         observation = render_observation(tool, tool_input, result, call.is_error)
         steps.append(Step(tool, tool_input, response, 0, observation, 0, render_result(result, call.is_error),
-                          target=not failed))
+                          target=not failed and unrunnable is None))
     targets = target_steps(steps)
     count_steps(budget.counter, steps, (targets[-1] if later_samples else targets[0]) if targets else 0)
     return steps
@@ -558,7 +574,7 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
         counter = make_counter(options.tokenizer)
     modes = TARGET_MODES[options.target] if options.mode == "all" else (options.mode,)
     stats = Stats()
-    work = FileWork(Budget(counter, options.max_tokens, system_prompt()), options, modes)
+    work = FileWork(Budget(counter, options.max_tokens, system_prompt(options.dialect)), options, modes)
     writers = Writers(out, options, modes, stats)
     ok = False
     try:

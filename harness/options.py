@@ -94,6 +94,26 @@ def device_option():
     return option("auto", "auto (CUDA when present), cpu, cuda, mps", choices=DEVICES)
 
 
+def dialect_option():
+    """The --dialect of the commands that export, train, evaluate or run a student (contracts/dialects.yaml), declared
+    once: the tool field names and the system prompt it is trained and prompted with."""
+    from harness.contracts import dialect_names, dialects
+
+    return option(dialects()[0], "tool field names and system prompt: apr-prompt (apr-code's prompt: file_edit "
+                                 "old/new) or apr-runtime (apr-code's tools: file_edit old_string/new_string)",
+                  choices=dialect_names())
+
+
+RUNTIMES = ("claude", "apr")
+
+
+def runtime_option():
+    """The --runtime of the commands that run agents: whose tool semantics and result texts answer the calls."""
+    return option("claude", "claude: Claude Code's result texts, what the exporter trains on (harness/runtime.py); "
+                            "apr: apr-code's own runtime (contracts/apr_runtime.yaml: substring grep, the command rule, "
+                            "30 s, 8,192 bytes)", choices=RUNTIMES)
+
+
 MODEL_HELP = "smollm2-135m, a local HF directory, or a .gguf file"
 
 

@@ -20,11 +20,13 @@ Every path goes through Sandbox.resolve: a call naming a path outside the worksp
 from __future__ import annotations
 
 import fnmatch
+import glob as glob_module
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import apr_runtime as apr
 from harness.sandbox import SKIP_DIRS, Refused, Sandbox
 
 READ_LIMIT = 2000  # Claude Code's Read: lines shown by default
@@ -184,3 +186,217 @@ def _write_within(sandbox: Sandbox, target: Path, text: str) -> None:
     if len(data) > sandbox.limits.file_bytes:
         raise Refused(f"{len(data)} bytes is more than the {sandbox.limits.file_bytes}-byte file limit")
     target.write_bytes(data)
+
+
+# ------------------------------------------------------------------------------------------- apr-code's own runtime
+
+class AprRuntime(Runtime):
+    """apr-code's own tool runtime (contracts/apr_runtime.yaml, read from paiml/batuta): its field names
+    (file_edit old_string/new_string, memory action/content), its checks (`missing required field 'X'`, the shell's
+    command rule), its limits (file_read 2,000 lines and 128 KB, shell 30 s and 8,192 bytes) and its result texts
+    (`Wrote N bytes to P`, `exit code N:`, substring grep as `path:line:content`, glob newest first). `flip agent
+    --runtime apr`: a student trained in either dialect is measured against what apr-code would answer.
+
+    Where the sandbox cannot reproduce it exactly: the shell's stdout and stderr arrive merged (apr-code puts stderr
+    after `stderr:` on success); grep walks in sorted order (walkdir's is the file system's); memory recall matches
+    substrings (apr-code's InMemorySubstrate ranks them); pmat_query and rag are not available (the error apr-code gives
+    without pmat on PATH, and for a tool it has not registered)."""
+
+    def execute(self, tool: str, tool_input: dict) -> Result:
+        if tool not in apr.runtime_schemas():
+            return Result(f"unknown tool: {tool}", True)
+        if tool not in ("memory", "pmat_query"):  # those two read a missing field as "" (their own errors follow)
+            for name in apr.runtime_schemas()[tool]["required"]:
+                if not isinstance(tool_input.get(name), str):
+                    return Result(apr.text(tool, "missing_field").format(field=name), True)
+        handler = getattr(self, f"_apr_{tool}")
+        try:
+            return handler(tool_input)
+        except Refused as refusal:
+            return Result(f"path '{tool_input.get('path', '')}' outside allowed prefixes: {refusal}", True, True)
+        except (OSError, ValueError) as err:
+            return Result(f"{type(err).__name__}: {err}", True)
+
+    def _apr_file_read(self, tool_input: dict) -> Result:
+        path = tool_input["path"]
+        target = self.sandbox.resolve(path)
+        if not target.exists():
+            return Result(apr.text("file_read", "cannot_resolve").format(
+                path=path, error="No such file or directory (os error 2)"), True)
+        size, most = target.stat().st_size, apr.limit("file_read", "max_bytes")
+        if size > most:
+            return Result(apr.text("file_read", "too_large").format(size=size, max=most), True)
+        try:
+            content = target.read_bytes().decode("utf-8")
+        except IsADirectoryError:
+            return Result(apr.text("file_read", "cannot_read").format(path=target,
+                                                                      error="Is a directory (os error 21)"), True)
+        except UnicodeDecodeError:
+            return Result(apr.text("file_read", "cannot_read").format(
+                path=target, error="stream did not contain valid UTF-8"), True)
+        offset = _integer(tool_input.get("offset"), 1)
+        limit = min(_integer(tool_input.get("limit"), apr.limit("file_read", "max_lines")),
+                    apr.limit("file_read", "max_lines"))
+        lines = _rust_lines(content)
+        start = min(max(offset, apr.limit("file_read", "offset_min")) - 1, len(lines))
+        end = min(start + limit, len(lines))
+        text = "".join(apr.text("file_read", "line").format(number=n, line=line)
+                       for n, line in enumerate(lines[start:end], start + 1))
+        if end < len(lines):
+            text += apr.text("file_read", "more_lines").format(remaining=len(lines) - end, next=end + 1)
+        return Result(text)
+
+    def _apr_file_write(self, tool_input: dict) -> Result:
+        target = self.sandbox.resolve(tool_input["path"])
+        content = tool_input["content"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_within(self.sandbox, target, content)
+        return Result(apr.text("file_write", "ok").format(bytes=len(content.encode("utf-8", "replace")), path=target))
+
+    def _apr_file_edit(self, tool_input: dict) -> Result:
+        old, new = tool_input["old_string"], tool_input["new_string"]
+        if old == new:
+            return Result(apr.text("file_edit", "identical"), True)
+        path = tool_input["path"]
+        target = self.sandbox.resolve(path)
+        if not target.exists():
+            return Result(apr.text("file_read", "cannot_resolve").format(
+                path=path, error="No such file or directory (os error 2)"), True)
+        text = target.read_bytes().decode("utf-8", "replace")
+        count = text.count(old)
+        if count == 0:
+            return Result(apr.text("file_edit", "not_found").format(path=target), True)
+        if count > 1:
+            return Result(apr.text("file_edit", "found_many").format(count=count, path=target), True)
+        _write_within(self.sandbox, target, text.replace(old, new, 1))
+        return Result(apr.text("file_edit", "ok").format(path=target, old_bytes=len(old.encode("utf-8")),
+                                                         new_bytes=len(new.encode("utf-8"))))
+
+    def _apr_shell(self, tool_input: dict) -> Result:
+        command = tool_input["command"]
+        if apr.command_refusal(command) is not None:
+            return Result(apr.text("shell", "refused"), True)
+        result = self.sandbox.shell(command, timeout_s=apr.limit("shell", "timeout_s"))
+        if result.timed_out:
+            contract = apr.apr_runtime()
+            return Result(contract["timeout_error"].format(name="shell", elapsed=contract["timeout_elapsed"]), True)
+        output = _truncated(result.output, apr.limit("shell", "output_bytes"), apr.text("shell", "truncated"))
+        if result.exit_code != 0:
+            return Result(apr.text("shell", "failure").format(code=result.exit_code, output=output), True)
+        return Result(output)
+
+    def _apr_grep(self, tool_input: dict) -> Result:
+        pattern, given = tool_input["pattern"], tool_input.get("path") or "."
+        folded = bool(tool_input.get("case_insensitive"))
+        needle = pattern.lower() if folded else pattern
+        root = self.sandbox.resolve(given)
+        if not root.exists():
+            return Result(apr.text("grep", "path_missing").format(path=given), True)
+        most, file_glob = apr.limit("grep", "max_matches"), tool_input.get("glob")
+        files = [(root, given)] if root.is_file() else [
+            (path, os.path.join(given, os.path.relpath(path, root))) for path in _walk(root, apr.limit("grep", "max_depth"))
+            if file_glob is None or fnmatch.fnmatchcase(path.name, file_glob)]
+        lines: list[str] = []
+        for path, shown in files:
+            if len(lines) >= most or (path != root and _binary(path)):
+                continue
+            try:
+                content = path.read_bytes().decode("utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            for number, line in enumerate(_rust_lines(content), 1):
+                if len(lines) >= most:
+                    break
+                if needle in (line.lower() if folded else line):
+                    lines.append(apr.text("grep", "match").format(path=shown, line=number, content=line))
+        if not lines:
+            return Result(apr.text("grep", "none"))
+        output = "".join(lines)
+        if len(output.encode("utf-8")) > apr.limit("grep", "max_bytes"):
+            output = output.encode("utf-8")[:apr.limit("grep", "max_bytes")].decode("utf-8", "ignore")
+            output += apr.text("grep", "truncated_bytes")
+        if len(lines) >= most:
+            output += apr.text("grep", "truncated_matches").format(max=most)
+        return Result(output)
+
+    def _apr_glob(self, tool_input: dict) -> Result:
+        pattern, base = tool_input["pattern"], tool_input.get("path") or "."
+        if pattern.startswith(("/", "~")) or ".." in re.split(r"[/\\]", pattern):
+            raise Refused(f"the pattern {pattern} reaches outside the project directory")
+        self.sandbox.resolve(base)
+        full = f"{base.rstrip('/')}/{pattern}"
+        root = self.sandbox.real_root
+        most = apr.limit("glob", "max_results")
+        found = []
+        for shown in sorted(glob_module.glob(full, root_dir=root, recursive=True, include_hidden=True)):
+            real = Path(os.path.realpath(root / shown))
+            if (real == root or root in real.parents) and real.is_file():
+                found.append((shown, real.stat().st_mtime_ns))
+        found.sort(key=lambda item: -item[1])  # newest first; equal times keep the glob's (sorted) order
+        found = found[:most]
+        if not found:
+            return Result(apr.text("glob", "none").format(pattern=full))
+        suffix = apr.text("glob", "truncated").format(max=most) if len(found) == most else ""
+        return Result("\n".join(shown for shown, _ in found) + suffix)
+
+    def _apr_memory(self, tool_input: dict) -> Result:
+        action, content = tool_input.get("action", ""), tool_input.get("content", "")
+        store = self.memory.setdefault("apr", [])
+        if action == "remember":
+            store.append(content)
+            return Result(apr.text("memory", "stored").format(id=f"mem-{len(store)}"))
+        if action == "recall":
+            hits = [m for m in store if content.lower() in m.lower()][:_integer(tool_input.get("limit"), 5)]
+            if not hits:
+                return Result(apr.text("memory", "none"))
+            return Result("\n".join(apr.text("memory", "recalled").format(rank=i, score="1.00", content=m)
+                                    for i, m in enumerate(hits, 1)))
+        return Result(apr.text("memory", "unknown_action").format(action=action), True)
+
+    def _apr_pmat_query(self, tool_input: dict) -> Result:
+        return Result(apr.text("pmat_query", "not_installed").format(
+            error="No such file or directory (os error 2)"), True)
+
+    def _apr_rag(self, tool_input: dict) -> Result:
+        return Result("unknown tool: rag", True)  # `apr code` registers rag only when built with the rag feature
+
+
+def _integer(value, default: int) -> int:
+    """serde_json's as_u64: a non-negative integer, anything else is the default."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
+def _rust_lines(text: str) -> list[str]:
+    """Rust's str::lines: split at \\n, drop one \\r before it, no empty last line after a final newline."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _truncated(output: str, most: int, template: str) -> str:
+    data = output.encode("utf-8", "replace")
+    if len(data) <= most:
+        return output
+    return template.format(head=data[:most].decode("utf-8", "ignore"), max=most)
+
+
+def _binary(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return b"\0" in handle.read(512)
+    except OSError:
+        return True
+
+
+def _walk(root: Path, max_depth: int) -> list[Path]:
+    """Every file under root to max_depth levels, links not followed (walkdir's defaults in apr-code's grep)."""
+    found = []
+    base = len(root.parts)
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if len(Path(directory).parts) - base >= max_depth:
+            dirnames[:] = []
+        found += [Path(directory) / name for name in sorted(filenames)
+                  if not (Path(directory) / name).is_symlink()]
+    return found

@@ -65,21 +65,21 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
 
 
 @lru_cache(maxsize=None)
-def _validator(tool: str) -> jsonschema.protocols.Validator:
-    schema = tool_schemas()[tool]
+def _validator(tool: str, dialect: str | None = None) -> jsonschema.protocols.Validator:
+    schema = tool_schemas(dialect)[tool]
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
 
 
-def call_errors(call: ToolCall) -> list[str]:
-    """Why this call would not run in apr-code; empty when it is valid for its tool."""
-    if call.name not in tool_schemas():
+def call_errors(call: ToolCall, dialect: str | None = None) -> list[str]:
+    """Why this call would not run in apr-code; empty when it is valid for its tool (in the dialect's schemas)."""
+    if call.name not in tool_schemas(dialect):
         return [f"unknown tool {call.name!r}"]
     if not isinstance(call.input, dict):
         return [f"input is {type(call.input).__name__}, not an object"]
-    return [e.message for e in _validator(call.name).iter_errors(call.input)]
+    return [e.message for e in _validator(call.name, dialect).iter_errors(call.input)]
 
 
-def is_valid(call: ToolCall) -> bool:
-    return not call_errors(call)
+def is_valid(call: ToolCall, dialect: str | None = None) -> bool:
+    return not call_errors(call, dialect)
