@@ -26,6 +26,7 @@ COMMANDS = {
     "agent": ("harness.agent", "run a model as an apr-code agent on task workspaces in a sandbox; count solved tasks"),
     "run": ("harness.run", "the whole pipeline and the flip report (what `make flip` runs)"),
     "tune": ("harness.tune", "choose the training recipe on a validation split of the training tasks"),
+    "parity": ("harness.parity", "CCPA's action parity score of student traces against teacher traces"),
 }
 
 
