@@ -192,3 +192,93 @@ def test_the_schema_takes_every_ccpa_fixture_and_refuses_broken_records(ccpa_fix
     for broken in ({**good, "ok": "yes"}, {**good, "turn": 1}, {**good, "v": 2}, {**good, "kind": "tool_call"},
                    {k: v for k, v in good.items() if k != "content"}):
         assert trace_errors([broken]), broken
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+HOLDOUT = ROOT / "fixtures" / "holdout" / "workspaces"
+# Python held-out tasks of every kind (fast tests): read, grep, shell, write, edit all run.
+PYTHON_KINDS = ("h-age-birthday", "h-py-garage-vacancies", "h-py-sensor-stdlib", "h-py-backup-retention",
+                "h-luhn-new", "h-py-rename-pitch", "h-py-haversine-tests")
+
+
+@pytest.fixture(scope="module")
+def oracle_episodes(tmp_path_factory):
+    """The oracle (the teacher's canonical steps as apr-code calls, really executed) on the Python held-out tasks."""
+    from harness.agent import AgentOptions, OraclePolicy, load_task, run_agent
+
+    tasks = [load_task(HOLDOUT / name) for name in PYTHON_KINDS]
+    lines, _ = run_agent(tasks, OraclePolicy(counter()), AgentOptions(max_turns=8, progress=False))
+    return tasks, lines
+
+
+def test_agent_traces_pass_the_schema_and_read_back_as_the_calls_made(oracle_episodes, tmp_path):
+    """Each episode's CCPA trace validates (formats included), holds one tool_use per executed call under Claude
+    Code's name, and `flip export` reads it back into exactly the apr-code calls the agent made."""
+    from harness.ccpa import write_traces
+
+    tasks, lines = oracle_episodes
+    names = write_traces(lines, tasks, tmp_path / "ccpa", "oracle", "2026-12-01T00:00:00Z")
+    assert names == [f"{t.id}.ccpa-trace.jsonl" for t in tasks]
+    for line in lines:
+        path = tmp_path / "ccpa" / f"{line['id']}.ccpa-trace.jsonl"
+        records = [json.loads(text) for text in path.read_text().splitlines()]
+        assert not trace_errors(records)
+        assert records[0]["actor"] == "apr-code" and records[1] == {"v": 1, "kind": "user_prompt", "turn": 0,
+                                                                     "text": line["task"]}
+        made = [(t["call"]["name"], t["call"]["input"]) for t in line["turns"] if t["call"]]
+        uses = [b for r in records if r["kind"] == "assistant_turn" for b in r["blocks"] if b["type"] == "tool_use"]
+        assert len(uses) == len(made) and {b["name"] for b in uses} <= {"Read", "Edit", "Write", "Bash", "Grep"}
+        assert all("path" in b["input"] for b in uses if b["name"] in ("Read", "Edit", "Write"))
+        results = [r for r in records if r["kind"] == "tool_result"]
+        assert [r["ok"] for r in results] == [not t["observation"].split("\n</tool_call>\n", 1)[1].startswith(
+            "Result (error):") for t in line["turns"] if t["call"]]
+        assert records[-1]["kind"] == "session_end" and records[-1]["stop_reason"] == "end_turn"
+        out = tmp_path / "export" / line["id"]
+        export([path], out, ExportOptions(mode="full", jobs=1, progress=False), counter=counter())
+        samples = [json.loads(s) for s in (out / "apr_code_sft_full.jsonl").read_text().splitlines()]
+        read_back = [json.loads(s["response"].split("\n")[1]) for s in samples if not s["metadata"].get("final")]
+        assert [(c["name"], c["input"]) for c in read_back] == made
+    again = tmp_path / "again"
+    write_traces(lines, tasks, again, "oracle", "2026-12-01T00:00:00Z")
+    assert all((again / n).read_bytes() == (tmp_path / "ccpa" / n).read_bytes() for n in names), "not byte-identical"
+
+
+def test_an_agent_trace_against_itself_scores_one_and_a_step_short_drifts(oracle_episodes):
+    from harness.ccpa import episode_records
+
+    tasks, lines = oracle_episodes
+    for line in lines:
+        records = episode_records(line, "oracle", "2026-12-01T00:00:00Z", "0" * 64)
+        assert parity_score(records, records).score == 1.0
+        shorter = dict(line, turns=line["turns"][:-2] + line["turns"][-1:])  # the last call before the answer dropped
+        report = parity_score(records, episode_records(shorter, "oracle", "2026-12-01T00:00:00Z", "0" * 64))
+        assert report.score < 1.0 and report.drifts[-1].category == "MissingToolCall"
+
+
+def test_flip_agent_writes_ccpa_traces_that_pass_the_schema(tmp_path):
+    """`flip agent --ccpa-trace DIR` with a real (tiny, random) model: one trace per task, each valid."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    model = tmp_path / "tiny"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "h-age-birthday").symlink_to(HOLDOUT / "h-age-birthday")
+    code = main(["agent", "--model", str(model), "--tasks", str(tasks), "--out", str(tmp_path / "t.jsonl"),
+                 "--ccpa-trace", str(tmp_path / "ccpa"), "--max-turns", "2", "--max-new-tokens", "8", "--quiet"])
+    assert code == 0
+    written = sorted(p.name for p in (tmp_path / "ccpa").iterdir() if not p.name.startswith("."))
+    assert written == ["h-age-birthday.ccpa-trace.jsonl"]
+    records = [json.loads(text) for text in (tmp_path / "ccpa" / written[0]).read_text().splitlines()]
+    assert not trace_errors(records) and records[0]["model"] == str(model) and records[-1]["tokens_out"] > 0
+    line = json.loads((tmp_path / "t.jsonl").read_text())
+    assert sum(r["kind"] == "assistant_turn" for r in records) == len(line["turns"])

@@ -228,21 +228,37 @@ def trace_name(task_id: str) -> str:
     return task_id + SUFFIX
 
 
-def write_traces(lines: list[dict], tasks, out: Path, model: str, ts: str, count=len) -> list[str]:
+def timestamp() -> str:
+    """Now, as CCPA's session_start.ts (ISO-8601 UTC, whole seconds)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_trace_dir(out: Path, tasks, force: bool) -> Path:
+    """Validate --ccpa-trace before any work, as every output directory is (harness.atomic)."""
+    from harness.atomic import check_out_dir
+
+    return check_out_dir(out, "agent", [trace_name(task.id) for task in tasks], force, "--ccpa-trace")
+
+
+def write_traces(lines: list[dict], tasks, out: Path, model: str, ts: str, count=len, force: bool = False) -> list[str]:
     """One student trace per episode, OUT/<task id>.ccpa-trace.jsonl, each checked against the schema first (a trace
     CCPA would reject is never written) and written atomically. Returns the names written."""
-    from harness.atomic import write_text
+    from harness.atomic import claim_dir, write_text
 
     workspaces = {task.id: task.workspace for task in tasks}
-    names = []
+    traces = {}
     for line in lines:
         records = episode_records(line, model, ts, workspace_sha256(workspaces[line["id"]]), count)
         errors = trace_errors(records)
         if errors:
             raise FlipError(f"the CCPA trace of task {line['id']} does not match {SCHEMA_FILE}: {errors[0]}")
-        write_text(out / trace_name(line["id"]), dumps(records))
-        names.append(trace_name(line["id"]))
-    return names
+        traces[trace_name(line["id"])] = dumps(records)
+    out = claim_dir(out, "agent", list(traces), force, "--ccpa-trace")
+    for name, text in traces.items():
+        write_text(out / name, text)
+    return list(traces)
 
 
 def read_records(path: Path) -> list[dict]:
