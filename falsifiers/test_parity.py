@@ -244,6 +244,7 @@ def test_agent_traces_pass_the_schema_and_read_back_as_the_calls_made(oracle_epi
     assert all((again / n).read_bytes() == (tmp_path / "ccpa" / n).read_bytes() for n in names), "not byte-identical"
 
 
+@pytest.mark.helper
 def test_an_agent_trace_against_itself_scores_one_and_a_step_short_drifts(oracle_episodes):
     from harness.ccpa import episode_records
 
@@ -282,3 +283,29 @@ def test_flip_agent_writes_ccpa_traces_that_pass_the_schema(tmp_path):
     assert not trace_errors(records) and records[0]["model"] == str(model) and records[-1]["tokens_out"] > 0
     line = json.loads((tmp_path / "t.jsonl").read_text())
     assert sum(r["kind"] == "assistant_turn" for r in records) == len(line["turns"])
+
+
+def test_the_oracle_matches_the_teachers_held_out_trajectories_but_for_the_grep_path(oracle_episodes, tmp_path):
+    """Per held-out task, the teacher's canonical trajectory (fixtures/teacher.py, recorded as stream-json with real
+    tools) scored against the oracle's CCPA trace: the oracle takes the teacher's steps, so every action matches,
+    except that the teacher greps with a `path` (the named file or the project) and the oracle without one, which
+    CCPA's Grep rule counts as a different input."""
+    import random
+
+    from fixtures.teacher import ALWAYS, load_tasks, run_session
+    from harness.ccpa import episode_records, transcript_records
+
+    tasks, lines = oracle_episodes
+    specs = {task["id"]: (task, workspace) for task, workspace in load_tasks(HOLDOUT)}
+    for line in lines:
+        task, workspace = specs[line["id"]]
+        session = run_session(task, workspace, ALWAYS[task["kind"]][0], random.Random(f"42/{task['id']}"))
+        recording = tmp_path / line["id"] / "teacher.stream.ndjson"
+        recording.parent.mkdir()
+        recording.write_text(session.rec.dump())
+        report = parity_score(transcript_records(recording), episode_records(line, "oracle", "2026-12-01T00:00:00Z",
+                                                                             "0" * 64))
+        assert report.teacher_count == report.student_count == sum(1 for t in line["turns"] if t["call"])
+        greps_first = task["kind"] in ("constant", "rename", "search")
+        assert [(d.category, d.position, d.tool_name) for d in report.drifts] == (
+            [("MismatchedToolInput", 0, "Grep")] if greps_first else []), line["id"]

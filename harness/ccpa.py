@@ -277,3 +277,41 @@ def calls_of(records: list[dict]) -> list[Call]:
     return [Call(str(b.get("id", "")), str(b.get("name", "")), b.get("input", {}))
             for r in records if r.get("kind") == "assistant_turn" for b in r.get("blocks") or ()
             if isinstance(b, dict) and b.get("type") == "tool_use"]
+
+
+# ------------------------------------------------------------------------------------ a Claude Code transcript
+
+def transcript_records(path: Path) -> list[dict]:
+    """A transcript flip export reads, as CCPA records: a CCPA trace as it is, a Claude Code transcript (stream-json
+    or session) as the turns of the teacher's trace: its main agent's calls in order, each in its own assistant turn (CCPA aligns
+    actions by position, not by turn), tool names as recorded, `file_path` written as CCPA's `path`, recording paths
+    made workspace-relative as the export makes them. Sub-agent runs are not actions of the session (CCPA records the
+    call that started one)."""
+    from collections import Counter
+
+    from harness.prompt import Scrubber
+    from harness.transcripts import detect_format, read_file
+
+    kind = detect_format(path)
+    if kind == CCPA:
+        return read_records(path)
+    read = read_file(path, LineStats()) if kind else None
+    if read is None:
+        raise FlipError(f"{path}: none of stream-json, a Claude Code session, a CCPA trace")
+    scrubber = Scrubber(read.roots, Counter())
+    v, turn = RECORD_VERSION, 0
+    records = []  # the turns only: a recording has no CCPA session id, nor the git tree hash session_start needs
+    for trajectory in (t for t in read.trajectories if not t.sidechain):
+        if trajectory.task:
+            records.append({"v": v, "kind": "user_prompt", "turn": turn, "text": scrubber.text(trajectory.task)})
+        for call in trajectory.calls:
+            tool_input = scrubber.value(call.input) if isinstance(call.input, dict) else {}
+            tool_input = {(FILE_KEY if key == "file_path" else key): value for key, value in tool_input.items()}
+            turn += 1
+            records.append({"v": v, "kind": "assistant_turn", "turn": turn, "stop_reason": "tool_use", "blocks": [
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input}]})
+            if call.result is not None:
+                turn += 1
+                records.append({"v": v, "kind": "tool_result", "turn": turn, "tool_use_id": call.id,
+                                "ok": not call.is_error, "content": scrubber.text(call.result)})
+    return records

@@ -248,7 +248,8 @@ def pairs(teacher: Path, student: Path) -> list[tuple[str, Path, Path]]:
     if teacher.is_file() and student.is_file():
         return [(student.name, teacher, student)]
     if not (teacher.is_dir() and student.is_dir()):
-        raise FlipError("TEACHER and STUDENT must both be CCPA trace files, or both directories of them")
+        raise FlipError("TEACHER and STUDENT must both be files (CCPA traces or Claude Code transcripts), or both "
+                        "directories of CCPA traces")
     found = sorted(p.relative_to(teacher) for p in teacher.rglob("*" + SUFFIX) if p.is_file())
     if not found:
         raise FlipError(f"{teacher} holds no *{SUFFIX} file")
@@ -261,9 +262,10 @@ def pairs(teacher: Path, student: Path) -> list[tuple[str, Path, Path]]:
 
 def compare(teacher: Path, student: Path) -> dict:
     """Each pair's parity report and their mean (CCPA's corpus aggregate, corpus.rs: the mean of per-trace scores)."""
-    from harness.ccpa import read_records
+    from harness.ccpa import transcript_records
 
-    rows = {name: parity_score(read_records(t), read_records(s)).as_json() for name, t, s in pairs(teacher, student)}
+    rows = {name: parity_score(transcript_records(t), transcript_records(s)).as_json()
+            for name, t, s in pairs(teacher, student)}
     mean = sum(row["score"] for row in rows.values()) / len(rows)
     return {"aggregate_score": mean, "traces": len(rows), "per_trace": rows}
 
@@ -276,7 +278,7 @@ class ParityCliOptions:
 
 def add_arguments(parser) -> None:
     parser.add_argument("teacher", metavar="TEACHER",
-                        help="the teacher's CCPA trace, or a directory of them")
+                        help="the teacher's CCPA trace or Claude Code transcript, or a directory of CCPA traces")
     parser.add_argument("student", metavar="STUDENT",
                         help="the student's CCPA trace, or a directory of them (the same names)")
     add_options(parser, ParityCliOptions)
