@@ -60,3 +60,12 @@ def real_transcripts() -> Path:
     if not path.is_dir():
         pytest.skip(f"real transcripts not present at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def ccpa_fixtures() -> Path:
+    """../shared/ccpa-fixtures (or $FLIP_CCPA_FIXTURES): CCPA's canonical and regression traces; skipped when absent."""
+    path = Path(os.environ.get("FLIP_CCPA_FIXTURES", ROOT.parent / "shared" / "ccpa-fixtures"))
+    if not path.is_dir():
+        pytest.skip(f"CCPA fixtures not present at {path}")
+    return path

@@ -281,6 +281,9 @@ def _base_env(root: Path, extra: dict) -> dict:
     transcripts = root.parent / "shared" / "real-transcripts"
     if "FLIP_REAL_TRANSCRIPTS" not in env and transcripts.is_dir():
         env["FLIP_REAL_TRANSCRIPTS"] = str(transcripts)
+    ccpa = root.parent / "shared" / "ccpa-fixtures"
+    if "FLIP_CCPA_FIXTURES" not in env and ccpa.is_dir():
+        env["FLIP_CCPA_FIXTURES"] = str(ccpa)
     env.update(extra)
     return env
 
@@ -657,7 +660,8 @@ def run_mutmut(modules: list[str], workdir: Path, children: int, survivors: bool
             config = workdir / "pyproject.toml"
             config.write_text(narrow_mutmut_config(config.read_text(encoding="utf-8"), modules), encoding="utf-8")
     # The copy has no ../shared beside it: point the real-transcript tests at this checkout's.
-    env = {"FLIP_REAL_TRANSCRIPTS": str(ROOT.parent / "shared" / "real-transcripts"), **os.environ,
+    env = {"FLIP_REAL_TRANSCRIPTS": str(ROOT.parent / "shared" / "real-transcripts"),
+           "FLIP_CCPA_FIXTURES": str(ROOT.parent / "shared" / "ccpa-fixtures"), **os.environ,
            "HYPOTHESIS_PROFILE": "mutation"}  # see conftest.py
     proc = subprocess.run([mutmut, "run", "--max-children", str(children), *names], cwd=workdir, env=env)
     if proc.returncode:

@@ -484,7 +484,7 @@ def test_bad_paths_are_flip_errors_and_foreign_files_are_reported(tmp_path):
     (tmp_path / "in" / "other.jsonl").write_text('{"a": 1}\nnot json\n')
     stats = _export([tmp_path / "in"], tmp_path / "out")
     assert stats["files"] == 0
-    assert stats["files_skipped"] == {"other.jsonl": "neither stream-json nor a Claude Code session"}
+    assert stats["files_skipped"] == {"other.jsonl": "none of stream-json, a Claude Code session, a CCPA trace"}
 
 
 def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, capsys):

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import FlipError, progress_bar
+from harness import FlipError, ccpa, progress_bar
 from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, remove_entry
 from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
@@ -153,6 +153,8 @@ class AgentOptions:
     max_turns: int = option(DEFAULT_MAX_TURNS, "turns per task")
     keep: Path | None = option(None, "leave each task's final workspace at KEEP/<id>/ (build outputs removed)",
                                type=path_or_none)
+    ccpa_trace: Path | None = option(None, "also write each episode as a CCPA student trace, "
+                                           "DIR/<id>.ccpa-trace.jsonl (harness/ccpa.py)", type=path_or_none)
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens per reply")
     max_tokens: int = option(SAMPLE_TOKENS, "token budget of prompt + reply, as the trainer's --max-length")
     # The live tasks decode together; finished rows leave the batch.
@@ -495,12 +497,18 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     check_out_file(summary_file(out), "--out (its .summary.json)")
     if options.keep is not None:
         check_keep_dir(options.keep, [t.id for t in tasks], force)
+    if options.ccpa_trace is not None:
+        ccpa.check_trace_dir(options.ccpa_trace, tasks, force)
     loaded, tokenizer = load_for_eval(model, adapter, device)
     if options.keep is not None:
         options.keep = claim_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep")
-    records, summary = run_agent(tasks, ModelPolicy(loaded, tokenizer, options), options)
+    policy = ModelPolicy(loaded, tokenizer, options)
+    started = ccpa.timestamp()
+    records, summary = run_agent(tasks, policy, options)
     summary = {"model": str(model), "adapter": str(adapter) if adapter else None, "tasks_dir": str(tasks_dir), **summary}
     write_trace(records, summary, out)
+    if options.ccpa_trace is not None:
+        ccpa.write_traces(records, tasks, options.ccpa_trace, str(model), started, policy.counter.count, force)
     if options.progress:
         print(format_summary(summary, label or str(model)), file=sys.stderr)
     return summary
@@ -520,7 +528,8 @@ class AgentCliOptions:
     shell_timeout: float = option(Limits.timeout_s, "seconds for one shell call of the model")
     device: str = device_option()
     force: bool = option(
-        False, "write into a non-empty --keep holding files flip agent did not write (nothing is deleted)")
+        False, "write into a non-empty --keep or --ccpa-trace holding files flip agent did not write "
+               "(nothing is deleted)")
 
 
 def add_arguments(parser) -> None:

@@ -27,6 +27,7 @@ COMMANDS = {
     "run": ("harness.run", "the whole pipeline and the flip report (what `make flip` runs)"),
     "tune": ("harness.tune", "choose the training recipe on a validation split of the training tasks"),
     "curve": ("harness.curve", "the learning curve: students on N distinct generated tasks, as agents on validation"),
+    "parity": ("harness.parity", "CCPA's action parity score of student traces against teacher traces"),
 }
 
 

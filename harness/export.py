@@ -695,7 +695,7 @@ def _export_file(source: str, path: Path, budget: Budget, options: ExportOptions
                  writers: Candidates) -> None:
     read = read_file(path, stats.lines)
     if read is None:
-        stats.files_skipped[source] = "neither stream-json nor a Claude Code session"
+        stats.files_skipped[source] = "none of stream-json, a Claude Code session, a CCPA trace"
         return
     stats.files += 1
     stats.formats[read.format] += 1

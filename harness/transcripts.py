@@ -23,6 +23,7 @@ from harness import FlipError
 
 STREAM_JSON = "stream-json"
 SESSION = "session"
+CCPA = "ccpa-trace"  # CCPA's trace format, read by harness.ccpa
 
 # Record types that carry no turn content; they are skipped with the reason `ignored:<type>`.
 _STREAM_IGNORED = {"system", "result", "rate_limit_event", "tool_progress", "tool_use_summary", "control_request",
@@ -182,6 +183,10 @@ def _without_lone_surrogates(value) -> tuple[object, bool]:
 def _record_format(record: dict) -> str | None:
     """The format a record proves (strong markers only): a bare `session_id` is not proof, since unknown event
     types of any release may carry it."""
+    from harness import ccpa
+
+    if ccpa.is_ccpa_record(record):
+        return CCPA  # a `kind` and a `v`, never a `type`
     if "parentUuid" in record or "isSidechain" in record or "sessionId" in record:
         return SESSION
     if record.get("type") in ("summary", "file-history-snapshot", "queue-operation"):
@@ -194,7 +199,7 @@ def _record_format(record: dict) -> str | None:
 
 
 def detect_format(path: Path) -> str | None:
-    """STREAM_JSON, SESSION, or None when the file is neither (it is then reported and skipped)."""
+    """STREAM_JSON, SESSION, CCPA, or None when the file is none of them (it is then reported and skipped)."""
     weak = None
     for record in iter_records(path, limit=_DETECT_LINES):
         found = _record_format(record)
@@ -478,10 +483,14 @@ def _add_root(roots: list[str], cwd: str) -> None:
 # ------------------------------------------------------------------------------------------------------ entry
 
 def read_file(path: Path, stats: LineStats) -> FileRead | None:
-    """The file's trajectories, or None when it is neither format (the caller reports it)."""
+    """The file's trajectories, or None when it is none of the formats (the caller reports it)."""
     kind = detect_format(path)
     if kind is None:
         return None
+    if kind == CCPA:
+        from harness.ccpa import read_ccpa
+
+        return read_ccpa(path, stats)
     if kind == STREAM_JSON:
         return read_stream_json(path, stats)
     return read_session(path, stats)
