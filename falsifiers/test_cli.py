@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from falsifiers.test_atomic import tree_digest
-from falsifiers.test_export import _samples, _stream
+from export_helpers import _samples, _stream
 from falsifiers.test_remap import tiny_adapter
 from falsifiers.test_remap import tiny_base as random_base
 from falsifiers.test_train import tiny_base, tokenizer  # noqa: F401 - fixtures: a tiny Llama with SmolLM2's template
