@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/cli.yaml: every `flip` command is safe on bad input and on the user's own files.
+"""Falsifiers of contracts/claims/cli.yaml: every `flip` command is safe on bad input and on the user's own files.
 
 Each case a user or an adversary found (issue 10) is an explicit regression test, run through `flip` itself in
 process; then hypothesis drives every subcommand with generated and damaged inputs and options in a directory holding

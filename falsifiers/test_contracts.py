@@ -1,4 +1,4 @@
-"""The contract gate (pytest -m contract): claims, falsifiers and mutants in contracts/*.yaml are consistent.
+"""The contract gate (pytest -m contract): claims, falsifiers and mutants in contracts/claims/*.yaml are consistent.
 
 Each check lists every problem it finds, with what to change, so one run tells you everything to fix.
 The checks themselves live in mutation/gate.py; the tests at the bottom prove that they can fail.
@@ -32,7 +32,7 @@ def collection() -> running.Collection:
 
 @pytest.mark.helper
 def test_claim_files_match_schema():
-    _report(gate.schema_problems(ROOT), "claim-file problems (schema: contracts/claims.schema.json)")
+    _report(gate.schema_problems(ROOT), "claim-file problems (schema: contracts/claims/claims.schema.json)")
 
 
 @pytest.mark.helper
@@ -72,11 +72,11 @@ def test_every_mutant_applies_to_its_target(claims):
 @pytest.mark.helper
 def test_every_test_backs_a_claim_or_is_a_helper(claims, collection):
     _report(gate.unclaimed_tests(claims, collection.items),
-            "tests that back no claim; for each, add a claim naming it as falsifier in contracts/<stage>.yaml, or "
+            "tests that back no claim; for each, add a claim naming it as falsifier in contracts/claims/<stage>.yaml, or "
             "mark it @pytest.mark.helper (`pytestmark = pytest.mark.helper` marks a whole file)")
 
 
-# --- the gate's own falsifiers (claims in contracts/contracts.yaml) ---------------------------------------------------
+# --- the gate's own falsifiers (claims in contracts/claims/contracts.yaml) ---------------------------------------------------
 
 def _claim(falsifier: str, **mutant) -> Claim:
     m = Mutant(id="MUT-DEMO-001a", target="harness.demo:f", description="demo", old="a", new="b", claim_id="FALSIFY-DEMO-001",

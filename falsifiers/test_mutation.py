@@ -1,4 +1,4 @@
-"""Mutation verification (pytest -m mutation): every mutant declared in contracts/*.yaml makes its falsifier fail.
+"""Mutation verification (pytest -m mutation): every mutant declared in contracts/claims/*.yaml makes its falsifier fail.
 
 One test per mutant, named by the mutant's id: `pytest -m mutation -k MUT-EXPORT-001a` checks one.
 Each runs the falsifier in a fresh process in a temporary copy of the project (see the mutation/ package).
@@ -37,7 +37,7 @@ def verifier():
 @pytest.mark.helper
 @pytest.mark.parametrize("mutant, load_error", _declared_mutants())
 def test_mutant_is_killed(verifier, mutant, load_error):
-    assert load_error is None, f"contracts/*.yaml does not load: {load_error}; run pytest -m contract"
+    assert load_error is None, f"contracts/claims/*.yaml does not load: {load_error}; run pytest -m contract"
     verdict = verifier.verify(mutant)
     if verdict.kind == verdicts.BASELINE_SKIPPED:
         pytest.skip(verdict.message())

@@ -12,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 # The claim ledger (the <stage>.yaml files, their schema and the mutation ledger), relative to the project root.
-CLAIMS_DIR = "contracts"
+CLAIMS_DIR = "contracts/claims"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def claim_files(root: Path = ROOT) -> list[Path]:
 
 
 def load_claim_file(path: Path, root: Path = ROOT) -> list[Claim]:
-    """Read one claim file. Assumes it matches contracts/claims.schema.json (the contract gate checks that)."""
+    """Read one claim file. Assumes it matches contracts/claims/claims.schema.json (the contract gate checks that)."""
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     rel = path.relative_to(root).as_posix()
     stage = data.get("stage", path.stem)

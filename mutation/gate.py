@@ -15,7 +15,7 @@ SCHEMA_FILE = "claims.schema.json"
 
 
 def schema_problems(root: Path = ROOT) -> list[str]:
-    """Every claim file parses and matches contracts/claims.schema.json; its `stage` is its file name."""
+    """Every claim file parses and matches contracts/claims/claims.schema.json; its `stage` is its file name."""
     import jsonschema
 
     schema = json.loads((root / CLAIMS_DIR / SCHEMA_FILE).read_text(encoding="utf-8"))
@@ -96,6 +96,6 @@ def count_problems(claims: list[Claim], minimum: int = MIN_CLAIMS) -> list[str]:
     per_file = {}
     for c in claims:
         per_file[c.file] = per_file.get(c.file, 0) + 1
-    return [f"only {len(claims)} claims across contracts/*.yaml, at least {minimum} are required "
+    return [f"only {len(claims)} claims across contracts/claims/*.yaml, at least {minimum} are required "
             f"(per file: {per_file or 'none'})"]
 
