@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 OUT ?= runs/flip
 
-.PHONY: setup flip test verify bench mutation clean
+.PHONY: setup flip test verify verify-all bench mutation clean
 
 setup: $(VENV)/.setup-done
 
@@ -25,11 +25,16 @@ flip: setup
 test: setup
 	$(PY) -m pytest -m "not gpu and not bench and not mutation" --junitxml=junit.xml $(PYTEST_ARGS)
 
-# Mutation verification: every mutant declared in contracts/*.yaml must make its falsifier fail (CI runs it too).
+# Mutation verification: every declared mutant must make its falsifier fail (CI runs `make verify`).
+# `verify` runs only the mutants whose content key (target function, patch, falsifier, env, engine) the committed
+# ledger does not hold as killed, and records the new kills; `verify-all` runs every mutant and rewrites the ledger.
 # Two workers, each falsifier process single-threaded: the mutants run side by side on a 2-core machine.
 JOBS ?= 2
 verify: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m mutation -n $(JOBS) --junitxml=junit-mutation.xml $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m mutation verify --changed --jobs $(JOBS)
+
+verify-all: setup
+	OMP_NUM_THREADS=1 $(PY) -m mutation verify --jobs $(JOBS)
 
 bench: setup
 	$(PY) -m pytest -m bench --benchmark-only --benchmark-columns=min,median,max,rounds $(PYTEST_ARGS)
@@ -41,7 +46,7 @@ bench: setup
 MODULES ?=
 MUTMUT_ARGS ?=
 mutation: setup
-	$(PY) -m falsifiers.mutation mutmut $(MODULES) $(MUTMUT_ARGS)
+	$(PY) -m mutation mutmut $(MODULES) $(MUTMUT_ARGS)
 
 clean:
 	rm -rf runs mutants .pytest_cache .hypothesis .benchmarks junit.xml

@@ -27,7 +27,7 @@ def pytest_configure(config):
 
 
 def _hypothesis_profiles() -> None:
-    """HYPOTHESIS_PROFILE=mutation (set for every mutant run: falsifiers/mutation.py): the same examples on every
+    """HYPOTHESIS_PROFILE=mutation (set for every mutant run: mutation/running.py): the same examples on every
     machine and no shrinking. A mutant's verdict must not depend on the draw (a kill that needs a lucky example is a
     survivor on the next CI run), and a mutant needs only one failing example: shrinking it to a minimal one can take
     minutes per mutant and tells the verdict nothing."""

@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/agent.yaml: `flip agent` runs tasks end to end and measures what it claims.
+"""Falsifiers of contracts/claims/agent.yaml: `flip agent` runs tasks end to end and measures what it claims.
 
 The oracle (the scripted teacher's solution steps, driven through the agent loop and the runtime, not through the
 teacher's code) must solve every held-out task: that proves the tasks, their test commands and the runtime. The base

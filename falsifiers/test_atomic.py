@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/cli.yaml (outputs): no command deletes or overwrites what it did not write.
+"""Falsifiers of contracts/claims/cli.yaml (outputs): no command deletes or overwrites what it did not write.
 
 Each case of issue 10's data-loss list is a test here, run through `flip` itself (harness.cli.main, in process) on tiny
 models: a non-empty --out is refused before any work, --force writes beside the user's files without deleting any, a

@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/cli.yaml: every `flip` command is safe on bad input and on the user's own files.
+"""Falsifiers of contracts/claims/cli.yaml: every `flip` command is safe on bad input and on the user's own files.
 
 Each case a user or an adversary found (issue 10) is an explicit regression test, run through `flip` itself in
 process; then hypothesis drives every subcommand with generated and damaged inputs and options in a directory holding
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from falsifiers.test_atomic import tree_digest
-from falsifiers.test_export import _samples, _stream
+from export_helpers import _samples, _stream
 from falsifiers.test_remap import tiny_adapter
 from falsifiers.test_remap import tiny_base as random_base
 from falsifiers.test_train import tiny_base, tokenizer  # noqa: F401 - fixtures: a tiny Llama with SmolLM2's template

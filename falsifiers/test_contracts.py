@@ -1,14 +1,14 @@
-"""The contract gate (pytest -m contract): claims, falsifiers and mutants in contracts/*.yaml are consistent.
+"""The contract gate (pytest -m contract): claims, falsifiers and mutants in contracts/claims/*.yaml are consistent.
 
 Each check lists every problem it finds, with what to change, so one run tells you everything to fix.
-The checks themselves live in falsifiers/mutation.py; the tests at the bottom prove that they can fail.
+The checks themselves live in mutation/gate.py; the tests at the bottom prove that they can fail.
 """
 from __future__ import annotations
 
 import pytest
 
-from falsifiers import mutation
-from falsifiers.mutation import ROOT, Claim, Mutant
+from mutation import claims as claim_ledger, gate, running
+from mutation.claims import ROOT, Claim, Mutant
 
 pytestmark = pytest.mark.contract
 
@@ -20,36 +20,36 @@ def _report(problems: list[str], what: str) -> None:
 @pytest.fixture(scope="module")
 def claims() -> list[Claim]:
     try:
-        return mutation.load_claims(ROOT)
+        return claim_ledger.load_claims(ROOT)
     except Exception as err:  # noqa: BLE001 - any malformed file; test_claim_files_match_schema says which
         pytest.fail(f"claim files do not load ({type(err).__name__}: {err}); see test_claim_files_match_schema")
 
 
 @pytest.fixture(scope="module")
-def collection() -> mutation.Collection:
-    return mutation.collect(ROOT)
+def collection() -> running.Collection:
+    return running.collect(ROOT)
 
 
 @pytest.mark.helper
 def test_claim_files_match_schema():
-    _report(mutation.schema_problems(ROOT), "claim-file problems (schema: contracts/claims.schema.json)")
+    _report(gate.schema_problems(ROOT), "claim-file problems (schema: contracts/claims/claims.schema.json)")
 
 
 @pytest.mark.helper
 def test_ids_are_unique_and_carry_their_stage(claims):
-    _report(mutation.id_problems(claims), "id problems")
+    _report(gate.id_problems(claims), "id problems")
 
 
 @pytest.mark.helper
 def test_every_stage_file_has_claims():
-    empty = [f"{p.relative_to(ROOT)} declares no claims" for p in mutation.claim_files(ROOT)
-             if not mutation.load_claim_file(p, ROOT)]
+    empty = [f"{p.relative_to(ROOT)} declares no claims" for p in claim_ledger.claim_files(ROOT)
+             if not claim_ledger.load_claim_file(p, ROOT)]
     _report(empty, "stage files without claims")
 
 
 @pytest.mark.helper
 def test_enough_claims(claims):
-    _report(mutation.count_problems(claims), "claim-count problems")
+    _report(gate.count_problems(claims), "claim-count problems")
 
 
 @pytest.mark.helper
@@ -61,22 +61,22 @@ def test_collection_is_clean(collection):
 
 @pytest.mark.helper
 def test_every_falsifier_is_collected(claims, collection):
-    _report(mutation.falsifier_problems(claims, collection.items), "falsifiers pytest does not collect")
+    _report(gate.falsifier_problems(claims, collection.items), "falsifiers pytest does not collect")
 
 
 @pytest.mark.helper
 def test_every_mutant_applies_to_its_target(claims):
-    _report(mutation.mutant_problems(claims, ROOT), "stale or broken mutants")
+    _report(gate.mutant_problems(claims, ROOT), "stale or broken mutants")
 
 
 @pytest.mark.helper
 def test_every_test_backs_a_claim_or_is_a_helper(claims, collection):
-    _report(mutation.unclaimed_tests(claims, collection.items),
-            "tests that back no claim; for each, add a claim naming it as falsifier in contracts/<stage>.yaml, or "
+    _report(gate.unclaimed_tests(claims, collection.items),
+            "tests that back no claim; for each, add a claim naming it as falsifier in contracts/claims/<stage>.yaml, or "
             "mark it @pytest.mark.helper (`pytestmark = pytest.mark.helper` marks a whole file)")
 
 
-# --- the gate's own falsifiers (claims in contracts/contracts.yaml) ---------------------------------------------------
+# --- the gate's own falsifiers (claims in contracts/claims/contracts.yaml) ---------------------------------------------------
 
 def _claim(falsifier: str, **mutant) -> Claim:
     m = Mutant(id="MUT-DEMO-001a", target="harness.demo:f", description="demo", old="a", new="b", claim_id="FALSIFY-DEMO-001",
@@ -86,9 +86,9 @@ def _claim(falsifier: str, **mutant) -> Claim:
 
 def test_gate_rejects_uncollected_falsifier():
     collected = {"falsifiers/test_demo.py::test_a", "falsifiers/test_demo.py::test_p[x]"}
-    assert mutation.falsifier_problems([_claim("falsifiers/test_demo.py::test_a")], collected) == []
-    assert mutation.falsifier_problems([_claim("falsifiers/test_demo.py::test_p")], collected) == []
-    problems = mutation.falsifier_problems([_claim("falsifiers/test_demo.py::test_gone")], collected)
+    assert gate.falsifier_problems([_claim("falsifiers/test_demo.py::test_a")], collected) == []
+    assert gate.falsifier_problems([_claim("falsifiers/test_demo.py::test_p")], collected) == []
+    problems = gate.falsifier_problems([_claim("falsifiers/test_demo.py::test_gone")], collected)
     assert len(problems) == 1 and "test_gone is not collected" in problems[0] and "test_a" in problems[0]
 
 
@@ -99,15 +99,15 @@ def test_gate_rejects_test_without_claim_or_helper_marker():
         "falsifiers/test_demo.py::test_support": ["helper"],
         "falsifiers/test_demo.py::test_orphan": ["slow"],
     }
-    problems = mutation.unclaimed_tests(claims, items)
+    problems = gate.unclaimed_tests(claims, items)
     assert len(problems) == 1 and problems[0].startswith("falsifiers/test_demo.py::test_orphan:")
 
 
 def test_gate_rejects_duplicate_and_misstaged_ids():
     a, b = _claim("falsifiers/test_demo.py::test_a"), _claim("falsifiers/test_demo.py::test_b")
-    problems = mutation.id_problems([a, b])
+    problems = gate.id_problems([a, b])
     assert any("FALSIFY-DEMO-001 is declared twice" in p for p in problems)
     assert any("MUT-DEMO-001a is declared twice" in p for p in problems)
     wrong = Claim("FALSIFY-EXPORT-001", "x", a.falsifier, a.mutants, "demo", a.file)
     assert any("FALSIFY-EXPORT-001 (contracts/demo.yaml) should start with FALSIFY-DEMO-" in p
-               for p in mutation.id_problems([wrong]))
+               for p in gate.id_problems([wrong]))

@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/curve.yaml: the learning curve's statistics, its sampled decoding, and its split (no
+"""Falsifiers of contracts/claims/curve.yaml: the learning curve's statistics, its sampled decoding, and its split (no
 held-out text reaches a student's training data)."""
 from __future__ import annotations
 

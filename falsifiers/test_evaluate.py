@@ -1,4 +1,4 @@
-"""Falsifiers for harness.evaluate (contracts/eval.yaml): path extraction, grounding, absolute-path flags, schema
+"""Falsifiers for harness.evaluate (contracts/claims/eval.yaml): path extraction, grounding, absolute-path flags, schema
 validity, and a real greedy evaluation of the bundled base model."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/agent.yaml (held-out integrity): nothing of a held-out task reaches training data.
+"""Falsifiers of contracts/claims/agent.yaml (held-out integrity): nothing of a held-out task reaches training data.
 
 The held-out workspaces and prompts are only ever evaluated. No training transcript and no committed dataset may hold a
 held-out task's prompt or the text of any of its workspace files (as it would appear inside a JSON string).

@@ -1,4 +1,4 @@
-"""The flip (contracts/flip.yaml): trained for real on the exported fixture transcripts, the student emits valid,
+"""The flip (contracts/claims/flip.yaml): trained for real on the exported fixture transcripts, the student emits valid,
 grounded tool calls on held-out tasks where its base emits none; as agents, the base solves no held-out task.
 
 The default recipe (contracts/recipes.yaml) trained to its full step count, as `make flip` trains it (FLIP_TEST_RECIPE

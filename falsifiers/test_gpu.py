@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/train.yaml on CUDA (`pytest -m gpu`; skipped where torch sees no CUDA device).
+"""Falsifiers of contracts/claims/train.yaml on CUDA (`pytest -m gpu`; skipped where torch sees no CUDA device).
 
 The CUDA path end to end on Llama- and Qwen2-architecture models built from configs (no weights to download): LoRA
 training on the GPU (bf16 where the GPU supports it), remap to apr names, merge; the merged model's logits must equal

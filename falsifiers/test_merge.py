@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/merge.yaml: W + (alpha / r) B A gives peft's logits, and merged.gguf gives the merged model's.
+"""Falsifiers of contracts/claims/merge.yaml: W + (alpha / r) B A gives peft's logits, and merged.gguf gives the merged model's.
 
 Tiny random Llama (GQA, untied head) and Qwen2 (GQA, tied head, q/k/v biases) from test_remap's builders; one test on the
 real bundled SmolLM2-135M (a GGUF base).

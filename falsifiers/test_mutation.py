@@ -1,7 +1,7 @@
-"""Mutation verification (pytest -m mutation): every mutant declared in contracts/*.yaml makes its falsifier fail.
+"""Mutation verification (pytest -m mutation): every mutant declared in contracts/claims/*.yaml makes its falsifier fail.
 
 One test per mutant, named by the mutant's id: `pytest -m mutation -k MUT-EXPORT-001a` checks one.
-Each runs the falsifier in a fresh process in a temporary copy of the project (see falsifiers/mutation.py).
+Each runs the falsifier in a fresh process in a temporary copy of the project (see the mutation/ package).
 
 Below those, the runner's own tests build a tiny synthetic project and check every verdict it can give.
 """
@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from falsifiers import mutation
-from falsifiers.mutation import ROOT, Mutant, RunResult, Verifier
+from mutation import claims, mutmut_driver, patching, running, verdicts
+from mutation.claims import ROOT, Mutant
+from mutation.running import RunResult
+from mutation.verdicts import Verifier
 
 
 def _declared_mutants():
     try:
-        mutants = mutation.all_mutants(ROOT)
+        mutants = claims.all_mutants(ROOT)
     except Exception as err:  # noqa: BLE001 - a broken claim file must fail loudly, not silently yield no tests
         return [pytest.param(None, err, id="claim-files-do-not-load")]
     return [pytest.param(m, None, id=m.id) for m in mutants]
@@ -35,9 +37,9 @@ def verifier():
 @pytest.mark.helper
 @pytest.mark.parametrize("mutant, load_error", _declared_mutants())
 def test_mutant_is_killed(verifier, mutant, load_error):
-    assert load_error is None, f"contracts/*.yaml does not load: {load_error}; run pytest -m contract"
+    assert load_error is None, f"contracts/claims/*.yaml does not load: {load_error}; run pytest -m contract"
     verdict = verifier.verify(mutant)
-    if verdict.kind == mutation.BASELINE_SKIPPED:
+    if verdict.kind == verdicts.BASELINE_SKIPPED:
         pytest.skip(verdict.message())
     assert verdict.killed, verdict.message()
 
@@ -134,96 +136,96 @@ def _mutant(falsifier: str, old: str, new: str, target: str = "harness.ops:add",
 def test_killing_mutant_is_reported_killed(synthetic, project):
     before = (project / "harness" / "ops.py").read_text()
     verdict = synthetic.verify(_mutant("falsifiers/test_ops.py::test_add", "a + b", "a - b"))
-    assert verdict.kind == mutation.KILLED, verdict.message()
+    assert verdict.kind == verdicts.KILLED, verdict.message()
     assert (project / "harness" / "ops.py").read_text() == before, "the runner modified the project it verifies"
 
 
 def test_surviving_mutant_is_reported(synthetic):
     verdict = synthetic.verify(_mutant("falsifiers/test_ops.py::test_clamp_low", "return hi", "return lo",
                                        target="harness.ops:clamp"))
-    assert verdict.kind == mutation.SURVIVED, verdict.message()
+    assert verdict.kind == verdicts.SURVIVED, verdict.message()
     assert not verdict.killed
     assert "MUT-DEMO-001a" in verdict.message() and "demo claim" in verdict.message()
 
 
 def test_stale_patch_is_reported_and_not_run(synthetic):
     absent = synthetic.verify(_mutant("falsifiers/test_ops.py::test_add", "a * b", "a / b"))
-    assert absent.kind == mutation.STALE and "occurs 0 times" in absent.detail
+    assert absent.kind == verdicts.STALE and "occurs 0 times" in absent.detail
     twice = synthetic.verify(_mutant("falsifiers/test_ops.py::test_clamp_low", "return ", "return -",
                                      target="harness.ops:clamp"))
-    assert twice.kind == mutation.STALE and "occurs 3 times" in twice.detail
+    assert twice.kind == verdicts.STALE and "occurs 3 times" in twice.detail
     missing = synthetic.verify(_mutant("falsifiers/test_ops.py::test_add", "a + b", "a - b", target="harness.ops:gone"))
-    assert missing.kind == mutation.STALE and "no def or class named 'gone'" in missing.detail
+    assert missing.kind == verdicts.STALE and "no def or class named 'gone'" in missing.detail
 
 
 def test_collection_error_is_broken_not_killed(synthetic):
     verdict = synthetic.verify(_mutant("falsifiers/test_at_import.py::test_two", "return a + b",
                                        "raise RuntimeError('boom')"))
     # pytest exits 2 (or 4 when a node id was given) on a collection error; either way, not 1
-    assert verdict.kind == mutation.BROKEN and "RuntimeError: boom" in verdict.detail, verdict.message()
+    assert verdict.kind == verdicts.BROKEN and "RuntimeError: boom" in verdict.detail, verdict.message()
 
 
 def test_failing_baseline_is_not_a_kill(synthetic):
     verdict = synthetic.verify(_mutant("falsifiers/test_ops.py::test_wrong", "a + b", "a - b"))
-    assert verdict.kind == mutation.BASELINE_FAILED, verdict.message()
+    assert verdict.kind == verdicts.BASELINE_FAILED, verdict.message()
 
 
 @pytest.mark.helper
 def test_skipped_baseline_is_reported(synthetic):
     verdict = synthetic.verify(_mutant("falsifiers/test_skipped.py::test_add_skipped", "a + b", "a - b"))
-    assert verdict.kind == mutation.BASELINE_SKIPPED, verdict.message()
+    assert verdict.kind == verdicts.BASELINE_SKIPPED, verdict.message()
 
 
 def test_patch_applies_inside_the_target_only(project):
-    path, text = mutation.patched_source(project, _mutant("x", "a + b", "a - b"))
+    path, text = patching.patched_source(project, _mutant("x", "a + b", "a - b"))
     assert path == project / "harness" / "ops.py"
     assert "    return a - b\n\n\ndef clamp" in text
     assert text.endswith("def other(a, b):\n    return a + b\n"), "the patch leaked into another function"
-    _, method = mutation.patched_source(project, _mutant("x", "x + x", "x * x", target="harness.ops:Box.double"))
+    _, method = patching.patched_source(project, _mutant("x", "x + x", "x * x", target="harness.ops:Box.double"))
     assert "return x * x" in method
 
 
 @pytest.mark.helper
 def test_function_span_includes_decorators():
-    assert mutation.function_span(OPS, "Box.double") == (14, 16)
-    assert mutation.function_span(OPS, "add") == (1, 2)
-    with pytest.raises(mutation.TargetError, match="is a class"):
-        mutation.function_span(OPS, "Box")
+    assert patching.function_span(OPS, "Box.double") == (14, 16)
+    assert patching.function_span(OPS, "add") == (1, 2)
+    with pytest.raises(patching.TargetError, match="is a class"):
+        patching.function_span(OPS, "Box")
 
 
 @pytest.mark.helper
 def test_patch_that_breaks_syntax_is_reported(project):
-    problem = mutation.check_mutant(project, _mutant("x", "return a + b", "return a +"))
+    problem = patching.check_mutant(project, _mutant("x", "return a + b", "return a +"))
     assert problem and "not valid Python" in problem
 
 
 @pytest.mark.helper
 def test_falsifier_runs_import_the_copy(synthetic, project, tmp_path):
     """The editable install maps `harness` to the working tree; the copy's harness must win, and the probe shows it."""
-    copy = mutation.make_copy(project, tmp_path / "copy")
-    run = mutation.run_pytest(copy, "falsifiers/test_ops.py::test_add", package="harness", env={"FLIP_DEMO": "1"},
+    copy = running.make_copy(project, tmp_path / "copy")
+    run = running.run_pytest(copy, "falsifiers/test_ops.py::test_add", package="harness", env={"FLIP_DEMO": "1"},
                               timeout=120, origin=project)
     assert run.exit_code == 0, run.output
     assert Path(run.modules["harness.ops"]).resolve() == (copy / "harness" / "ops.py").resolve()
-    assert mutation.foreign_modules(run, copy) == []
+    assert running.foreign_modules(run, copy) == []
 
 
 def test_code_imported_outside_the_copy_is_broken(tmp_path):
     run = RunResult(exit_code=1, output="", seconds=0.1, tests=1, failed=1,
                     modules={"harness": str(ROOT / "harness" / "__init__.py")})
-    kind, detail = mutation.classify(run, tmp_path)
-    assert kind == mutation.BROKEN and "outside the mutated copy" in detail
+    kind, detail = verdicts.classify(run, tmp_path)
+    assert kind == verdicts.BROKEN and "outside the mutated copy" in detail
     inside = RunResult(exit_code=1, output="", seconds=0.1, tests=1, failed=1,
                        modules={"harness": str(tmp_path / "harness" / "__init__.py")})
-    assert mutation.classify(inside, tmp_path)[0] == mutation.KILLED
+    assert verdicts.classify(inside, tmp_path)[0] == verdicts.KILLED
 
 
 @pytest.mark.helper
 def test_timeout_and_usage_errors_are_not_kills(tmp_path):
     here = {"harness": str(tmp_path / "harness" / "__init__.py")}
-    assert mutation.classify(RunResult(None, "", 9.0, modules=here), tmp_path)[0] == mutation.TIMEOUT
+    assert verdicts.classify(RunResult(None, "", 9.0, modules=here), tmp_path)[0] == verdicts.TIMEOUT
     for code in (2, 3, 4, 5):
-        assert mutation.classify(RunResult(code, "", 0.1, failed=1, modules=here), tmp_path)[0] == mutation.BROKEN
+        assert verdicts.classify(RunResult(code, "", 0.1, failed=1, modules=here), tmp_path)[0] == verdicts.BROKEN
 
 
 @pytest.mark.helper
@@ -233,7 +235,7 @@ def test_mutant_env_reaches_the_falsifier(synthetic, project):
     verdict = synthetic.verify(_mutant("falsifiers/test_env.py::test_env", "a + b", "a - b",
                                        env={"FLIP_TEST_STEPS": "3"}))
     # the baseline passes only if the variable arrived; the mutant cannot fail this test, so it survives
-    assert verdict.kind == mutation.SURVIVED, verdict.message()
+    assert verdict.kind == verdicts.SURVIVED, verdict.message()
 
 
 @pytest.mark.helper
@@ -247,7 +249,7 @@ def test_mutmut_report_scores_each_module():
         harness.toolcall.x_render__mutmut_1: not checked
         harness.atomic.x_write_text__mutmut_1: timeout
     """)
-    report = mutation.mutmut_report(text)
+    report = mutmut_driver.mutmut_report(text)
     rows = {line.split()[0]: line.split()[1:] for line in report.splitlines()[1:3]}
     assert rows == {"harness.atomic": ["100.0%", "1", "1", "0", "0", "0"],
                     "harness.toolcall": ["50.0%", "2", "4", "1", "1", "1"]}
@@ -260,7 +262,7 @@ def test_mutmut_report_scores_each_module():
 def test_narrowed_mutmut_config_mutates_only_the_given_modules(repo_root):
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-    text = mutation.narrow_mutmut_config((repo_root / "pyproject.toml").read_text(), ["harness/export.py"])
+    text = mutmut_driver.narrow_mutmut_config((repo_root / "pyproject.toml").read_text(), ["harness/export.py"])
     config = tomllib.loads(text)["tool"]["mutmut"]
     assert config["source_paths"] == ["harness/export.py"]
     assert config["also_copy"][0] == "harness/" and "falsifiers/" in config["also_copy"]

@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/package.yaml: the wheel is the product, and nothing reaches for the network.
+"""Falsifiers of contracts/claims/package.yaml: the wheel is the product, and nothing reaches for the network.
 
 The wheel is built from this checkout and installed, without its dependencies (they come from the project's own
 environment through a path file, never through the editable install), into a fresh virtual environment; `flip` then

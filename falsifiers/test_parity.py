@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/parity.yaml: CCPA's traces in (flip export) and out (flip agent --ccpa-trace), and CCPA's
+"""Falsifiers of contracts/claims/parity.yaml: CCPA's traces in (flip export) and out (flip agent --ccpa-trace), and CCPA's
 action parity score (flip parity), checked against CCPA's own fixtures (../shared/ccpa-fixtures, skipped when absent).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/remap.yaml: peft <-> apr / llama.cpp adapter names, the Llama q/k permutation, the GGUF adapter.
+"""Falsifiers of contracts/claims/remap.yaml: peft <-> apr / llama.cpp adapter names, the Llama q/k permutation, the GGUF adapter.
 
 Tiny random models (hidden 64, 2 layers, 4 query heads / 2 KV heads: GQA, so a k permutation with the wrong head count
 shows) with a tiny byte-level BPE tokenizer (GGUF bases need tokenizer metadata; a 49k-token vocabulary would make

@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/agent.yaml (the tool runtime): the agent's tools answer as Claude Code answered the teacher.
+"""Falsifiers of contracts/claims/agent.yaml (the tool runtime): the agent's tools answer as Claude Code answered the teacher.
 
 The central one replays every fixture transcript: each teacher call, remapped to apr-code by the exporter, is fed to
 the agent's own step function (harness.agent.act) as if the model had written it, on a fresh sandbox copy of the

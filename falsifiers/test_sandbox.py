@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/agent.yaml (the sandbox): model output is hostile, and nothing outside the workspace changes.
+"""Falsifiers of contracts/claims/agent.yaml (the sandbox): model output is hostile, and nothing outside the workspace changes.
 
 Hostile replies are driven through the real agent loop (harness.agent.run_agent) by a scripted policy, one per task,
 with a canary directory beside the sandboxes hashed before and after. Property tests generate paths and commands.

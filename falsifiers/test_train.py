@@ -1,4 +1,4 @@
-"""Falsifiers of harness.train (contracts/train.yaml).
+"""Falsifiers of harness.train (contracts/claims/train.yaml).
 
 Most tests train a TINY random Llama (hidden 64, 2 layers) carrying the real SmolLM2 tokenizer and chat template, saved
 to a temporary HF directory: a valid `--base`, seconds per run. One test trains the real smollm2-135m for a few steps.

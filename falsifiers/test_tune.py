@@ -1,4 +1,4 @@
-"""Falsifiers of harness.tune (contracts/tune.yaml): how `flip tune` chooses the training recipe."""
+"""Falsifiers of harness.tune (contracts/claims/tune.yaml): how `flip tune` chooses the training recipe."""
 from __future__ import annotations
 
 import json

@@ -1,0 +1,5 @@
+import sys
+
+from mutation.cli import main
+
+sys.exit(main())
