@@ -12,6 +12,7 @@ which is why this does not use `tokenize`.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -95,14 +96,18 @@ def fingerprint(body: str) -> str | None:
     return hashlib.sha256(" ".join(tokens).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
+def file_fingerprints(suffix: str, text: str) -> tuple[str, ...]:
+    """The fingerprints of one file's function bodies; cached, as generated tasks share most of their modules."""
+    return tuple(d for body in bodies_of("x" + suffix, text) if (d := fingerprint(body)))
+
+
 def fingerprints(files: dict[str, str]) -> dict[str, str]:
     """fingerprint -> 'path' for every long-enough function body in files (path -> text)."""
     out = {}
     for path, text in sorted(files.items()):
-        for body in bodies_of(path, text):
-            digest = fingerprint(body)
-            if digest:
-                out.setdefault(digest, path)
+        for digest in file_fingerprints(Path(path).suffix, text):
+            out.setdefault(digest, path)
     return out
 
 
