@@ -150,11 +150,20 @@ def test_every_family_is_well_formed_and_runs_on_its_samples():
     (["--n", "0", "--out", "{tmp}/o"], "--n must be at least 1"),
     (["--n", "2", "--jobs", "0", "--out", "{tmp}/o"], "--jobs must be at least 1"),
     (["--n", "2", "--out", "{tmp}/mine"], "holds files this generator did not write"),
+    (["--n", "2", "--out", "{tmp}/mine/notes.txt"], "is not a directory"),
+    (["--n", "2", "--out", "{tmp}/o", "--cache", "{tmp}/mine/notes.txt"], "--cache {tmp}/mine/notes.txt is not a dir"),
+    (["--n", "two", "--out", "{tmp}/o"], "argument --n: invalid int value: 'two'"),
+    (["--out", "{tmp}/o"], "the following arguments are required: --n"),
+    (["--n", "2", "--out", "{tmp}/o", "--verify"], "unrecognized arguments: --verify"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, args, message):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     proc = subprocess.run([sys.executable, "-m", "fixtures.taskgen", *(a.format(tmp=tmp_path) for a in args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    # one line, exit 2: no argparse usage dump, no traceback, nothing on stdout, nothing written
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("taskgen: error: ") and message.format(tmp=tmp_path) in lines[0], \
+        proc.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and not (tmp_path / "o").exists()
