@@ -54,9 +54,22 @@ def copied_held_out_family() -> taskgen.Family:
                           (([3, 1, 2],), ([5, 1, 4, 2],)))
 
 
+def copied_held_out_rust_family() -> taskgen.RustFamily:
+    """A Rust twin whose body is held-out h-squeeze-spaces' `squeeze`, its names changed and reindented."""
+    source = (ROOT / "fixtures/holdout/workspaces/h-squeeze-spaces/workspace/src/squeeze.rs").read_text()
+    body = textwrap.dedent(leaks.rust_bodies(source)[0]).strip("\n")
+    for old, new in (("s", "text"), ("target", "marker"), ("ch", "letter"), ("out", "result"), ("prev", "last_seen")):
+        body = re.sub(rf"\b{old}\b", new, body)
+    return taskgen.RustFamily("kebab", "text: &str", "String", body)
+
+
 def test_no_generated_task_leaks_held_out_text_or_function_bodies(monkeypatch):
     clean = taskgen.text_candidates(LEAK_CANDIDATES, SEED)
     assert len(clean) == LEAK_CANDIDATES
+    # every kind in both languages is among them, the Rust and add-method tasks included
+    langs_kinds = {(c.task["lang"], c.kind) for c in clean}
+    assert {("python", k) for k in taskgen.KIND_WEIGHTS} | {("rust", k) for k in taskgen.RUST_KIND_WEIGHTS} \
+        <= langs_kinds, langs_kinds
     found = leaks_in(clean)
     assert not found, f"{len(found)} leaks, e.g. {found[:3]}"
 
@@ -65,6 +78,13 @@ def test_no_generated_task_leaks_held_out_text_or_function_bodies(monkeypatch):
     leaky = taskgen.text_candidates(300, SEED)
     users = {c.id for c in leaky if any(re.search(r"\b(middle|central)_value\(", text)
                                         for text in generated_texts(c).values())}
+    caught = {why.split(":")[0] for why in leaks_in(leaky)}
+    assert users and caught == users, (sorted(users)[:3], sorted(caught)[:3])
+    # the same for a Rust twin copied from a held-out crate,
+    monkeypatch.setattr(taskgen, "FAMILIES", FAMILIES)
+    monkeypatch.setattr(taskgen, "RUST_FAMILIES", taskgen.RUST_FAMILIES + (copied_held_out_rust_family(),))
+    leaky = taskgen.text_candidates(1000, SEED)
+    users = {c.id for c in leaky if any("last_seen" in text for text in generated_texts(c).values())}
     caught = {why.split(":")[0] for why in leaks_in(leaky)}
     assert users and caught == users, (sorted(users)[:3], sorted(caught)[:3])
     # and a prompt that quotes a held-out task (other case, other spacing, inside a longer request) is caught too.
