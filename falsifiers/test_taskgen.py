@@ -102,9 +102,10 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def without_timings(data: bytes) -> bytes:
-    """The real tools' own timings, the only bytes a rerun may change: unittest's "Ran 3 tests in 0.001s" and the
-    Glob tool's measured `durationMs`."""
+    """The real tools' own timings, the only bytes a rerun may change: unittest's "Ran 3 tests in 0.001s", cargo's
+    "target(s) in 1.52s" and "finished in 0.00s", and the Glob tool's measured `durationMs`."""
     data = re.sub(rb"Ran (\d+) tests? in \d+\.\d+s", rb"Ran \1 tests in Xs", data)
+    data = re.sub(rb"(target\(s\)|finished) in \d+\.\d+s", rb"\1 in Xs", data)
     return re.sub(rb'"durationMs":\d+', rb'"durationMs":X', data)
 
 
@@ -132,6 +133,8 @@ def test_small_generation_is_reproducible_byte_for_byte(small_runs):
     for m in manifests:
         m.pop("timing")
     assert manifests[0] == manifests[1] and manifests[0]["tasks"] == 12
+    # the 12 include a Rust crate and an add-method task, so both are verified and compared here too
+    assert manifests[0]["by_lang"].get("rust", 0) >= 1 and manifests[0]["by_kind"].get("add-method", 0) >= 1
 
 
 @pytest.mark.helper
@@ -163,6 +166,35 @@ def test_every_family_is_well_formed_and_runs_on_its_samples():
         source = taskgen.module_source(list(family.imports), [taskgen.function_source(family, family.names[0], values)])
         outcomes = taskgen.run_calls(source, family.names[0], family.samples)
         assert sum(status == "ok" for status, _ in outcomes) >= 2, family.key
+
+
+@pytest.mark.helper
+def test_every_rust_family_agrees_with_its_python_twin(tmp_path):
+    """One crate holding every Rust twin (each constant value too) and a test per function asserting what the Python
+    twin returns on the samples: one cargo build checks them all, so no family's tasks are doomed to be dropped."""
+    py = {f.key: f for f in FAMILIES}
+    assert len(taskgen.RUST_FAMILIES) >= 25 and all(r.key in py for r in taskgen.RUST_FAMILIES)
+    functions, names, cases = [], [], []
+    for rfam in taskgen.RUST_FAMILIES:
+        family = py[rfam.key]
+        assert set(re.findall(r"@(\w+)@", rfam.body)) == set(family.consts), rfam.key
+        for i in range(max([len(taskgen.CONSTS[c].values) for c in family.consts] or [1])):
+            values = {c: taskgen.CONSTS[c].values[i % len(taskgen.CONSTS[c].values)] for c in family.consts}
+            name = f"{rfam.key}_{i}"
+            checks = taskgen.rust_checks(rfam, family, name, taskgen.python_outcomes(family, name, values))
+            assert len(checks) >= 2, rfam.key
+            functions.append(taskgen.rust_function(rfam, family, name, values))
+            names.append(name)
+            cases.append((f"{name}_examples", rfam.ret, checks))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "Cargo.toml").write_text(taskgen.rs.cargo_toml("twins"))
+    (tmp_path / "src/lib.rs").write_text("pub mod all;\n")
+    (tmp_path / "src/all.rs").write_text(taskgen.rs.module_source([], functions))
+    (tmp_path / "tests/all.rs").write_text(taskgen.rs.test_source("twins::all", names, cases))
+    proc = subprocess.run(["cargo", "test", "--offline"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{len(names)} passed" in proc.stdout
 
 
 @pytest.mark.helper
