@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,28 @@ def test_bad_options_are_one_line_errors(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("taskgen: error: ") and message.format(tmp=tmp_path) in lines[0], \
         proc.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and not (tmp_path / "o").exists()
+
+
+def alive_sleep(proc: Path) -> bool:
+    """Whether /proc/PID is still our `sleep 60` and not a zombie (a reused pid is someone else's process)."""
+    try:
+        return proc.joinpath("cmdline").read_bytes().startswith(b"sleep") and \
+            proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.helper
+def test_a_hanging_test_run_is_killed_with_its_children(tmp_path, monkeypatch):
+    """A seeded bug can make a test binary loop forever under cargo: the before-run gives up after BEFORE_TIMEOUT_S
+    and kills the whole process group, so no spinning grandchild outlives the candidate."""
+    monkeypatch.setattr(taskgen, "BEFORE_TIMEOUT_S", 1)
+    (tmp_path / "ws").mkdir()
+    pid_file = tmp_path / "child.pid"
+    assert taskgen.test_exit_code(tmp_path / "ws", f"sh -c 'echo $$ > {pid_file}; exec sleep 60'; true") is None
+    sleeper = Path(f"/proc/{int(pid_file.read_text())}")
+    deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously; the orphan is reaped by init
+    while time.monotonic() < deadline and alive_sleep(sleeper):
+        time.sleep(0.1)
+    assert not alive_sleep(sleeper)
+    assert taskgen.test_exit_code(tmp_path / "ws", "exit 3") == 3
