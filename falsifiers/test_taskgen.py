@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/taskgen.yaml: generated training tasks never carry a held-out task's text or function body.
+"""Falsifiers of contracts/claims/taskgen.yaml: generated training tasks never carry a held-out task's text or function body.
 
 Plus helper checks of fixtures/taskgen.py itself (its code lives in fixtures/, which the mutation runner links rather
 than copies, so it cannot carry declared mutants): a small verified generation is reproducible byte for byte, every
