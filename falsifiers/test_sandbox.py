@@ -1,11 +1,20 @@
 """Falsifiers of contracts/agent.yaml (the sandbox): model output is hostile, and nothing outside the workspace changes.
 
 Hostile replies are driven through the real agent loop (harness.agent.run_agent) by a scripted policy, one per task,
-with a canary directory beside the sandboxes hashed before and after. Property tests generate paths and commands.
+with a canary directory beside the sandboxes hashed before and after. The escapes found as root (issue 22) run through
+the sandbox's own runner (Sandbox.run_command), past the static refusal, so they test bubblewrap's boundary, not the
+refusal's patterns; their target directory lies outside /tmp (which the sandbox replaces with a private one), so a
+write that got through would land on the real file system. Property tests generate paths and commands.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,11 +25,21 @@ from hypothesis import strategies as st
 
 from falsifiers.test_atomic import tree_digest
 from harness.agent import AgentOptions, AgentTask, run_agent
+from harness.cli import main as flip_main
 from harness.sandbox import Limits, Refused, Sandbox, isolation, shell_problem
 from harness.tokens import counter
 from harness.toolcall import render_tool_call
 
-NAMESPACES = pytest.mark.skipif(not isolation().namespaces, reason="unshare namespaces unavailable on this machine")
+
+def _why_no_bwrap() -> str | None:
+    if os.geteuid() != 0:
+        return "not root: the escapes of issue 22 need root (CI runs as root)"
+    if isolation().bwrap is None:
+        return f"no usable bubblewrap: {isolation().bwrap_problem}"
+    return None
+
+
+BWRAP = pytest.mark.skipif(_why_no_bwrap() is not None, reason=str(_why_no_bwrap()))
 
 
 class Scripted:
@@ -83,7 +102,7 @@ def test_hostile_commands_are_bounded_and_the_run_goes_on(tmp_path):
     assert "Result:\n" in lines["f-well-behaved"]["turns"][0]["observation"]
 
 
-@NAMESPACES
+@BWRAP
 def test_isolation_holds_when_the_static_check_is_evaded(tmp_path):
     """Paths built at run time pass the static check; the read-only mount and the missing network still hold."""
     received = []
@@ -112,7 +131,7 @@ def test_isolation_holds_when_the_static_check_is_evaded(tmp_path):
     server.close()
     assert received == [], "a sandboxed command reached a server on the host"
     built = lines["a-built-path"]["turns"][0]
-    assert built["refused"] is False and "Read-only file system" in built["observation"]
+    assert built["refused"] is False and "rc=0" not in built["observation"], built["observation"]
     assert "Exit code 1" in lines["b-network"]["turns"][0]["observation"]
     assert "survived" in lines["c-fork-bomb-kept-busy"]["turns"][0]["observation"]
 

@@ -19,6 +19,7 @@ from dataclasses import MISSING, field, fields
 from pathlib import Path
 
 from harness import FlipError
+from harness.sandbox import SANDBOX_HELP, SANDBOXES
 
 
 def _json_value(value):
@@ -92,6 +93,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 def device_option():
     """The --device every model-running command takes, declared once."""
     return option("auto", "auto (CUDA when present), cpu, cuda, mps", choices=DEVICES)
+
+
+def sandbox_option():
+    """The --sandbox of every command that runs agents (flip agent, run, tune), declared once."""
+    return option(SANDBOXES[0], SANDBOX_HELP, choices=SANDBOXES)
 
 
 MODEL_HELP = "smollm2-135m, a local HF directory, or a .gguf file"
