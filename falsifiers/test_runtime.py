@@ -181,3 +181,28 @@ def test_calls_naming_paths_outside_are_refused_and_run_nothing(runtime, tmp_pat
         assert result.refused and result.is_error, (tool, tool_input, result)
         assert "secret" not in result.text
     assert outside.read_text() == "secret\n" and not (tmp_path / "x.txt").exists()
+
+
+def test_file_read_refuses_a_file_over_the_cap_without_loading_it(runtime):
+    """A file over READ_MAX_BYTES (apr-code's 128 KB) is an error result naming its size, read no further than the cap
+    (a 64 MB sparse file costs flip's process no more than the cap); a file of exactly the cap is read."""
+    import tracemalloc
+
+    from harness.runtime import READ_MAX_BYTES
+
+    root = runtime.sandbox.root
+    with open(root / "huge.log", "wb") as handle:
+        handle.truncate(64 << 20)
+    (root / "at-cap.txt").write_bytes(b"x" * (READ_MAX_BYTES - 1) + b"\n")
+    tracemalloc.start()
+    try:
+        huge = runtime.execute("file_read", {"path": "huge.log"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert huge.is_error and not huge.refused
+    assert huge.text == f"<tool_use_error>file too large ({64 << 20} bytes, max {READ_MAX_BYTES}). Use offset/limit to " \
+                       "read a portion.</tool_use_error>", huge.text
+    assert peak < 4 * READ_MAX_BYTES, f"file_read held {peak} bytes for a file over the cap"
+    at_cap = runtime.execute("file_read", {"path": "at-cap.txt"})
+    assert not at_cap.is_error and at_cap.text.startswith("1\txxx"), at_cap.text[:40]

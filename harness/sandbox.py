@@ -377,8 +377,11 @@ class TreeWatch:
         return self.over is not None
 
     def kill_all(self) -> None:
+        """The process group first (under bubblewrap that is bwrap itself, whose PID namespace dies with it), then
+        whatever of the tree left the group."""
         if self.pid is None:
             return
+        _kill_group(self.pid)
         for process in reversed(self.tree()):
             try:
                 process.kill()
