@@ -270,9 +270,13 @@ def test_no_capabilities_and_its_own_proc(tmp_path):
     assert accepted == [] and net.exit_code != 0 and "reached" not in net.output
 
 
-def _allocate(megabytes: int) -> str:
-    """A process that holds `megabytes` of touched memory for a second, then prints ok."""
-    return f"python3 -c \"import time; x = b'x' * ({megabytes} << 20); time.sleep(1); print('ok')\""
+def _allocate(megabytes: int, together: int = 1) -> str:
+    """A process that allocates `megabytes` of touched memory and holds it until `together` such processes hold theirs
+    (a marker file each; at most 10 s, so that a loaded machine cannot run them one after another), then prints ok."""
+    return ("python3 -c \"import glob, os, time\n"
+            f"x = b'x' * ({megabytes} << 20)\nopen(f'held.{{os.getpid()}}', 'w').close()\n"
+            f"deadline = time.monotonic() + 10\nwhile len(glob.glob('held.*')) < {together} and "
+            "time.monotonic() < deadline:\n    time.sleep(0.05)\nprint('ok')\"")
 
 
 # A bounded fork bomb: up to 150 processes that each sleep 3 s, counting the forks that succeeded. Bounded so that a
@@ -292,7 +296,7 @@ def test_limits_hold_for_the_whole_command(tmp_path):
     limits = Limits(memory_bytes=1 << 30, processes=64, timeout_s=60)
     with Sandbox(tmp_path / "ws", limits, parent=str(tmp_path)) as box:
         one = box.run_command(_allocate(400))
-        three = box.run_command(" & ".join([f"({_allocate(400)})"] * 3) + " & wait")
+        three = box.run_command("rm -f held.*; " + " & ".join([f"({_allocate(400, together=3)})"] * 3) + " & wait")
         bomb = box.run_command(SPAWN)
     assert one.exit_code == 0 and one.output.count("ok") == 1, one
     assert three.output.count("ok") < 3, three
@@ -314,7 +318,7 @@ def test_the_process_tree_watcher_holds_the_limits_without_cgroups(tmp_path, mon
     limits = Limits(memory_bytes=1 << 30, processes=64, timeout_s=60)
     with Sandbox(tmp_path / "ws", limits, parent=str(tmp_path)) as box:
         one = box.run_command(_allocate(400))
-        three = box.run_command(" & ".join([f"({_allocate(400)})"] * 3) + " & wait")
+        three = box.run_command("rm -f held.*; " + " & ".join([f"({_allocate(400, together=3)})"] * 3) + " & wait")
         bomb = box.run_command(SPAWN)
     assert one.exit_code == 0 and one.over_limit is None, one
     assert three.output.count("ok") < 3 and three.over_limit and "memory" in three.over_limit, three
