@@ -7,9 +7,17 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 OUT ?= runs/flip
 
-.PHONY: setup flip test verify verify-all bench mutation clean
+.PHONY: setup bubblewrap flip test verify verify-all bench mutation clean
 
-setup: $(VENV)/.setup-done
+setup: bubblewrap $(VENV)/.setup-done
+
+# The agent sandbox runs commands under bubblewrap (harness/sandbox.py). Installed where we can (root with apt-get,
+# quietly); elsewhere a warning: flip agent / run / tune then refuse to run agents, naming the package.
+bubblewrap:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; }; } || \
+	  echo "make: bubblewrap (bwrap) is not installed and could not be: apt-get install bubblewrap (flip agent needs it, or --sandbox none)" >&2
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

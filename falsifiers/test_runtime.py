@@ -224,3 +224,28 @@ def test_apr_runtime_answers_with_apr_codes_texts(tmp_path):
             False, "src/a.py:1:PAGE_SIZE = 10\n")
         assert run("glob", pattern="**/*.rs") == (False, "No files matching './**/*.rs'")
         assert run("glob", pattern="**/*.py") == (False, "./src/a.py")
+
+
+def test_file_read_refuses_a_file_over_the_cap_without_loading_it(runtime):
+    """A file over READ_MAX_BYTES (apr-code's 128 KB) is an error result naming its size, read no further than the cap
+    (a 64 MB sparse file costs flip's process no more than the cap); a file of exactly the cap is read."""
+    import tracemalloc
+
+    from harness.runtime import READ_MAX_BYTES
+
+    root = runtime.sandbox.root
+    with open(root / "huge.log", "wb") as handle:
+        handle.truncate(64 << 20)
+    (root / "at-cap.txt").write_bytes(b"x" * (READ_MAX_BYTES - 1) + b"\n")
+    tracemalloc.start()
+    try:
+        huge = runtime.execute("file_read", {"path": "huge.log"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert huge.is_error and not huge.refused
+    assert huge.text == f"<tool_use_error>file too large ({64 << 20} bytes, max {READ_MAX_BYTES}). Use offset/limit to " \
+                       "read a portion.</tool_use_error>", huge.text
+    assert peak < 4 * READ_MAX_BYTES, f"file_read held {peak} bytes for a file over the cap"
+    at_cap = runtime.execute("file_read", {"path": "at-cap.txt"})
+    assert not at_cap.is_error and at_cap.text.startswith("1\txxx"), at_cap.text[:40]

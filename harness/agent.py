@@ -35,12 +35,12 @@ from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
 from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, dialect_option, option,
-                             options_of, path_or_none, runtime_option)
+                             options_of, path_or_none, runtime_option, sandbox_option)
 from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.apr_runtime import runtime_schemas, schema_errors
 from harness.contracts import dialect_input, dialect_renames
 from harness.runtime import AprRuntime, Runtime, tool_error
-from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
+from harness.sandbox import SKIP_DIRS, Limits, Sandbox, check_sandbox, isolation
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
 
 DEFAULT_MAX_TURNS = 8
@@ -164,6 +164,7 @@ class AgentOptions:
     sample_seed: int = option(0, "seed of the sampled replies (with --temperature above 0): same seed, same run")
     dialect: str = dialect_option()
     runtime: str = runtime_option()
+    sandbox: str = sandbox_option()
     max_result_chars: int = ExportOptions.max_result_chars  # observations are shortened as the training data's were
     limits: Limits = field(default_factory=Limits)
     sandbox_dir: str | None = None  # where sandboxes are made (default: the system's temporary directory)
@@ -189,7 +190,7 @@ class Episode:
 
 
 def open_episode(task: AgentTask, options: AgentOptions) -> Episode:
-    sandbox = Sandbox(task.workspace, options.limits, options.sandbox_dir)
+    sandbox = Sandbox(task.workspace, options.limits, options.sandbox_dir, options.sandbox)
     # Results name the sandbox by its path, as Claude Code's name the recording directory: the same Scrubber makes
     # them workspace-relative (and redacts secrets) exactly as the exporter does.
     scrubber = Scrubber(sorted({str(sandbox.root), str(sandbox.real_root)}), Counter())
@@ -382,6 +383,7 @@ class OraclePolicy:
 
 def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[list[dict], dict]:
     """Every task as an episode, the live ones advanced together turn by turn: (trace lines, summary)."""
+    check_sandbox(options.sandbox)
     started = time.perf_counter()
     budget = Budget(policy.counter, options.max_tokens - options.max_new_tokens, system_prompt(options.dialect))
     episodes = [open_episode(task, options) for task in tasks]
@@ -420,7 +422,7 @@ def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[li
         for episode in episodes:
             episode.sandbox.close()
     lines = [records[task.id] for task in tasks]
-    summary = summarise(lines, time.perf_counter() - started)
+    summary = summarise(lines, time.perf_counter() - started, options.sandbox)
     summary["timings_s"] = {k: round(v, 1) for k, v in sorted(timings.items())}
     return lines, summary
 
@@ -429,7 +431,7 @@ def _rate(numerator: int, denominator: int) -> float | None:
     return round(numerator / denominator, 4) if denominator else None
 
 
-def summarise(lines: list[dict], seconds: float) -> dict:
+def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict:
     turns = [t for line in lines for t in line["turns"]]
     with_call = [t for t in turns if t["observation"] is not None or t["call"] is not None]
     valid = sum(1 for t in turns if t["valid"])
@@ -467,7 +469,7 @@ def summarise(lines: list[dict], seconds: float) -> dict:
         "per_kind": {kind: dict(row) for kind, row in sorted(kinds.items())},
         "seconds": round(seconds, 1),
         "tasks_per_minute": round(len(lines) / (seconds / 60), 2) if seconds > 0 else None,
-        "isolation": isolation().describe(),
+        "isolation": isolation().describe(sandbox),
     }
 
 
@@ -491,6 +493,7 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     from harness.models import check
 
     options = options or AgentOptions()
+    check_sandbox(options.sandbox)
     tasks = load_tasks(tasks_dir)
     check(model)
     out = check_out_file(out, "--out")

@@ -19,6 +19,7 @@ from dataclasses import MISSING, field, fields
 from pathlib import Path
 
 from harness import FlipError
+from harness.sandbox import SANDBOX_HELP, SANDBOXES
 
 
 def _json_value(value):
@@ -112,6 +113,11 @@ def runtime_option():
     return option("claude", "claude: Claude Code's result texts, what the exporter trains on (harness/runtime.py); "
                             "apr: apr-code's own runtime (contracts/apr_runtime.yaml: substring grep, the command rule, "
                             "30 s, 8,192 bytes)", choices=RUNTIMES)
+
+
+def sandbox_option():
+    """The --sandbox of every command that runs agents (flip agent, run, tune), declared once."""
+    return option(SANDBOXES[0], SANDBOX_HELP, choices=SANDBOXES)
 
 
 MODEL_HELP = "smollm2-135m, a local HF directory, or a .gguf file"

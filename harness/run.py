@@ -28,7 +28,8 @@ from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES, SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, field_names, option, options_of,
-                             positive_or_none, read_config)
+                             positive_or_none, read_config, sandbox_option)
+from harness.sandbox import check_sandbox
 from harness.train import TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
@@ -76,6 +77,7 @@ class RunOptions:
     device: str = device_option()
     merge: bool = option(True, "merge the adapter into the base; --no-merge: the student is base + adapter")
     agent: bool = option(True, "run base and student as agents on the held-out workspaces")
+    sandbox: str = sandbox_option()
     max_turns: int = option(agent_stage.DEFAULT_MAX_TURNS, "agent turns per held-out task")
     agent_tokens: int = option(agent_stage.DEFAULT_MAX_NEW_TOKENS, "tokens per agent reply (a call may carry code)")
     force: bool = option(False, "write into a non-empty --out holding files flip run did not write (nothing is "
@@ -238,7 +240,8 @@ def agent_phase(options: RunOptions) -> dict:
 
     traces = options.out / "traces"
     agent_options = dict(max_turns=options.max_turns, max_new_tokens=options.agent_tokens,
-                         max_tokens=options.max_length, batch_size=options.eval_batch_size)
+                         max_tokens=options.max_length, batch_size=options.eval_batch_size,
+                         sandbox=options.sandbox)
     base = agent(options.base, options.holdout, traces / "agent_base.jsonl", device=options.device,
                  options=AgentOptions(**agent_options), label="base agent")
     model, adapter = student_model(options)
@@ -456,6 +459,8 @@ def run(options: RunOptions) -> dict:
     config = run_config(options)  # the options as given, before --out is made absolute
     prompts = load_prompts(options.holdout)  # every input is checked before the first minute of work
     check(options.base)
+    if options.agent and options.holdout.is_dir():
+        check_sandbox(options.sandbox)
     if options.data is None and not options.transcripts.exists():
         raise FlipError(f"--transcripts {options.transcripts}: no such file or directory")
     if options.data is not None and not options.data.is_file():

@@ -2,7 +2,8 @@
 the exporter renders from Claude Code's own results, so the student sees at evaluation what it saw in training.
 
     file_read  `N<TAB>line` per line (a file ending in a newline shows one more, empty, line); offset (first line, 1-based)
-               and limit (lines; default 2000); a missing file, a directory or an empty file gets Claude Code's text
+               and limit (lines; default 2000); a missing file, a directory or an empty file gets Claude Code's text;
+               a file over READ_MAX_BYTES is refused before it is read, as apr-code refuses it
     file_write the new file's text, parents created; `File created successfully at: P ...` or, over an existing file,
                `The file P has been updated successfully. ...`
     file_edit  `old` must occur exactly once; otherwise Claude Code's `String to replace not found in file.` /
@@ -31,6 +32,11 @@ from harness.sandbox import SKIP_DIRS, Refused, Sandbox
 
 READ_LIMIT = 2000  # Claude Code's Read: lines shown by default
 READ_LINE_CHARS = 2000  # and characters per line
+# The apr-code runtime refuses to read a file over 128 KB, whatever offset and limit ask for (paiml/batuta
+# src/agent/tool/file.rs, MAX_READ_BYTES = 128 * 1024, with this error text); here it also keeps a huge workspace file
+# out of flip's own memory, since file_read runs in flip's process, not in the sandbox.
+READ_MAX_BYTES = 128 * 1024
+TOO_LARGE = "file too large ({size} bytes, max {cap}). Use offset/limit to read a portion."
 STATE_NOTE = "(file state is current in your context — no need to Read it back)"
 EDIT_OK = "The file {path} has been updated successfully. " + STATE_NOTE
 WRITE_OK = "File created successfully at: {path} " + STATE_NOTE
@@ -78,7 +84,12 @@ class Runtime:
             return Result(f"EISDIR: illegal operation on a directory, read '{target}'", True)
         if not target.is_file():
             return self._missing()
-        text = target.read_bytes().decode("utf-8", "replace")
+        with target.open("rb") as handle:  # never more than the cap in memory, even if the file grows meanwhile
+            data = handle.read(READ_MAX_BYTES + 1)
+        if len(data) > READ_MAX_BYTES:
+            size = max(target.stat().st_size, len(data))
+            return Result(tool_error(TOO_LARGE.format(size=size, cap=READ_MAX_BYTES)), True)
+        text = data.decode("utf-8", "replace")
         if not text:
             return Result(EMPTY_FILE)
         lines = text.split("\n")
@@ -118,6 +129,8 @@ class Runtime:
     def _shell(self, command: str) -> Result:
         result = self.sandbox.shell(command)
         output = result.output.rstrip("\n")
+        if result.over_limit:
+            return Result(f"{output}\n[the command used {result.over_limit}; it was stopped]".lstrip("\n"), True)
         if result.timed_out:
             limit = self.sandbox.limits.timeout_s
             return Result(f"Command timed out after {limit:g}s\n{output}".rstrip("\n"), True)

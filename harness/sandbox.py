@@ -4,18 +4,22 @@ Model output is untrusted input. Two layers keep it inside its workspace:
 
 1. **Refusal** (everywhere): every path a call names must resolve inside the workspace. Absolute paths (`/x`, `~/x`,
    `C:\\x`), `..` escapes and symlinks that lead out are refused before anything runs (`Refused`, counted by the
-   agent). A shell command naming an absolute path (other than /dev/null and friends), a `~` path or any `..`
-   component is refused the same way: what the command would do there cannot be known without running it.
-2. **Isolation** (where the machine allows it, probed once): shell commands run in new mount, network and PID
-   namespaces (util-linux `unshare`) in which every file system is remounted read-only except the workspace and a
-   private home, there is no network (a fresh network namespace has only a down loopback), and every process dies with
-   the command. Resource limits (`prlimit`): CPU seconds, address space, file size, processes; a pids cgroup caps the
-   process count where one can be created (root is exempt from RLIMIT_NPROC). Always: a new session whose whole process
-   group is killed at the timeout, capped output, a scrubbed environment (an allow-list: no tokens, a fresh HOME).
+   agent). A shell command naming an absolute path (other than /dev/null and friends), a `~` path, any `..`
+   component, a `/proc/<n>/root`-style path or a program that changes namespaces or mounts (nsenter, mount, unshare,
+   chroot...) is refused the same way: what it would do cannot be known without running it. This layer is defence in
+   depth only: a command can build any path at run time.
+2. **Isolation** (the boundary): every shell command, the model's and the task's own test, runs under bubblewrap
+   (`bwrap`): the whole file system bound read-only except the workspace and the sandbox's own HOME, a private /tmp,
+   its own PID, mount, network, IPC, UTS (and, where the kernel allows, user and cgroup) namespaces with their own
+   /proc and /dev, every capability dropped (also when flip runs as root), a new session, and death with flip. With
+   `--sandbox none` (an explicit opt-out) commands run without any of that.
 
-This is damage control for a model that emits a bad command by mistake, NOT a security boundary against a determined
-attacker (a command can still read files outside the workspace, and the static check can be evaded by a command that
-builds a path at run time). Run untrusted models in a container or VM.
+Always, in both modes: limits that hold for the whole command however many processes it starts: a pids cgroup and a
+memory cgroup where this machine lets flip make them (cgroup v1 or v2), otherwise a watcher that samples the
+command's process tree (psutil) and stops the whole command when it holds too many processes or too much resident
+memory (sampled, so a burst between two samples can briefly exceed the limit); per process, rlimits (`prlimit`: CPU
+seconds, address space, file size); a timeout and an output cap that kill every process of the command; a scrubbed
+environment (an allow-list: no tokens, a fresh HOME).
 """
 from __future__ import annotations
 
@@ -32,23 +36,39 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import psutil
+
+from harness import FlipError
+
 # Build outputs and caches: never copied into a sandbox, never kept with a final workspace, never listed by grep/glob.
 SKIP_DIRS = frozenset({"target", "__pycache__", ".git", ".pytest_cache", ".mypy_cache", "node_modules"})
 HARMLESS_ABSOLUTE = frozenset({"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/zero", "/dev/urandom"})
+# Programs that enter or make namespaces, mounts or roots: a coding task never needs them.
+NAMESPACE_PROGRAMS = frozenset({"nsenter", "mount", "umount", "unshare", "chroot", "pivot_root", "switch_root"})
+_PROC_ROOT = re.compile(r"proc/[^/\s'\"]+/(root|cwd)\b")
 _SHELL_TOKEN = re.compile(r"[^\s'\"`;&|<>()=:,]+")
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 # Variables a toolchain needs to be found with a fresh HOME; everything else in the caller's environment is dropped.
 _TOOLCHAIN_VARS = ("CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "PYENV_ROOT", "PYENV_VERSION")
 _TOOLCHAIN_HOMES = {"CARGO_HOME": ".cargo", "RUSTUP_HOME": ".rustup", "PYENV_ROOT": ".pyenv"}
 
+SANDBOXES = ("bwrap", "none")
+SANDBOX_HELP = (
+    "bwrap: shell commands (the model's and each task's test) run under bubblewrap: read-only file system but the "
+    "workspace, private /tmp, own PID/mount/network/IPC/UTS namespaces and /proc, no capabilities. none gives all of "
+    "that up: commands run as flip's own user (root if flip is root) and can write anywhere that user can, reach the "
+    "network and see and signal every process; only the path refusal, timeout, output cap and task limits remain")
+BWRAP_PACKAGE = "bubblewrap"
+WATCH_INTERVAL_S = 0.05  # how often the process-tree watcher samples, where no cgroup holds the limits
+
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 120.0  # wall clock per shell command (the whole process group is killed)
+    timeout_s: float = 120.0  # wall clock per shell command (every process of the command is killed)
     cpu_s: int = 120  # CPU seconds per process
-    memory_bytes: int = 4 << 30  # address space per process
+    memory_bytes: int = 4 << 30  # memory of the whole command (cgroup); also each process's address space (rlimit)
     file_bytes: int = 256 << 20  # largest file a command may write
-    processes: int = 256  # processes at once
+    processes: int = 256  # processes of the whole command at once
     output_bytes: int = 1 << 20  # combined output kept; past it the command is stopped
 
 
@@ -58,79 +78,107 @@ class Refused(Exception):
 
 @dataclass
 class ShellResult:
-    exit_code: int | None  # None when killed at the timeout or the output cap
+    exit_code: int | None  # None when killed at the timeout, the output cap or a limit of the watcher
     output: str  # stdout and stderr merged, in arrival order
     timed_out: bool = False
     truncated: bool = False  # the output cap was reached and the command stopped
+    over_limit: str | None = None  # the watcher stopped the command: which limit it went over
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Isolation: what this machine allows, probed once per process
 # ---------------------------------------------------------------------------------------------------------------------
 
-# $1: cgroup.procs to join ("" for none), then the command line to exec. Joining the cgroup before anything forks means
-# no process of the command escapes the pids limit.
-_OUTER = 'cg=$1; shift; [ -z "$cg" ] || echo $$ > "$cg" || exit 125; exec "$@"'
-# Inside the namespaces: the workspace and home bound onto themselves (writable mounts of their own), every other mount
-# read-only, then the command under prlimit. Arguments: root home command prlimit-options...
-_ISOLATED = r'''root=$1; home=$2; cmd=$3; shift 3
-mount --make-rprivate / 2>/dev/null
-mount --bind "$root" "$root" && mount --bind "$home" "$home" || exit 125
-while read -r dev mnt rest; do
-  case "$mnt" in "$root"|"$home") ;; *) mount -o remount,bind,ro "$mnt" 2>/dev/null ;; esac
-done < /proc/self/mounts
-[ -w / ] && exit 125
-cd "$root" || exit 125
-exec "$@" /bin/sh -c "$cmd"'''
-_PLAIN = r'''root=$1; home=$2; cmd=$3; shift 3
-cd "$root" || exit 125
-exec "$@" /bin/sh -c "$cmd"'''
+# $1: how many cgroup.procs files to join, then those files, then the command line to exec. Joining the cgroups before
+# anything forks means no process of the command escapes their limits.
+_OUTER = ('n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done; '
+          'exec "$@"')
+# (controller, limit file in cgroup v1, limit file in cgroup v2, a value the probe writes)
+_CONTROLLERS = (("pids", "pids.max", "pids.max", "64"), ("memory", "memory.limit_in_bytes", "memory.max", "67108864"))
 
 
 @dataclass(frozen=True)
 class Isolation:
-    namespaces: tuple[str, ...]  # the unshare command prefix, () when namespaces are unavailable
+    bwrap: str | None  # the bwrap that passed the probe; None when missing or unable to make a sandbox here
+    bwrap_problem: str | None  # why bwrap cannot be used: the one-line refusal
     prlimit: bool
-    pids_cgroup: str | None  # the cgroup directory under which per-command cgroups are made
+    pids_cgroup: str | None  # the cgroup directory under which per-command pids cgroups are made
+    memory_cgroup: str | None  # the same for memory
 
-    def describe(self) -> str:
-        parts = ["read-only file system outside the workspace, no network, own PID namespace" if self.namespaces
-                 else "no namespaces (unshare unavailable): refusal and process-group kill only"]
-        parts.append("rlimits (CPU, memory, file size, processes)" if self.prlimit else "no rlimits (prlimit missing)")
-        parts.append("pids cgroup" if self.pids_cgroup else "no pids cgroup")
+    def describe(self, mode: str = "bwrap") -> str:
+        parts = ["bubblewrap: read-only file system outside the workspace, no network, own PID namespace and /proc, "
+                 "no capabilities" if mode == "bwrap" else "no isolation (--sandbox none): path refusal only"]
+        parts.append("rlimits (CPU, address space, file size)" if self.prlimit else "no rlimits (prlimit missing)")
+        for name, cgroup in (("pids", self.pids_cgroup), ("memory", self.memory_cgroup)):
+            parts.append(f"{name} cgroup per command" if cgroup else f"{name} limit by a process-tree watcher")
         return "; ".join(parts)
 
 
-def _unshare_prefixes() -> list[tuple[str, ...]]:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return []
-    common = ("--mount", "--net", "--pid", "--fork", "--kill-child")
-    as_root = (unshare, *common, "--")
-    as_user = (unshare, "--user", "--map-root-user", *common, "--")
-    return [as_root, as_user] if os.geteuid() == 0 else [as_user]
+def bwrap_args(root: Path, home: Path) -> list[str]:
+    """bubblewrap's options: everything read-only, then a private /tmp, /proc and /dev, then the workspace and HOME
+    writable (bound after /tmp, since they usually live under it); every namespace and every capability dropped."""
+    return ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+            "--bind", str(home), str(home), "--bind", str(root), str(root),
+            "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(root)]
 
 
-def _pids_cgroup_root() -> str | None:
-    """A cgroup directory (v1 pids hierarchy, or v2 with the pids controller) in which we may make children."""
+def _probe_bwrap() -> tuple[str | None, str | None]:
+    """(bwrap, None) when bwrap makes a sandbox that writes its workspace here, else (None, the refusal)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None, (f"the agent sandbox needs bubblewrap, and bwrap is not installed: apt-get install "
+                      f"{BWRAP_PACKAGE} (or pass --sandbox none to run commands without isolation)")
+    with tempfile.TemporaryDirectory(prefix="flip-probe-") as tmp:
+        root, home = Path(tmp, "ws"), Path(tmp, "home")
+        root.mkdir()
+        home.mkdir()
+        try:
+            proc = subprocess.run([bwrap, *bwrap_args(root, home), "--", "/bin/sh", "-c", "echo ok > probe.txt"],
+                                  capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as err:
+            proc, why = None, str(err)
+        if proc is not None and proc.returncode == 0 and (root / "probe.txt").is_file():
+            return bwrap, None
+        if proc is not None:
+            lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            why = lines[-1] if lines else f"exit code {proc.returncode}"
+    return None, (f"bubblewrap cannot make a sandbox on this machine ({why}): run flip as root or where unprivileged "
+                  f"user namespaces are allowed (or pass --sandbox none to run commands without isolation)")
+
+
+def _cgroup_candidates(controller: str) -> list[tuple[Path, str]]:
+    """(directory, limit file) where this process's cgroup for `controller` is: its v1 hierarchy, or v2 when the
+    controller is delegated to children there."""
+    v1_file, v2_file = next((v1, v2) for name, v1, v2, _ in _CONTROLLERS if name == controller)
+    v2_mounts = [line.split()[1] for line in _read("/proc/self/mounts").splitlines() if line.split()[2:3] == ["cgroup2"]]
     candidates = []
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in _read("/proc/self/cgroup").splitlines():
+        try:
             _, controllers, path = line.split(":", 2)
-            if "pids" in controllers.split(","):
-                candidates.append(Path("/sys/fs/cgroup/pids") / path.lstrip("/"))
-            elif controllers == "" and "pids" in _read("/sys/fs/cgroup/cgroup.subtree_control"):
-                candidates.append(Path("/sys/fs/cgroup") / path.lstrip("/"))
-    except (OSError, ValueError):
-        return None
-    for candidate in candidates:
+        except ValueError:
+            continue
+        if controller in controllers.split(","):
+            candidates.append((Path("/sys/fs/cgroup", controller) / path.lstrip("/"), v1_file))
+        elif controllers == "":
+            for mount in v2_mounts:
+                directory = Path(mount) / path.lstrip("/")
+                if controller in _read(str(directory / "cgroup.subtree_control")).split():
+                    candidates.append((directory, v2_file))
+    return candidates
+
+
+def _cgroup_root(controller: str) -> str | None:
+    """A cgroup directory in which we may make children holding a `controller` limit, or None."""
+    value = next(probe_value for name, _, _, probe_value in _CONTROLLERS if name == controller)
+    for candidate, limit_file in _cgroup_candidates(controller):
         probe = candidate / f"apr-flip-probe-{os.getpid()}"
         try:
             probe.mkdir()
-            (probe / "pids.max").write_text("64")
-            probe.rmdir()
+            (probe / limit_file).write_text(value)
             return str(candidate)
         except OSError:
+            pass
+        finally:
             try:
                 probe.rmdir()
             except OSError:
@@ -147,24 +195,18 @@ def _read(path: str) -> str:
 
 @lru_cache(maxsize=1)
 def isolation() -> Isolation:
-    """Probe once: which namespace prefix works here, whether prlimit exists, whether a pids cgroup can be made."""
-    has_prlimit = shutil.which("prlimit") is not None
-    chosen: tuple[str, ...] = ()
-    with tempfile.TemporaryDirectory(prefix="flip-probe-") as tmp:
-        root, home = Path(tmp, "ws"), Path(tmp, "home")
-        root.mkdir()
-        home.mkdir()
-        for prefix in _unshare_prefixes():
-            try:
-                proc = subprocess.run(["/bin/sh", "-c", _OUTER, "flip-sandbox", "", *prefix, "/bin/sh", "-c",
-                                       _ISOLATED, "flip-sandbox", str(root), str(home), "echo ok > probe.txt"],
-                                      capture_output=True, timeout=30)
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if proc.returncode == 0 and (root / "probe.txt").is_file():
-                chosen = prefix
-                break
-    return Isolation(chosen, has_prlimit, _pids_cgroup_root())
+    """Probe once: whether bwrap makes a sandbox here, whether prlimit exists, which cgroups can be made."""
+    bwrap, problem = _probe_bwrap()
+    return Isolation(bwrap, problem, shutil.which("prlimit") is not None, _cgroup_root("pids"),
+                     _cgroup_root("memory"))
+
+
+def check_sandbox(mode: str) -> None:
+    """Refuse, before any work, a sandbox this machine cannot make (FlipError: one line, exit 2)."""
+    if mode not in SANDBOXES:
+        raise FlipError(f"--sandbox must be one of {', '.join(SANDBOXES)}, not {mode!r}")
+    if mode == "bwrap" and isolation().bwrap is None:
+        raise FlipError(isolation().bwrap_problem)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -180,6 +222,8 @@ def shell_problem(command: str) -> str | None:
     """Why a shell command is refused without running, or None. Conservative by design (see the module docstring)."""
     if "\0" in command:
         return "the command contains a NUL byte"
+    if _PROC_ROOT.search(command):
+        return "it names another process's root or working directory under /proc"
     for token in _SHELL_TOKEN.findall(command):
         path = token.rstrip(".,")
         if path.startswith("~"):
@@ -188,14 +232,21 @@ def shell_problem(command: str) -> str | None:
             return f"{token!r} is an absolute path, outside the workspace"
         if ".." in re.split(r"[/\\]", token):
             return f"{token!r} climbs out with '..'"
+        if posixpath.basename(path) in NAMESPACE_PROGRAMS:
+            return f"{token!r} enters or makes namespaces or mounts"
     return None
 
 
 class Sandbox:
-    """A private directory holding `ws/` (the workspace, the only place calls may touch) and `home/` (HOME, TMPDIR)."""
+    """A private directory holding `ws/` (the workspace, the only place calls may touch) and `home/` (HOME, TMPDIR).
+    `mode` is one of SANDBOXES; check_sandbox(mode) says beforehand whether this machine can make it."""
 
-    def __init__(self, workspace: str | os.PathLike, limits: Limits | None = None, parent: str | None = None):
+    def __init__(self, workspace: str | os.PathLike, limits: Limits | None = None, parent: str | None = None,
+                 mode: str = "bwrap"):
+        if mode not in SANDBOXES:
+            raise ValueError(f"unknown sandbox {mode!r}")
         self.limits = limits or Limits()
+        self.mode = mode
         self.base = Path(tempfile.mkdtemp(prefix="flip-agent-", dir=parent))  # 0700: nobody else writes here
         self.root = self.base / "ws"
         self.home = self.base / "home"
@@ -249,52 +300,120 @@ class Sandbox:
         return env
 
     def shell(self, command: str, timeout_s: float | None = None) -> ShellResult:
-        """Run a command in the workspace under the isolation this machine allows. Refused for shell_problem()."""
+        """Run a model's command in the workspace, in the sandbox. Refused for shell_problem()."""
         problem = shell_problem(command)
         if problem:
             raise Refused(problem)
-        return self._run(command, timeout_s or self.limits.timeout_s)
+        return self.run_command(command, timeout_s)
 
     def run_test(self, command: str, timeout_s: float | None = None) -> ShellResult:
-        """A task's own test command (trusted: it comes from task.json, not from the model), under the same isolation."""
-        return self._run(command, timeout_s or self.limits.timeout_s)
+        """A task's own test command (it comes from task.json, not from the model): no static refusal, but the same
+        sandbox, since the test runs the code the model wrote."""
+        return self.run_command(command, timeout_s)
 
-    def _argv(self, command: str, cgroup_procs: str) -> list[str]:
+    def _argv(self, command: str, cgroup_procs: list[str]) -> list[str]:
         iso = isolation()
         limits = self.limits
         prlimit = (["prlimit", f"--cpu={limits.cpu_s}", f"--as={limits.memory_bytes}", f"--fsize={limits.file_bytes}",
                     f"--nproc={limits.processes}", "--core=0", "--"] if iso.prlimit else [])
-        script = _ISOLATED if iso.namespaces else _PLAIN
-        return ["/bin/sh", "-c", _OUTER, "flip-sandbox", cgroup_procs, *iso.namespaces, "/bin/sh", "-c", script,
-                "flip-sandbox", str(self.root), str(self.home), command, *prlimit]
+        bwrap = [] if self.mode == "none" else [iso.bwrap or "bwrap", *bwrap_args(self.root, self.home), "--"]
+        return ["/bin/sh", "-c", _OUTER, "flip-sandbox", str(len(cgroup_procs)), *cgroup_procs, *bwrap, *prlimit,
+                "/bin/sh", "-c", command]
 
-    def _run(self, command: str, timeout_s: float) -> ShellResult:
-        cgroup = _make_cgroup(self.limits.processes)
+    def run_command(self, command: str, timeout_s: float | None = None) -> ShellResult:
+        """Run any command in the sandbox (no static refusal: shell() and run_test() decide what may run); every
+        process it started is killed before this returns."""
+        cgroups = _make_cgroups(self.limits)
+        watch = TreeWatch(self.limits, processes=isolation().pids_cgroup is None,
+                          memory=isolation().memory_cgroup is None)
         try:
-            proc = subprocess.Popen(self._argv(command, str(cgroup / "cgroup.procs") if cgroup else ""),
+            proc = subprocess.Popen(self._argv(command, [str(c / "cgroup.procs") for c in cgroups]),
                                     cwd=self.root, env=self.environment(), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            output, timed_out, truncated = _collect(proc, timeout_s, self.limits.output_bytes)
+            watch.pid = proc.pid
+            output, timed_out, truncated = _collect(proc, timeout_s or self.limits.timeout_s,
+                                                    self.limits.output_bytes, watch)
+            watch.kill_all()
             _kill_group(proc.pid)
             code = proc.wait()
         finally:
-            _remove_cgroup(cgroup)
+            for cgroup in cgroups:
+                _empty_cgroup(cgroup)
+                _remove_cgroup(cgroup)
         text = output.decode("utf-8", "replace")
-        return ShellResult(None if (timed_out or truncated) else code, text, timed_out, truncated)
+        stopped = timed_out or truncated or watch.over is not None
+        return ShellResult(None if stopped else code, text, timed_out, truncated, watch.over)
 
 
-def _collect(proc: subprocess.Popen, timeout_s: float, cap: int) -> tuple[bytes, bool, bool]:
-    """Read the merged output until EOF, the deadline or the cap: (output, timed out, truncated)."""
+class TreeWatch:
+    """The process and memory limits of a command where no cgroup holds them: the command's process tree is sampled
+    every WATCH_INTERVAL_S and killed as a whole when it holds more processes or more resident memory than allowed."""
+
+    def __init__(self, limits: Limits, processes: bool, memory: bool):
+        self.limits, self.processes, self.memory = limits, processes, memory
+        self.pid: int | None = None
+        self.over: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.processes or self.memory
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            parent = psutil.Process(self.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def check(self) -> bool:
+        """Sample the tree; True (and the tree killed) when it is over a limit."""
+        tree = self.tree()
+        if self.processes and len(tree) > self.limits.processes:
+            self.over = f"more than {self.limits.processes} processes"
+        elif self.memory and _resident(tree) > self.limits.memory_bytes:
+            self.over = f"more than {self.limits.memory_bytes} bytes of memory"
+        if self.over:
+            self.kill_all()
+        return self.over is not None
+
+    def kill_all(self) -> None:
+        """The process group first (under bubblewrap that is bwrap itself, whose PID namespace dies with it), then
+        whatever of the tree left the group."""
+        if self.pid is None:
+            return
+        _kill_group(self.pid)
+        for process in reversed(self.tree()):
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+
+
+def _resident(tree: list[psutil.Process]) -> int:
+    total = 0
+    for process in tree:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _collect(proc: subprocess.Popen, timeout_s: float, cap: int, watch: TreeWatch) -> tuple[bytes, bool, bool]:
+    """Read the merged output until EOF, the deadline, the cap or a watched limit: (output, timed out, truncated)."""
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
     chunks, size = [], 0
     deadline = time.monotonic() + timeout_s
+    wait = WATCH_INTERVAL_S if watch.active else 1.0
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return b"".join(chunks), True, False
-            ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
+            if watch.active and watch.check():
+                return b"".join(chunks), False, False
+            ready, _, _ = select.select([fd], [], [], min(remaining, wait))
             if not ready:
                 continue
             try:
@@ -321,18 +440,54 @@ def _kill_group(pid: int) -> None:
 _CGROUP_SERIAL = iter(range(1 << 62))
 
 
-def _make_cgroup(processes: int) -> Path | None:
-    root = isolation().pids_cgroup
-    if root is None:
-        return None
-    path = Path(root) / f"apr-flip-{os.getpid()}-{next(_CGROUP_SERIAL)}"
+def _make_cgroups(limits: Limits) -> list[Path]:
+    """One fresh cgroup per controller this machine lets us use (one for both where they share a v2 hierarchy),
+    holding the command's pids and memory limits; swap is not allowed to stretch the memory limit."""
+    iso = isolation()
+    wanted = {"pids": iso.pids_cgroup, "memory": iso.memory_cgroup}
+    made: dict[str, Path] = {}
+    name = f"apr-flip-{os.getpid()}-{next(_CGROUP_SERIAL)}"
+    for controller, root in wanted.items():
+        if root is None:
+            continue
+        path = made.get(root) or Path(root) / name
+        try:
+            path.mkdir(exist_ok=True)
+            if controller == "pids":
+                (path / "pids.max").write_text(str(limits.processes))
+            elif (path / "memory.max").exists():
+                (path / "memory.max").write_text(str(limits.memory_bytes))
+                _try_write(path / "memory.swap.max", "0")
+            else:
+                (path / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
+                _try_write(path / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+            made[root] = path
+        except OSError:
+            if root not in made:
+                _remove_cgroup(path)
+    return list(dict.fromkeys(made.values()))
+
+
+def _try_write(path: Path, text: str) -> None:
     try:
-        path.mkdir()
-        (path / "pids.max").write_text(str(processes))
-        return path
+        path.write_text(text)
     except OSError:
-        _remove_cgroup(path)
-        return None
+        pass
+
+
+def _empty_cgroup(path: Path) -> None:
+    """Kill every process still in a command's cgroup (in another session or PID namespace than the one killed)."""
+    _try_write(path / "cgroup.kill", "1")  # cgroup v2 kills them all at once; v1 has no such file
+    for _ in range(50):
+        pids = [int(p) for p in _read(str(path / "cgroup.procs")).split()]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
 
 
 def _remove_cgroup(path: Path | None) -> None:

@@ -28,7 +28,8 @@ from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation r
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, recipes
 from harness.models import SMOLLM2, check
-from harness.options import MODEL_HELP, add_options, device_option, option, options_of
+from harness.options import MODEL_HELP, add_options, device_option, option, options_of, sandbox_option
+from harness.sandbox import check_sandbox
 from harness.train import TrainConfig
 
 TASKS = FIXTURES / "tasks"
@@ -98,7 +99,7 @@ def check_same_base(out: Path, base: str) -> None:
 
 
 def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], val_dir: Path, base: str,
-                    max_turns: int, device: str, train_seed: int) -> dict:
+                    max_turns: int, device: str, train_seed: int, sandbox: str) -> dict:
     from harness.agent import AgentOptions, agent
     from harness.evaluate import evaluate, load_prompts
     from harness.export import ExportOptions, export
@@ -127,7 +128,8 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     first_step = evaluate(base, prompts, work / "first_step.jsonl", adapter=work / "adapter", device=device,
                           label=f"{name} first step")
     agent_summary = agent(base, val_dir, work / "agent.jsonl", adapter=work / "adapter", device=device,
-                          options=AgentOptions(max_turns=max_turns, max_tokens=recipe["max_length"]),
+                          options=AgentOptions(max_turns=max_turns, max_tokens=recipe["max_length"],
+                                               sandbox=sandbox),
                           label=f"{name} agent")
     row = {"recipe": dict(recipe, name=name), "base": base, "train_seed": train_seed, "train_s": round(train_s, 1),
            "final_train_loss": summary["final_train_loss"], "first_step": first_step, "agent": agent_summary,
@@ -148,13 +150,14 @@ class TuneOptions:
         "runs pooled; the default is flip train's seed")
     max_turns: int = option(DEFAULT_MAX_TURNS, "agent turns per validation task")
     device: str = device_option()
+    sandbox: str = sandbox_option()
     force: bool = option(
         False, "write into a non-empty --out holding files flip tune did not write (nothing is deleted)")
 
 
 def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOptions.base, seed: int = TuneOptions.seed,
          max_turns: int = TuneOptions.max_turns, device: str = TuneOptions.device, force: bool = False,
-         train_seeds: tuple[int, ...] = (TrainConfig.seed,)) -> dict:
+         train_seeds: tuple[int, ...] = (TrainConfig.seed,), sandbox: str = TuneOptions.sandbox) -> dict:
     default, candidates = recipes()
     names = names or list(candidates)
     unknown = [n for n in names if n not in candidates]
@@ -165,6 +168,7 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
     if not train_seeds:
         raise FlipError("--train-seeds names no seed")
     check(base)
+    check_sandbox(sandbox)
     out = claim_dir(out, "tune", OUTPUT_NAMES, force)
     check_same_base(out, base)
     task_dirs = sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file())
@@ -180,7 +184,7 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
         for train_seed in train_seeds:
             print(f"flip tune: recipe {name}, training seed {train_seed} ...", file=sys.stderr, flush=True)
             runs.append(evaluate_recipe(name, candidates[name], out, train_ids, val_dir, base, max_turns, device,
-                                        train_seed))
+                                        train_seed, sandbox))
         rows += runs
         pools.append(pooled(runs))
     chosen = max(pools, key=score)["recipe"]["name"]
@@ -243,6 +247,6 @@ def main(args) -> int:
     except ValueError:
         raise FlipError(f"--train-seeds {options.train_seeds!r}: not a comma-separated list of integers") from None
     report = tune(options.out, names, base=options.base, seed=options.seed, max_turns=options.max_turns, device=options.device,
-                  force=options.force, train_seeds=train_seeds)
+                  force=options.force, train_seeds=train_seeds, sandbox=options.sandbox)
     print(render_markdown(report), file=sys.stderr)
     return 0
