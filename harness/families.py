@@ -1,7 +1,7 @@
 """Model families (contracts/families.yaml): what differs between bases, read from one table.
 
 Weights side (remap, merge): a family is found by the config's model_type: its GGUF architecture name, whether the
-q/k rows are permuted in GGUF layout, the shift of the norm weights, how a tokenizer is written into a GGUF.
+q/k rows are permuted in GGUF layout, whether an HF-directory base can be written as a GGUF.
 Text side (export, train, eval, agent): a family is found by the tokenizer's vocabulary, the first family whose
 end-of-turn token is one token of it: its turn format (what export counts and what a tokenizer without a chat template
 of its own is given), the token that closes a reply, the tokens that stop decoding. No torch, no transformers here.
@@ -55,7 +55,6 @@ class Family:
     model_types: tuple[str, ...]
     gguf_arch: str
     permute_qk: bool
-    norm_shift: float
     gguf_tokenizer: str | None
     turn: Turn
     end_of_turn: str
@@ -70,8 +69,7 @@ def families() -> tuple[Family, ...]:
 
     raw = yaml.safe_load((CONTRACTS / "families.yaml").read_text(encoding="utf-8"))["families"]
     return tuple(Family(name=f["name"], model_types=tuple(f["model_types"]), gguf_arch=f["gguf_arch"],
-                        permute_qk=bool(f["permute_qk"]), norm_shift=float(f["norm_shift"]),
-                        gguf_tokenizer=f["gguf_tokenizer"], turn=Turn(**f["turn"]), end_of_turn=f["end_of_turn"],
+                        permute_qk=bool(f["permute_qk"]), gguf_tokenizer=f["gguf_tokenizer"], turn=Turn(**f["turn"]), end_of_turn=f["end_of_turn"],
                         stop_tokens=tuple(f["stop_tokens"])) for f in raw)
 
 

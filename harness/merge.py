@@ -205,10 +205,15 @@ def _add_bpe_tokenizer(writer, tokenizer_dir: Path, vocab_size: int) -> None:
 
 
 def write_gguf_from_hf(model, tokenizer_dir, out_file, name: str = "merged") -> int:
-    """An F32 GGUF of a (merged) transformers model: names from gguf-py's table, q/k rows permuted on Llama."""
+    """An F32 GGUF of a (merged) transformers model: names from gguf-py's table, q/k rows permuted on Llama. Only for
+    families whose GGUF this writer knows (contracts/families.yaml gguf_tokenizer: gpt2), else a FlipError."""
     import gguf
 
     config = model.config
+    family = remap.family(config)
+    if family.gguf_tokenizer != "gpt2":
+        raise FlipError(f"no GGUF writer for an HF-directory {family.name} base (contracts/families.yaml); "
+                        "merge into its GGUF base to get a merged GGUF")
     table = remap.name_map(config)
     count = 0
     with atomic_path(out_file, suffix=".gguf") as tmp:
