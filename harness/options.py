@@ -94,7 +94,7 @@ def device_option():
     return option("auto", "auto (CUDA when present), cpu, cuda, mps", choices=DEVICES)
 
 
-MODEL_HELP = "smollm2-135m, a local HF directory, or a .gguf file"
+MODEL_HELP = "smollm2-135m, gemma3-270m, a local HF directory, or a .gguf file"
 
 
 def adapter_option():

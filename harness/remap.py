@@ -451,7 +451,7 @@ class RemapOptions:
     out: str = option(help="apr .safetensors to write (or the peft dir with --to peft)")
     gguf: str | None = option(None, "also write a llama.cpp LoRA adapter GGUF here")
     base: str | None = option(
-        None, "smollm2-135m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
+        None, "smollm2-135m, gemma3-270m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
     to: str = option("apr", "direction: peft -> apr, or apr -> peft", choices=("apr", "peft"))
     force: bool = option(
         False, "--to peft: write into a non-empty --out that an earlier remap did not write (nothing is deleted)")
