@@ -126,7 +126,10 @@ def test_the_assembled_gemma3_gguf_is_checked_by_sha256(tmp_path, monkeypatch):
         models._assemble(chunks, target)
     assert list(target.parent.iterdir()) == []
     monkeypatch.setattr(models, "_gemma3_chunks", lambda: chunks)
-    monkeypatch.setattr(models, "_assemble", lambda parts, path: (path.parent.mkdir(parents=True),
-                                                                 path.write_bytes(b"".join(p.read_bytes() for p in parts))))
+    def assemble_unchecked(parts, path):  # a cached file whose bytes are not Gemma's
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"".join(p.read_bytes() for p in parts))
+
+    monkeypatch.setattr(models, "_assemble", assemble_unchecked)
     with pytest.raises(FlipError, match="does not have the sha256"):
         models.resolve(GEMMA3)

@@ -36,8 +36,9 @@ class Turn:
         before, after = self.prefix.split("{system}")
         text = json.dumps
         return (
-            "{%- if messages[0]['role'] == 'system' -%}{%- set system = messages[0]['content'] -%}"
-            "{%- set turns = messages[1:] -%}{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
+            "{%- if messages[0]['role'] == 'system' -%}"
+            "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+            "{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
             f"{{{{- {text(before)} + system + {text(after)} -}}}}"
             "{%- for message in turns -%}"
             "{%- if message['role'] == 'user' -%}"
@@ -69,8 +70,8 @@ def families() -> tuple[Family, ...]:
 
     raw = yaml.safe_load((CONTRACTS / "families.yaml").read_text(encoding="utf-8"))["families"]
     return tuple(Family(name=f["name"], model_types=tuple(f["model_types"]), gguf_arch=f["gguf_arch"],
-                        permute_qk=bool(f["permute_qk"]), gguf_tokenizer=f["gguf_tokenizer"], turn=Turn(**f["turn"]), end_of_turn=f["end_of_turn"],
-                        stop_tokens=tuple(f["stop_tokens"])) for f in raw)
+                        permute_qk=bool(f["permute_qk"]), gguf_tokenizer=f["gguf_tokenizer"], turn=Turn(**f["turn"]),
+                        end_of_turn=f["end_of_turn"], stop_tokens=tuple(f["stop_tokens"])) for f in raw)
 
 
 def by_name(name: str) -> Family:

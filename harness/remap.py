@@ -28,8 +28,8 @@ from harness.options import add_options, option, options_of
 
 PEFT_PREFIX = "base_model.model."
 PEFT_SUFFIXES = {"lora_A": "lora_a", "lora_B": "lora_b"}
-# Which families' HF -> GGUF conversion permutes q/k rows is contracts/families.yaml's permute_qk (llama.cpp's LlamaModel
-# does; transformers' GGUF loader undoes it in LlamaTensorProcessor); the tensors it permutes and their head counts:
+# Which families' HF -> GGUF conversion permutes q/k rows is contracts/families.yaml's permute_qk (llama.cpp's
+# LlamaModel does; transformers' GGUF loader undoes it in LlamaTensorProcessor); the tensors and their head counts:
 PERMUTED_TENSORS = {"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"}
 META_RANK, META_ALPHA = "lora_rank", "lora_alpha"
 
