@@ -385,7 +385,7 @@ def test_gguf_adapter_is_checked_against_the_base_gguf():
                                             r" the base ne \[\d+, \d+\]"):
             remap._check_against_base({"blk.0.attn_q.weight.lora_a": bad_a, "blk.0.attn_q.weight.lora_b": bad_b},
                                       {"blk.0.attn_q.weight": base_ne})
-    with pytest.raises(FlipError, match=r"architecture 'no-such-arch' has no GGUF tensor naming"):
+    with pytest.raises(FlipError, match=r"architecture 'no-such-arch' is not in contracts/families.yaml"):
         remap.gguf_arch("no-such-arch")
 
 

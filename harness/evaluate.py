@@ -27,7 +27,7 @@ from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import check_out_file, write_text
 from harness.options import MODEL_HELP, adapter_option, add_options, device_option, option, options_of
 from harness.contracts import system_prompt
-from harness.prompt import CHATML_END, render_instruction
+from harness.prompt import render_instruction
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -289,9 +289,13 @@ def render_prompt(tokenizer, instruction: str, dialect: str | None = None) -> st
 # ---------------------------------------------------------------------------------------------------------------------
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """End of turn: ChatML's where the vocabulary has it (or Llama 3's, GPT-2's), and the tokenizer's eos."""
+    """End of turn: the tokenizer's family's end-of-turn and stop tokens (contracts/families.yaml) where its vocabulary
+    has them, and the tokenizer's eos."""
+    from harness.families import of_tokenizer
+
+    family = of_tokenizer(tokenizer)
     ids = []
-    for token in (CHATML_END, "<|eot_id|>", "<|endoftext|>"):
+    for token in (family.end_of_turn, *family.stop_tokens):
         token_id = tokenizer.convert_tokens_to_ids(token)
         if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
             ids.append(token_id)

@@ -130,7 +130,7 @@ class ExportOptions:
                               "target", choices=EVERY_MODE + ("all",))
     target: str = option("apr-code", "apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)",
                          choices=TARGETS)
-    max_tokens: int = option(SAMPLE_TOKENS, "token budget of the whole ChatML sample")
+    max_tokens: int = option(SAMPLE_TOKENS, "token budget of the whole sample, in the tokenizer's turn format")
     tokenizer: str | None = option(None, f"tokenizer.json, HF dir, .gguf or model reference; the default is {SMOLLM2}")
     per_tool: int = option(40, "balanced mode: samples per apr-code tool")
     seed: int = option(42, "seed of balanced mode's per-tool sampling")

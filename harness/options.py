@@ -120,7 +120,7 @@ def sandbox_option():
     return option(SANDBOXES[0], SANDBOX_HELP, choices=SANDBOXES)
 
 
-MODEL_HELP = "smollm2-135m, a local HF directory, or a .gguf file"
+MODEL_HELP = "smollm2-135m, gemma3-270m, a local HF directory, or a .gguf file"
 
 
 def adapter_option():

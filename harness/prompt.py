@@ -5,7 +5,8 @@ call as `Action: <tool_call>...` and its result), then the request for the next 
 training samples with these functions, and the agent (harness.agent) renders its live prompts with the very same ones,
 so the two formats cannot drift apart:
 
-* `render_instruction` / `render_observation` / `render_chatml`: the text;
+* `render_instruction` / `render_observation` / `render_chatml`: the text (the turn format around it is the model
+  family's, contracts/families.yaml: ChatML for SmolLM2, Gemma's own turns for Gemma 3);
 * `Scrubber`: recording (or sandbox) paths made workspace-relative, secrets redacted, long results cut to their head and
   tail around a visible marker;
 * `Budget` / `fit_instruction`: the instruction fitted to the trainer's token budget, oldest observations dropped first
@@ -21,14 +22,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from harness.contracts import redaction
+from harness.families import Turn, families
 from harness.toolcall import render_tool_call
 
 NEXT_ACTION = "Reply with the next tool call."
 NO_RESULT = "(no result recorded)"
-CHATML_PREFIX = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
-CHATML_MIDDLE = "<|im_end|>\n<|im_start|>assistant\n"
-CHATML_END = "<|im_end|>"
-# Token budget of one whole ChatML sample (system, prompt and reply): what export fits a sample into, the longest sample
+# Token budget of one whole sample (system, prompt and reply): what export fits a sample into, the longest sample
 # training keeps, and the most an agent's prompt plus reply may take, so the student is never asked beyond what it
 # was trained on. One number for all three (export --max-tokens, train --max-length, agent --max-tokens).
 SAMPLE_TOKENS = 1024
@@ -71,9 +70,14 @@ def render_instruction(task: str | None, observations=(), omitted: int = 0) -> s
     return "\n\n".join(parts)
 
 
-def render_chatml(system: str, instruction: str, response: str) -> str:
+def default_turn() -> Turn:
+    """The turn format of the first family in contracts/families.yaml (ChatML): a counter that cannot say its own."""
+    return families()[0].turn
+
+
+def render_chatml(system: str, instruction: str, response: str, turn: Turn | None = None) -> str:
     """The whole sample as the trainer renders it; the token budget counts exactly this."""
-    return CHATML_PREFIX.format(system=system) + instruction + CHATML_MIDDLE + response + CHATML_END
+    return (turn or default_turn()).render(system, instruction, response)
 
 
 # -------------------------------------------------------------------------------- relativisation & redaction
@@ -208,20 +212,22 @@ def _cut(text: str, limit: int, original: int) -> str:
 # ------------------------------------------------------------------------------------------ token budgeting
 
 class Budget:
-    """Fits samples into `max_tokens` of the rendered ChatML sample, counting each piece once."""
+    """Fits samples into `max_tokens` of the rendered sample, counting each piece once. The turn format is the
+    counter's tokenizer's family (`counter.family()`), else ChatML."""
 
     def __init__(self, counter, max_tokens: int, system: str):
         self.counter = counter
         self.max_tokens = max_tokens
         self.system = system
-        self.fixed = counter.count(CHATML_PREFIX.format(system=system)) + counter.count(
-            NEXT_ACTION + CHATML_MIDDLE) + counter.count(CHATML_END)
+        self.turn = counter.family().turn if hasattr(counter, "family") else default_turn()
+        self.fixed = counter.count(self.turn.opening(system)) + counter.count(
+            NEXT_ACTION + self.turn.middle) + counter.count(self.turn.end)
 
     def count(self, text: str) -> int:
         return self.counter.count(text)
 
     def exact(self, instruction: str, response: str) -> int:
-        return self.counter.count(render_chatml(self.system, instruction, response))
+        return self.counter.count(render_chatml(self.system, instruction, response, self.turn))
 
 
 @dataclass

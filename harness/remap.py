@@ -4,8 +4,9 @@ peft:  base_model.model.model.layers.{L}.self_attn.q_proj.lora_A.weight [r, in],
 apr / llama.cpp: blk.{L}.attn_q.weight.lora_a [r, in], blk.{L}.attn_q.weight.lora_b [out, r]
 
 The HF-module -> GGUF-name table is not written here: it is gguf-py's TensorNameMap, the same table llama.cpp's
-converters and transformers' GGUF loader use. This module owns the one other piece of layout knowledge, the Llama
-q/k row permutation (see `permute_rows`), and merge imports both from here.
+converters and transformers' GGUF loader use, for the family's GGUF architecture (contracts/families.yaml). This module
+owns the one other piece of layout knowledge, the Llama q/k row permutation (see `permute_rows`; which families it
+applies to is the table's `permute_qk`), and merge imports both from here.
 
 Outputs:
   apr safetensors: tensors under GGUF names, header metadata `lora_rank` / `lora_alpha` (strings; apr silently assumes
@@ -27,9 +28,8 @@ from harness.options import add_options, option, options_of
 
 PEFT_PREFIX = "base_model.model."
 PEFT_SUFFIXES = {"lora_A": "lora_a", "lora_B": "lora_b"}
-# Architectures whose HF -> GGUF conversion permutes q/k rows (llama.cpp's convert_hf_to_gguf.py LlamaModel; transformers'
-# GGUF loader undoes it in LlamaTensorProcessor). Qwen2 keeps the HF row order.
-PERMUTED_ARCHS = frozenset({"llama", "mistral"})
+# Which families' HF -> GGUF conversion permutes q/k rows is contracts/families.yaml's permute_qk (llama.cpp's
+# LlamaModel does; transformers' GGUF loader undoes it in LlamaTensorProcessor); the tensors and their head counts:
 PERMUTED_TENSORS = {"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"}
 META_RANK, META_ALPHA = "lora_rank", "lora_alpha"
 
@@ -51,14 +51,29 @@ def base_config(base):
         return AutoConfig.from_pretrained(directory)
 
 
+def family(config):
+    """The base's family (contracts/families.yaml) from its config's model_type."""
+    from harness.families import of_model_type
+
+    return of_model_type(config.model_type)
+
+
+def gguf_arch_name(config) -> str:
+    """The GGUF architecture name of the base (`llama`, `qwen2`, `gemma3` for model_type `gemma3_text`)."""
+    return family(config).gguf_arch
+
+
 def gguf_arch(model_type: str):
-    """gguf-py's MODEL_ARCH for a transformers model_type (`llama`, `qwen2`; the GGUF name equals the model_type)."""
+    """gguf-py's MODEL_ARCH for a transformers model_type, through the family table's GGUF architecture name."""
     import gguf
 
+    from harness.families import of_model_type
+
+    wanted = of_model_type(model_type).gguf_arch
     for arch, name in gguf.MODEL_ARCH_NAMES.items():
-        if name == model_type:
+        if name == wanted:
             return arch
-    raise FlipError(f"architecture {model_type!r} has no GGUF tensor naming in gguf-py (gguf.MODEL_ARCH_NAMES)")
+    raise FlipError(f"architecture {wanted!r} has no GGUF tensor naming in gguf-py (gguf.MODEL_ARCH_NAMES)")
 
 
 def name_map(config):
@@ -101,12 +116,13 @@ def linear_modules(config) -> dict[str, tuple[str, tuple[int, int]]]:
 
 
 def permute_rows(weight, config, gguf_module: str, inverse: bool = False):
-    """The q/k row permutation llama.cpp's convert_hf_to_gguf.py applies to Llama attention weights:
+    """The q/k row permutation llama.cpp's convert_hf_to_gguf.py applies to Llama attention weights (families with
+    permute_qk in contracts/families.yaml):
     w.reshape(n_head, 2, dim // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape), n_head = num_key_value_heads for k.
     Applied to lora_B (rows = output features) it turns an HF-layout delta B@A into the GGUF-layout delta.
-    Other tensors and non-Llama architectures are returned unchanged. Works on torch tensors and numpy arrays."""
+    Other tensors and other families are returned unchanged. Works on torch tensors and numpy arrays."""
     heads = PERMUTED_TENSORS.get(gguf_module.rsplit(".", 1)[-1])
-    if config.model_type not in PERMUTED_ARCHS or heads is None:
+    if not family(config).permute_qk or heads is None:
         return weight
     n_head = getattr(config, heads)
     rest = tuple(weight.shape[1:])
@@ -227,7 +243,7 @@ def remap_to_apr(adapter_dir, out_file, gguf_file=None, base=None) -> dict:
     check_pair_shapes(pairs, config)
     rank, alpha = _rank(pairs, adapter_config), float(adapter_config["lora_alpha"])
     tensors, permuted = to_gguf_layout(pairs, config)
-    metadata = {META_RANK: str(rank), META_ALPHA: _number_text(alpha), "architecture": config.model_type}
+    metadata = {META_RANK: str(rank), META_ALPHA: _number_text(alpha), "architecture": gguf_arch_name(config)}
     with atomic_path(out_file, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
         _sort_header_metadata(tmp)
@@ -271,7 +287,7 @@ def write_gguf_adapter(tensors: dict, alpha: float, config, gguf_file, base=None
         _check_against_base(tensors, base_shapes)
     gguf_file = Path(gguf_file)
     with atomic_path(gguf_file, suffix=".gguf") as tmp:
-        writer = gguf.GGUFWriter(str(tmp), config.model_type)
+        writer = gguf.GGUFWriter(str(tmp), gguf_arch_name(config))
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
@@ -435,7 +451,7 @@ class RemapOptions:
     out: str = option(help="apr .safetensors to write (or the peft dir with --to peft)")
     gguf: str | None = option(None, "also write a llama.cpp LoRA adapter GGUF here")
     base: str | None = option(
-        None, "smollm2-135m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
+        None, "smollm2-135m, gemma3-270m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
     to: str = option("apr", "direction: peft -> apr, or apr -> peft", choices=("apr", "peft"))
     force: bool = option(
         False, "--to peft: write into a non-empty --out that an earlier remap did not write (nothing is deleted)")

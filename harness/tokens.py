@@ -92,6 +92,12 @@ class TokenCounter:
         counter._tokenizer.no_padding()
         return counter
 
+    def family(self):
+        """The model family whose turn format this tokenizer speaks (contracts/families.yaml)."""
+        from harness.families import of_vocabulary
+
+        return of_vocabulary(self._tokenizer.token_to_id)
+
     def count(self, text: str) -> int:
         # Byte-level BPE never produces more tokens than UTF-8 bytes, but the ChatML special tokens are many bytes
         # and one token, so this shortcut is only used where no special token appears (see export.fits).

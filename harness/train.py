@@ -32,10 +32,9 @@ from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 from harness.models import DTYPES
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of, positive_or_none
-from harness.prompt import CHATML_END, SAMPLE_TOKENS
+from harness.prompt import SAMPLE_TOKENS
 
 IGNORE = -100  # the label value torch's cross_entropy skips
-END_OF_TURN = CHATML_END  # tokenizers without it fall back to their eos token
 CHECKPOINT = "checkpoint"
 # Config fields that do not change the trained weights: a checkpoint made with other values still resumes.
 NOT_IN_FINGERPRINT = ("out", "device", "eval_every", "save_every", "val_samples", "force", "allow_prose")
@@ -172,11 +171,15 @@ def messages_of(sample: dict) -> list[dict]:
 
 
 def end_of_turn_id(tokenizer) -> int:
-    token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    """The token that closes a reply: the tokenizer's family's end of turn (contracts/families.yaml), else its eos."""
+    from harness.families import of_tokenizer
+
+    end_of_turn = of_tokenizer(tokenizer).end_of_turn
+    token_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     if token_id is None or token_id == tokenizer.unk_token_id:
         token_id = tokenizer.eos_token_id
     if token_id is None:
-        raise FlipError(f"the tokenizer has neither {END_OF_TURN} nor an eos token: cannot find the end of a turn")
+        raise FlipError(f"the tokenizer has neither {end_of_turn} nor an eos token: cannot find the end of a turn")
     return token_id
 
 
