@@ -777,6 +777,32 @@ def test_the_apr_runtime_dialect_trains_the_runtimes_field_names(tmp_path):
     assert [c.input for c in edits] == [{"path": "a.py", "old": "x = 1", "new": "x = 2"}]
 
 
+def test_messages_list_the_dialects_tools(tmp_path):
+    """--target messages lists the chosen dialect's tools: under apr-runtime file_edit's parameters are
+    path/old_string/new_string (required), and every call of every chat and sample validates against the parameters
+    its own record lists; under the default dialect the same export lists old/new."""
+    import jsonschema
+
+    _session(tmp_path / "in" / "a.jsonl", "/w", [
+        ("Read", {"file_path": "/w/a.py"}, "1\tx = 1", False),
+        ("Edit", {"file_path": "/w/a.py", "old_string": "x = 1", "new_string": "x = 2"}, "ok", False)],
+        task="fix a.py")
+    for dialect, fields in (("apr-runtime", ["path", "old_string", "new_string"]), ("apr-prompt", ["path", "old", "new"])):
+        out = tmp_path / dialect
+        _export([tmp_path / "in"], out, target="messages", mode="all", dialect=dialect)
+        records = [r for mode in ("full", "conversations") for r in _samples(out / f"messages_{mode}.jsonl")]
+        edits = 0
+        for record in records:
+            listed = {t["function"]["name"]: t["function"]["parameters"] for t in record["tools"]}
+            assert list(listed["file_edit"]["properties"]) == fields and listed["file_edit"]["required"] == fields
+            for message in record["messages"]:
+                for call in message.get("tool_calls", []):
+                    function = call["function"]
+                    jsonschema.validate(function["arguments"], listed[function["name"]])
+                    edits += function["name"] == "file_edit"
+        assert edits >= 2  # the full sample's call and the conversation's
+
+
 def test_a_session_resumed_into_a_second_file_yields_each_sample_once(tmp_path):
     cwd = "/w"
     calls = [("Read", {"file_path": "/w/a.py"}, "1\tx", False), ("Bash", {"command": "pytest"}, "ok", False)]

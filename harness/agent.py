@@ -279,7 +279,7 @@ def close_episode(episode: Episode, options: AgentOptions) -> dict:
         keep_workspace(episode.sandbox.root, options.keep / episode.task.id)
     episode.sandbox.close()
     episode.seconds += time.perf_counter() - started
-    return trace_line(episode, test)
+    return trace_line(episode, test, options.dialect)
 
 
 def check_keep_dir(keep: Path, ids: list[str], force: bool) -> None:
@@ -301,7 +301,7 @@ def keep_workspace(source: Path, target: Path) -> None:
     shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(*SKIP_DIRS, "*.pyc"))
 
 
-def trace_line(episode: Episode, test) -> dict:
+def trace_line(episode: Episode, test, dialect: str | None = None) -> dict:
     from harness.evaluate import grounded
 
     task = episode.task
@@ -318,7 +318,7 @@ def trace_line(episode: Episode, test) -> dict:
         "first_tool": first["name"] if first else None,
         "expected_first_tool": task.first_tool,
         "first_tool_match": (first is not None and first["name"] == task.first_tool) if task.first_tool else None,
-        "grounded": grounded(task.prompt, first_call),
+        "grounded": grounded(task.prompt, first_call, dialect),
         "calls_by_tool": dict(sorted(Counter(c["name"] for c in calls).items())),
         "invalid_calls": sum(1 for t in episode.turns if t["observation"] is not None and not t["valid"]),
         "refused": sum(1 for t in episode.turns if t["refused"]),
@@ -505,7 +505,8 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     policy = ModelPolicy(loaded, tokenizer, options)
     started = ccpa.timestamp()
     records, summary = run_agent(tasks, policy, options)
-    summary = {"model": str(model), "adapter": str(adapter) if adapter else None, "tasks_dir": str(tasks_dir), **summary}
+    summary = {"model": str(model), "adapter": str(adapter) if adapter else None, "tasks_dir": str(tasks_dir),
+               "dialect": options.dialect, "runtime": options.runtime, **summary}
     write_trace(records, summary, out)
     if options.ccpa_trace is not None:
         ccpa.write_traces(records, tasks, options.ccpa_trace, str(model), started, policy.counter.count, force)

@@ -98,6 +98,13 @@ def system_prompt(dialect: str | None = None) -> str:
     return (CONTRACTS / _dialect(dialect)["system_prompt"]).read_text(encoding="utf-8").strip()
 
 
+def dialect_of_system(system: str | None) -> str:
+    """The dialect whose system prompt a sample carries (flip export writes each sample's `system`); the default
+    dialect for a sample with none or another one."""
+    default, table = dialects()
+    return next((name for name in table if system_prompt(name) == (system or "").strip()), default)
+
+
 @lru_cache(maxsize=None)
 def refusal_prefixes() -> tuple[str, ...]:
     """The texts with which Claude Code answers a call that a person or a permission rule refused."""

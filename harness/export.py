@@ -326,7 +326,7 @@ class Writers:
             reservoir[slot] = sample
 
     def _write(self, mode: str, sample: Sample) -> None:
-        self.handles[mode].write(sample_line(sample, self.options.target))
+        self.handles[mode].write(sample_line(sample, self.options.target, self.options.dialect))
         self.stats.samples[mode] += 1
         self.stats.per_tool[mode].update(sample.tools())
 
@@ -362,30 +362,31 @@ def _tool_rng(seed: int, tool: str, n: int) -> random.Random:
     return random.Random(f"{seed}:{tool}:{n}")
 
 
-def sample_line(sample: Sample | Conversation, target: str) -> str:
+def sample_line(sample: Sample | Conversation, target: str, dialect: str | None = None) -> str:
     if isinstance(sample, Conversation):
-        obj = {"messages": sample.messages, "tools": list(tools_list()), "metadata": sample.metadata}
+        obj = {"messages": sample.messages, "tools": list(tools_list(dialect)), "metadata": sample.metadata}
     elif target == "apr-code":
         obj = {"instruction": sample.instruction, "response": sample.response, "system": sample.system,
                "metadata": sample.metadata}
     else:
-        obj = messages_record(sample)
+        obj = messages_record(sample, dialect)
     return json.dumps(obj, ensure_ascii=False) + "\n"
 
 
 @lru_cache(maxsize=None)
-def tools_list() -> tuple:
+def tools_list(dialect: str | None = None) -> tuple:
     """The apr-code tools as chat-template `tools` entries: name, description and parameters all from the tool's JSON
-    Schema in contracts/schemas (its `description` says what the tool does; the rest is its parameters)."""
+    Schema in the dialect (contracts/schemas, renamed as contracts/dialects.yaml says; its `description` says what
+    the tool does; the rest is its parameters), so the tools a chat lists are the ones its calls use."""
     entries = []
-    for name, schema in tool_schemas().items():
+    for name, schema in tool_schemas(dialect).items():
         parameters = {k: v for k, v in schema.items() if k not in ("$schema", "title", "description")}
         entries.append({"type": "function", "function": {"name": name, "description": schema["description"],
                                                          "parameters": parameters}})
     return tuple(entries)
 
 
-def messages_record(sample: Sample) -> dict:
+def messages_record(sample: Sample, dialect: str | None = None) -> dict:
     """HF chat format: system/user/assistant messages, the assistant's call as `tool_calls` with object arguments (a
     final answer is the assistant's plain content)."""
     if sample.metadata.get("final"):
@@ -401,7 +402,7 @@ def messages_record(sample: Sample) -> dict:
             {"role": "user", "content": sample.instruction},
             assistant,
         ],
-        "tools": list(tools_list()),
+        "tools": list(tools_list(dialect)),
         "metadata": sample.metadata,
     }
 

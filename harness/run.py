@@ -27,8 +27,8 @@ from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES, SMOLLM2
-from harness.options import (MODEL_HELP, add_options, config_text, device_option, field_names, option, options_of,
-                             positive_or_none, read_config)
+from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
+                             option, options_of, positive_or_none, read_config)
 from harness.train import TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
@@ -52,6 +52,7 @@ class RunOptions:
     holdout: Path = option(FIXTURES / "holdout" / "workspaces", 'held-out task folders (prompt.txt, task.json, '
                            'workspace/), or a {"id", "task"} JSONL (first step only, no agent)')
     mode: str = option(RECIPE["mode"], "which exported dataset to train on", choices=MODES)
+    dialect: str = dialect_option()  # exported, trained, evaluated and run as an agent in it
     steps: int = option(RECIPE["steps"], "optimizer steps")
     lr: float = option(RECIPE["lr"], "peak learning rate")
     rank: int = option(RECIPE["rank"], "LoRA rank r")
@@ -140,7 +141,8 @@ def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
     out = options.out / "datasets"
     # the token budget is counted with the base's own tokenizer: the trainer keeps or drops samples by the same count
     stats = export([options.transcripts], out, ExportOptions(mode="all", max_tokens=options.max_length,
-                                                              tokenizer=options.base, seed=options.seed, progress=False))
+                                                              tokenizer=options.base, seed=options.seed,
+                                                              dialect=options.dialect, progress=False))
     data = out / f"apr_code_sft_{options.mode}.jsonl"
     if not data.is_file():
         raise FlipError(f"the export wrote no {data.name} (modes: curated, balanced, full)")
@@ -180,7 +182,8 @@ def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[d
     progress: list[dict] = []
 
     def on_eval(step, model, tokenizer):
-        _, summary = evaluate_loaded(model, tokenizer, prompts, options.progress_tokens, options.eval_batch_size)
+        _, summary = evaluate_loaded(model, tokenizer, prompts, options.progress_tokens, options.eval_batch_size,
+                                     dialect=options.dialect)
         row = {"step": step, **{k: summary[k] for k in ("tasks_with_call", "tasks_with_valid_call", "valid_rate",
                                                           "tasks_grounded", "grounded_rate", "seconds")}}
         progress.append(row)
@@ -218,7 +221,8 @@ def eval_phase(options: RunOptions, prompts: list[dict]) -> dict:
     from harness.evaluate import evaluate
 
     traces = options.out / "traces"
-    common = dict(device=options.device, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size)
+    common = dict(device=options.device, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size,
+                  dialect=options.dialect)
     base = evaluate(options.base, prompts, traces / "base.jsonl", label="base", **common)
     model, adapter = student_model(options)
     student = evaluate(model, prompts, traces / "student.jsonl", adapter=adapter, label="student", **common)
@@ -238,7 +242,7 @@ def agent_phase(options: RunOptions) -> dict:
 
     traces = options.out / "traces"
     agent_options = dict(max_turns=options.max_turns, max_new_tokens=options.agent_tokens,
-                         max_tokens=options.max_length, batch_size=options.eval_batch_size)
+                         max_tokens=options.max_length, batch_size=options.eval_batch_size, dialect=options.dialect)
     base = agent(options.base, options.holdout, traces / "agent_base.jsonl", device=options.device,
                  options=AgentOptions(**agent_options), label="base agent")
     model, adapter = student_model(options)
@@ -285,6 +289,7 @@ def build_report(options: RunOptions, data: Path, export_stats, train_summary: d
     return {
         "goal": goals(results),
         "base_model": options.base,
+        "dialect": options.dialect,
         "dataset": {"path": str(data), "mode": options.mode if export_stats is not None else None,
                     "samples": train_summary["samples"],
                     "export_samples": export_stats.get("samples") if export_stats else None},
@@ -317,7 +322,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Base `{report['base_model']}`, trained {report['steps_trained']} steps on "
         f"`{report['dataset']['path']}` ({report['dataset']['samples']['train']} train / "
-        f"{report['dataset']['samples']['val']} val samples), evaluated greedily on "
+        f"{report['dataset']['samples']['val']} val samples) in the {report['dialect']} dialect, evaluated greedily on "
         f"{report['held_out']['tasks']} held-out tasks (never trained on).",
         "",
         f"**Goal {'met' if goal['met'] else 'NOT met'}.**",
