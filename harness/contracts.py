@@ -82,6 +82,11 @@ def renamed_schema(schema: dict, renames: dict[str, str]) -> dict:
             "required": [renames.get(k, k) for k in schema.get("required", [])]}
 
 
+def runtime_observations(dialect: str | None) -> bool:
+    """Whether the dialect shows results in apr-code's runtime texts (else in the teacher's own)."""
+    return _dialect(dialect)["observations"] == "runtime"
+
+
 def dialect_renames(dialect: str | None) -> dict[str, dict[str, str]]:
     """tool -> {project field: the dialect's field}; empty for the default dialect."""
     return _dialect(dialect)["rename"]

@@ -46,9 +46,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
-from harness.apr_runtime import rewrite_target, target_refusal
+from harness.apr_runtime import rewrite_target, runtime_observation, target_refusal
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
-from harness.contracts import dialect_input, system_prompt, tool_map, tool_schemas
+from harness.contracts import dialect_input, runtime_observations, system_prompt, tool_map, tool_schemas
 from harness.models import SMOLLM2
 from harness.options import add_options, dialect_option, option, options_of
 from harness.prompt import (SAMPLE_TOKENS, Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
@@ -158,6 +158,9 @@ class Stats:
     failed: Counter = field(default_factory=Counter)
     runtime_refused: Counter = field(default_factory=Counter)  # reason -> calls apr-code's runtime would not run
     runtime_rewritten: Counter = field(default_factory=Counter)  # reason -> calls rewritten exactly to run there
+    # A dialect that shows the runtime's result texts: tool -> results translated exactly / kept in the teacher's text
+    runtime_observations: Counter = field(default_factory=Counter)
+    teacher_observations: Counter = field(default_factory=Counter)
     candidates: int = 0
     final_candidates: int = 0
     finals_dropped: Counter = field(default_factory=Counter)
@@ -197,6 +200,8 @@ class Stats:
             "failed": dict(sorted(self.failed.items())),
             "runtime_refused": dict(sorted(self.runtime_refused.items())),
             "runtime_rewritten": dict(sorted(self.runtime_rewritten.items())),
+            "runtime_observations": dict(sorted(self.runtime_observations.items())),
+            "teacher_observations": dict(sorted(self.teacher_observations.items())),
             "orphan_results": lines.orphan_results,
             "candidates": self.candidates,
             "final_candidates": self.final_candidates,
@@ -435,7 +440,8 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
             stats.calls_without_result += 1
             result = None
         else:
-            result, cut = scrubber.shortened(call.result, options.max_result_chars)
+            result, cut = scrubber.shortened(observed_result(tool, tool_input, call, options.dialect, stats),
+                                             options.max_result_chars)
             if cut:
                 stats.truncated["results_shortened"] += 1
         # A call its tool rejected (a file that does not exist, an old string not in the file, an unread file) did
@@ -457,6 +463,19 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
     targets = target_steps(steps)
     count_steps(budget.counter, steps, (targets[-1] if later_samples else targets[0]) if targets else 0)
     return steps
+
+
+def observed_result(tool: str, tool_input: dict, call, dialect: str, stats: Stats) -> str:
+    """The call's result as the dialect shows it: the teacher's text, or (a dialect of the runtime's texts) what
+    apr-code's runtime would have answered where that translation is exact, counted by tool either way."""
+    if not runtime_observations(dialect):
+        return call.result
+    translated = runtime_observation(tool, tool_input, call.result, call.is_error, call.input)
+    if translated is None:
+        stats.teacher_observations[tool] += 1
+        return call.result
+    stats.runtime_observations[tool] += 1
+    return translated
 
 
 def target_steps(steps: list[Step]) -> list[int]:
