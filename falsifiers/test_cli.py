@@ -327,4 +327,11 @@ def test_run_hands_its_dialect_to_every_stage(tmp_path, tiny_base):
     for name in ("base", "student", "agent_base", "agent_student"):
         assert json.loads((out / "traces" / f"{name}.summary.json").read_text())["dialect"] == "apr-runtime", name
     assert json.loads((out / "config.json").read_text())["dialect"] == "apr-runtime"
-    assert json.loads((out / "report.json").read_text())["dialect"] == "apr-runtime"
+    report = json.loads((out / "report.json").read_text())
+    assert report["dialect"] == "apr-runtime"
+    # both agents scored against the teacher's trajectory of the task (fixtures/holdout/teacher, the default)
+    scores = report["agent"]["parity_per_task"]["h-age-birthday"]
+    assert all(0.0 <= scores[who] <= 1.0 for who in ("base", "student")), scores
+    for who in ("base", "student"):
+        assert report["agent"][who]["parity"]["tasks_scored"] == 1
+    assert "CCPA action parity" in (out / "report.md").read_text()

@@ -40,6 +40,7 @@ from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, f
 from harness.apr_runtime import runtime_schemas, schema_errors
 from harness.contracts import dialect_input, dialect_renames
 from harness.runtime import AprRuntime, Runtime, tool_error
+from harness.parity import task_parity
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
 
@@ -155,6 +156,9 @@ class AgentOptions:
                                type=path_or_none)
     ccpa_trace: Path | None = option(None, "also write each episode as a CCPA student trace, "
                                            "DIR/<id>.ccpa-trace.jsonl (harness/ccpa.py)", type=path_or_none)
+    parity_teacher: Path | None = option(None, "score each episode's CCPA action parity against the teacher's trace "
+                                               "of its task, DIR/<id>.ccpa-trace.jsonl (fixtures/holdout/teacher for "
+                                               "the held-out tasks)", type=path_or_none)
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens per reply")
     max_tokens: int = option(SAMPLE_TOKENS, "token budget of prompt + reply, as the trainer's --max-length")
     # The live tasks decode together; finished rows leave the batch.
@@ -383,6 +387,7 @@ class OraclePolicy:
 def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[list[dict], dict]:
     """Every task as an episode, the live ones advanced together turn by turn: (trace lines, summary)."""
     started = time.perf_counter()
+    teachers = ccpa.teacher_traces(options.parity_teacher, tasks) if options.parity_teacher is not None else None
     budget = Budget(policy.counter, options.max_tokens - options.max_new_tokens, system_prompt(options.dialect))
     episodes = [open_episode(task, options) for task in tasks]
     records: dict[str, dict] = {}
@@ -421,6 +426,8 @@ def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[li
             episode.sandbox.close()
     lines = [records[task.id] for task in tasks]
     summary = summarise(lines, time.perf_counter() - started)
+    if teachers is not None:
+        summary["parity"] = {**task_parity(lines, teachers), "teacher": str(options.parity_teacher)}
     summary["timings_s"] = {k: round(v, 1) for k, v in sorted(timings.items())}
     return lines, summary
 
@@ -480,7 +487,9 @@ def format_summary(summary: dict, label: str = "") -> str:
             f"{summary['mean_turns']} turns per task, valid calls {summary['valid_calls']}/{summary['calls']}; "
             f"first call grounded {summary['first_call_grounded']}/{summary['tasks_naming_path']}, first tool matches "
             f"{summary['first_tool_match']}/{summary['tasks_with_expected_first_tool']}; refused {summary['refused']}; "
-            f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min")
+            f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min"
+            + (f"; CCPA action parity {summary['parity']['mean']} over {summary['parity']['tasks_scored']} tasks"
+               if summary.get("parity") else ""))
 
 
 def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", options: AgentOptions | None = None,
@@ -499,6 +508,8 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
         check_keep_dir(options.keep, [t.id for t in tasks], force)
     if options.ccpa_trace is not None:
         ccpa.check_trace_dir(options.ccpa_trace, tasks, force)
+    if options.parity_teacher is not None:
+        ccpa.teacher_traces(options.parity_teacher, tasks)  # a wrong directory fails before the model loads
     loaded, tokenizer = load_for_eval(model, adapter, device)
     if options.keep is not None:
         options.keep = claim_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep")

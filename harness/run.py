@@ -28,7 +28,7 @@ from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES, SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
-                             option, options_of, positive_or_none, read_config)
+                             option, options_of, path_or_none, positive_or_none, read_config)
 from harness.train import TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
@@ -79,6 +79,9 @@ class RunOptions:
     agent: bool = option(True, "run base and student as agents on the held-out workspaces")
     max_turns: int = option(agent_stage.DEFAULT_MAX_TURNS, "agent turns per held-out task")
     agent_tokens: int = option(agent_stage.DEFAULT_MAX_NEW_TOKENS, "tokens per agent reply (a call may carry code)")
+    parity_teacher: Path | None = option(FIXTURES / "holdout" / "teacher", "the teacher's CCPA trace of each held-out "
+                                         "task, <id>.ccpa-trace.jsonl: the agents' per-task action parity ('' for none)",
+                                         type=path_or_none)
     force: bool = option(False, "write into a non-empty --out holding files flip run did not write (nothing is "
                                 "deleted)")
     timings: dict = field(default_factory=dict)  # wall seconds per phase
@@ -90,6 +93,7 @@ class RunOptions:
         self.out = Path(self.out)
         self.transcripts, self.holdout = Path(self.transcripts), Path(self.holdout)
         self.data = Path(self.data) if self.data is not None else None
+        self.parity_teacher = Path(self.parity_teacher) if self.parity_teacher else None
         self.targets = tuple(self.targets)
         for name in ("steps", "rank", "alpha", "batch_size", "grad_accum", "max_length", "max_new_tokens",
                      "progress_tokens", "eval_batch_size", "max_turns", "agent_tokens"):
@@ -242,14 +246,19 @@ def agent_phase(options: RunOptions) -> dict:
 
     traces = options.out / "traces"
     agent_options = dict(max_turns=options.max_turns, max_new_tokens=options.agent_tokens,
-                         max_tokens=options.max_length, batch_size=options.eval_batch_size, dialect=options.dialect)
+                         max_tokens=options.max_length, batch_size=options.eval_batch_size, dialect=options.dialect,
+                         parity_teacher=options.parity_teacher)
     base = agent(options.base, options.holdout, traces / "agent_base.jsonl", device=options.device,
                  options=AgentOptions(**agent_options), label="base agent")
     model, adapter = student_model(options)
     student = agent(model, options.holdout, traces / "agent_student.jsonl", adapter=adapter, device=options.device,
                     options=AgentOptions(**agent_options), label="student agent")
     lines = [json.loads(line) for line in (traces / "agent_student.jsonl").read_text(encoding="utf-8").splitlines()]
+    base_lines = [json.loads(line) for line in (traces / "agent_base.jsonl").read_text(encoding="utf-8").splitlines()]
     return {"base": base, "student": student, "max_turns": options.max_turns,
+            "parity_per_task": {line["id"]: {"base": (other.get("parity") or {}).get("score"),
+                                             "student": (line.get("parity") or {}).get("score")}
+                                for line, other in zip(lines, base_lines)},
             "solved_example": next((line for line in lines if line["solved"]), None),
             "unsolved_example": next((line for line in lines if not line["solved"]), None)}
 
@@ -397,6 +406,29 @@ def _kind_cell(row: dict | None) -> str:
     return f"{row['first_tool_match']} / {row['grounded']} of {row['naming_path']} / {row['tasks']}"
 
 
+def parity_rows(base: dict, student: dict) -> list[str]:
+    """The agents' mean CCPA action parity against the teacher's held-out trajectories (when they were scored)."""
+    if not (base.get("parity") and student.get("parity")):
+        return []
+    def cell(parity):
+        return "n/a" if parity["mean"] is None else f"{parity['mean']:.3f} ({parity['tasks_scored']}/{parity['tasks']} tasks)"
+
+    return [f"| CCPA action parity with the teacher (mean) | {cell(base['parity'])} | {cell(student['parity'])} |"]
+
+
+def parity_table(per_task: dict) -> list[str]:
+    """Each held-out task's CCPA action parity, base and student, against the teacher's trajectory of that task."""
+    if not per_task or all(row["student"] is None and row["base"] is None for row in per_task.values()):
+        return []
+
+    def cell(score):
+        return "-" if score is None else f"{score:.3f}"
+
+    return ["", "Per task: CCPA action parity (matched / teacher actions, `harness/parity.py`) against the teacher's "
+                "trajectory of the task:", "", "| task | base | student |", "|---|---|---|",
+            *[f"| {task} | {cell(row['base'])} | {cell(row['student'])} |" for task, row in per_task.items()]]
+
+
 def agent_section(agent: dict) -> list[str]:
     """The agentic comparison: whole tasks in the sandbox, solved when the task's tests pass."""
     base, student = agent["base"], agent["student"]
@@ -425,6 +457,7 @@ def agent_section(agent: dict) -> list[str]:
         row("calls per tool", "calls_per_tool", lambda v: v or "-"),
         row("stop reasons", "stop_reasons"),
         row("tasks per minute", "tasks_per_minute"),
+        *parity_rows(base, student),
         "",
         "Per task kind (agent: solved / tasks):",
         "",
@@ -435,6 +468,7 @@ def agent_section(agent: dict) -> list[str]:
           for kind in sorted(set(base["per_kind"]) | set(student["per_kind"]))],
         "",
         f"Sandbox: {student['isolation']}.",
+        *parity_table(agent.get("parity_per_task")),
     ]
     for title, trace in (("A solved task", agent.get("solved_example")), ("An unsolved task", agent.get("unsolved_example"))):
         if trace:
@@ -465,6 +499,11 @@ def run(options: RunOptions) -> dict:
         raise FlipError(f"--transcripts {options.transcripts}: no such file or directory")
     if options.data is not None and not options.data.is_file():
         raise FlipError(f"--data {options.data} not found")
+    if options.agent and options.holdout.is_dir() and options.parity_teacher is not None:
+        from harness.agent import load_tasks
+        from harness.ccpa import teacher_traces
+
+        teacher_traces(options.parity_teacher, load_tasks(options.holdout))  # read and checked before any work
     options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force)
     write_text(options.out / CONFIG_FILE, config)
     with phase(options, "export"):
