@@ -298,3 +298,40 @@ def test_run_config_json_repeats_the_run(tmp_path, tiny_base):
         # the leaking data again: were a bad file accepted, the run would still stop before training
         _one_line_error(*flip("run", "--config", tmp_path / "bad.json", "--out", tmp_path / "x", "--data", leak,
                               "--holdout", holdout, "--base", tiny_base, "--quiet"), key)
+
+
+def test_run_hands_its_dialect_to_every_stage(tmp_path, tiny_base):
+    """`flip run --dialect apr-runtime` runs every stage in that dialect: the export writes apr-code's runtime field
+    names (file_edit old_string/new_string) with that dialect's system prompt, training takes those calls as calls
+    (not prose), the first-step evaluation and both agents are prompted and judged in it, and config.json keeps it."""
+    from harness.contracts import FIXTURES, system_prompt
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "h-age-birthday").symlink_to(FIXTURES / "holdout" / "workspaces" / "h-age-birthday")
+    out = tmp_path / "run"
+    code, err = flip("run", "--out", out, "--base", tiny_base, "--dialect", "apr-runtime", "--holdout", tasks,
+                     "--steps", "1", "--rank", "4", "--targets", "q_proj", "--no-merge", "--eval-every", "0",
+                     "--max-new-tokens", "4", "--max-turns", "1", "--agent-tokens", "4", "--quiet")
+    assert code == 1, err  # ran to its report; a one-step random student misses the goals
+    stats = json.loads((out / "datasets" / "export_stats.json").read_text())
+    assert stats["options"]["dialect"] == "apr-runtime"
+    trained = json.loads((out / "config.json").read_text())["mode"]
+    samples = _samples(out / "datasets" / f"apr_code_sft_{trained}.jsonl")
+    edits = [s["response"] for s in samples if s["metadata"]["tool"] == "file_edit"]
+    assert edits and all('"old_string": ' in r and '"old": ' not in r for r in edits)
+    assert {s["system"] for s in samples} == {system_prompt("apr-runtime")}
+    summary = json.loads((out / "adapter" / "train_summary.json").read_text())
+    counts = summary["samples"]
+    assert counts["prose"] == 0 and counts["train"] + counts["val"] + counts["dropped"] == len(samples)
+    for name in ("base", "student", "agent_base", "agent_student"):
+        assert json.loads((out / "traces" / f"{name}.summary.json").read_text())["dialect"] == "apr-runtime", name
+    assert json.loads((out / "config.json").read_text())["dialect"] == "apr-runtime"
+    report = json.loads((out / "report.json").read_text())
+    assert report["dialect"] == "apr-runtime"
+    # both agents scored against the teacher's trajectory of the task (fixtures/holdout/teacher, the default)
+    scores = report["agent"]["parity_per_task"]["h-age-birthday"]
+    assert all(0.0 <= scores[who] <= 1.0 for who in ("base", "student")), scores
+    for who in ("base", "student"):
+        assert report["agent"][who]["parity"]["tasks_scored"] == 1
+    assert "CCPA action parity" in (out / "report.md").read_text()

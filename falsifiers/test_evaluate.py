@@ -147,6 +147,29 @@ def test_trace_counts_valid_calls_by_schema():
     assert summary["unclosed_calls"] == 1
 
 
+def test_the_first_step_is_prompted_and_judged_in_the_dialect(tmp_path):
+    """`flip eval --dialect D`: the prompt carries D's system prompt, and a call is valid (and grounds the task) by D's
+    field names: file_edit old_string/new_string is valid in apr-runtime and invalid in apr-prompt, old/new the
+    reverse."""
+    from harness.cli import parse_command
+    from harness.contracts import system_prompt
+    from harness.evaluate import render_prompt
+    from harness.models import load_tokenizer
+
+    runtime_edit = call("file_edit", path="src/lib.rs", old_string="a", new_string="b")
+    prompt_edit = call("file_edit", path="src/lib.rs", old="a", new="b")
+    for dialect, valid, invalid in (("apr-runtime", runtime_edit, prompt_edit), ("apr-prompt", prompt_edit, runtime_edit)):
+        good, bad = trace_record("t", FIX, valid, dialect), trace_record("t", FIX, invalid, dialect)
+        assert (good["valid"], good["grounded"]) == ([True], True), dialect
+        assert (bad["valid"], bad["grounded"]) == ([False], False), dialect
+    assert trace_record("t", FIX, prompt_edit)["valid"] == [True]  # the default dialect is apr-prompt
+    tokenizer = load_tokenizer("smollm2-135m")
+    shown = render_prompt(tokenizer, "Fix src/lib.rs.", "apr-runtime")
+    assert system_prompt("apr-runtime") in shown and system_prompt("apr-prompt") not in shown
+    _, args = parse_command(["eval", "--model", "m", "--prompts", "p", "--out", "o", "--dialect", "apr-runtime"])
+    assert args.dialect == "apr-runtime"
+
+
 @pytest.mark.helper
 def test_load_prompts_rejects_bad_lines(tmp_path):
     good = tmp_path / "p.jsonl"

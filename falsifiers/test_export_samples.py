@@ -33,9 +33,9 @@ def test_remap_follows_the_tool_map_fields(tmp_path):
         ("file_edit", {"path": "src/lib.rs", "old": "a", "new": "b"}),
         ("file_read", {"path": "src/lib.rs", "offset": 3, "limit": 10}),
         ("grep", {"pattern": "fn", "path": ".", "case_insensitive": True}),
-        ("shell", {"command": "cd . && cargo test"}),
+        ("shell", {"command": "cargo test"}),  # `cd . && ` is the working directory: the exact rewrite
     ]
-    assert stats["unmappable"] == {"TodoWrite": 1}
+    assert stats["unmappable"] == {"TodoWrite": 1} and stats["runtime_rewritten"] == {"shell:cd_working_dir": 1}
 
 
 @pytest.mark.parametrize("slash", ["", "/"])

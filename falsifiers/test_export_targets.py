@@ -10,7 +10,7 @@ import pytest
 from harness import FlipError
 from harness.toolcall import render_tool_call
 
-from export_helpers import FIXTURE_TRANSCRIPTS, _export, _samples, _stream
+from export_helpers import FIXTURE_TRANSCRIPTS, _export, _samples, _session, _stream
 
 
 # ---------------------------------------------------------------------------------------------------- messages target
@@ -124,3 +124,29 @@ def test_conversations_train_one_step_with_trl(tmp_path):
     assert len(loaded) == 1 and [m["role"] for m in loaded[0]["messages"]] == [
         "system", "user", "assistant", "tool", "assistant", "tool", "assistant", "tool"]
     assert result.global_step == 1 and math.isfinite(result.training_loss)
+
+
+def test_messages_list_the_dialects_tools(tmp_path):
+    """--target messages lists the chosen dialect's tools: under apr-runtime file_edit's parameters are
+    path/old_string/new_string (required), and every call of every chat and sample validates against the parameters
+    its own record lists; under the default dialect the same export lists old/new."""
+    import jsonschema
+
+    _session(tmp_path / "in" / "a.jsonl", "/w", [
+        ("Read", {"file_path": "/w/a.py"}, "1\tx = 1", False),
+        ("Edit", {"file_path": "/w/a.py", "old_string": "x = 1", "new_string": "x = 2"}, "ok", False)],
+        task="fix a.py")
+    for dialect, fields in (("apr-runtime", ["path", "old_string", "new_string"]), ("apr-prompt", ["path", "old", "new"])):
+        out = tmp_path / dialect
+        _export([tmp_path / "in"], out, target="messages", mode="all", dialect=dialect)
+        records = [r for mode in ("full", "conversations") for r in _samples(out / f"messages_{mode}.jsonl")]
+        edits = 0
+        for record in records:
+            listed = {t["function"]["name"]: t["function"]["parameters"] for t in record["tools"]}
+            assert list(listed["file_edit"]["properties"]) == fields and listed["file_edit"]["required"] == fields
+            for message in record["messages"]:
+                for call in message.get("tool_calls", []):
+                    function = call["function"]
+                    jsonschema.validate(function["arguments"], listed[function["name"]])
+                    edits += function["name"] == "file_edit"
+        assert edits >= 2  # the full sample's call and the conversation's

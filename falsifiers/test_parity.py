@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import FlipError
 from harness.ccpa import read_records, trace_errors
 from harness.cli import main
 from harness.contracts import tool_map
@@ -215,6 +216,7 @@ def oracle_episodes(tmp_path_factory):
 def test_agent_traces_pass_the_schema_and_read_back_as_the_calls_made(oracle_episodes, tmp_path):
     """Each episode's CCPA trace validates (formats included), holds one tool_use per executed call under Claude
     Code's name, and `flip export` reads it back into exactly the apr-code calls the agent made."""
+    from harness.apr_runtime import target_refusal
     from harness.ccpa import write_traces
 
     tasks, lines = oracle_episodes
@@ -238,7 +240,9 @@ def test_agent_traces_pass_the_schema_and_read_back_as_the_calls_made(oracle_epi
         export([path], out, ExportOptions(mode="full", jobs=1, progress=False), counter=counter())
         samples = [json.loads(s) for s in (out / "apr_code_sft_full.jsonl").read_text().splitlines()]
         read_back = [json.loads(s["response"].split("\n")[1]) for s in samples if not s["metadata"].get("final")]
-        assert [(c["name"], c["input"]) for c in read_back] == made
+        # a call apr-code's runtime would run differently (a regex grep) is an observation there, never a target
+        targets = [(name, tool_input) for name, tool_input in made if target_refusal(name, tool_input, None) is None]
+        assert [(c["name"], c["input"]) for c in read_back] == targets
     again = tmp_path / "again"
     write_traces(lines, tasks, again, "oracle", "2026-12-01T00:00:00Z")
     assert all((again / n).read_bytes() == (tmp_path / "ccpa" / n).read_bytes() for n in names), "not byte-identical"
@@ -309,3 +313,70 @@ def test_the_oracle_matches_the_teachers_held_out_trajectories_but_for_the_grep_
         greps_first = task["kind"] in ("constant", "rename", "search")
         assert [(d.category, d.position, d.tool_name) for d in report.drifts] == (
             [("MismatchedToolInput", 0, "Grep")] if greps_first else []), line["id"]
+
+
+TEACHER_TRACES = ROOT / "fixtures" / "holdout" / "teacher"
+
+
+def test_each_agent_episode_is_scored_against_the_teachers_trajectory_of_its_task(tmp_path):
+    """`flip agent --parity-teacher DIR` scores each episode's CCPA action parity against DIR/<id>.ccpa-trace.jsonl,
+    the teacher's trajectory of that task (fixtures/holdout/teacher, written by fixtures/teacher.py --holdout-out
+    with real tools): the oracle, which takes the teacher's steps, matches every action but the grep-first kinds'
+    grep (the teacher greps with a path, the oracle without), so each task's score is exactly that, and the summary's
+    mean is the mean of the tasks scored. A task without a teacher trace is not scored; a directory holding no trace
+    of the tasks is refused before any episode runs."""
+    from harness.agent import AgentOptions, OraclePolicy, load_task, run_agent
+
+    tasks = [load_task(HOLDOUT / name) for name in PYTHON_KINDS]
+    teachers = tmp_path / "teachers"
+    teachers.mkdir()
+    for task in tasks[1:]:  # the first task has no teacher trace here
+        (teachers / f"{task.id}.ccpa-trace.jsonl").symlink_to(TEACHER_TRACES / f"{task.id}.ccpa-trace.jsonl")
+    options = AgentOptions(max_turns=8, progress=False, parity_teacher=teachers)
+    lines, summary = run_agent(tasks, OraclePolicy(counter()), options)
+    assert lines[0]["parity"] is None
+    expected = {}
+    for line in lines[1:]:
+        calls = sum(1 for t in line["turns"] if t["call"])
+        greps_first = line["kind"] in ("constant", "rename", "search")
+        expected[line["id"]] = ((calls - 1) / calls if greps_first else 1.0,
+                                [["MismatchedToolInput", 0, "Grep"]] if greps_first else [])
+    got = {line["id"]: (line["parity"]["score"], [[d["category"], d["position"], d["tool_name"]]
+                                                   for d in line["parity"]["drifts"]]) for line in lines[1:]}
+    assert got == expected
+    assert any(score < 1.0 for score, _ in got.values()) and any(score == 1.0 for score, _ in got.values())
+    scores = [score for score, _ in got.values()]
+    assert summary["parity"] == {"mean": round(sum(scores) / len(scores), 4), "tasks_scored": len(tasks) - 1,
+                                 "tasks": len(tasks), "teacher": str(teachers)}
+    (tmp_path / "none").mkdir()
+    with pytest.raises(FlipError, match="holds no teacher trajectory of these tasks"):
+        run_agent(tasks, OraclePolicy(counter()), AgentOptions(progress=False, parity_teacher=tmp_path / "none"))
+
+
+def test_the_committed_teacher_traces_are_the_teachers_held_out_trajectories(tmp_path):
+    """fixtures/holdout/teacher holds one valid CCPA teacher trace per held-out task (actor claude-code, the task's
+    workspace hash, its prompt as the user prompt, a session end), and fixtures/teacher.py's canonical variant,
+    run today with real tools, writes the same trace record for record (checked on the Python tasks, seconds: the
+    only difference allowed is the test runs' timings in the results' text)."""
+    import random
+
+    from fixtures.teacher import ALWAYS, TEACHER_MODEL, load_tasks, run_session
+    from harness.ccpa import teacher_trace, workspace_sha256
+
+    def without_results(records):
+        return [{k: v for k, v in r.items() if not (r["kind"] == "tool_result" and k == "content")} for r in records]
+
+    specs = {task["id"]: (task, workspace) for task, workspace in load_tasks(HOLDOUT)}
+    assert sorted(p.name for p in TEACHER_TRACES.iterdir()) == sorted(f"{i}.ccpa-trace.jsonl" for i in specs)
+    for task_id, (task, workspace) in specs.items():
+        records = read_records(TEACHER_TRACES / f"{task_id}.ccpa-trace.jsonl")
+        assert not trace_errors(records)
+        assert records[0]["actor"] == "claude-code" and records[0]["cwd_sha256"] == workspace_sha256(workspace)
+        assert records[1] == {"v": 1, "kind": "user_prompt", "turn": 0, "text": task["prompt"]}
+        assert records[-1]["kind"] == "session_end" and len([r for r in records if r["kind"] == "assistant_turn"]) >= 2
+        if task_id in PYTHON_KINDS:
+            session = run_session(task, workspace, ALWAYS[task["kind"]][0], random.Random(f"42/{task_id}"))
+            recording = tmp_path / f"{task_id}.stream.ndjson"
+            recording.write_text(session.rec.dump())
+            today = teacher_trace(recording, task_id, task["prompt"], workspace, TEACHER_MODEL, records[0]["ts"])
+            assert without_results(today) == without_results(records), task_id

@@ -249,3 +249,97 @@ def test_file_read_refuses_a_file_over_the_cap_without_loading_it(runtime):
     assert peak < 4 * READ_MAX_BYTES, f"file_read held {peak} bytes for a file over the cap"
     at_cap = runtime.execute("file_read", {"path": "at-cap.txt"})
     assert not at_cap.is_error and at_cap.text.startswith("1\txxx"), at_cap.text[:40]
+
+
+# ------------------------------------------------------------------ the apr-runtime dialect's observations, replayed
+
+FILE_TOOLS = ("file_read", "file_write", "file_edit")
+
+
+def test_runtime_dialect_observations_are_what_apr_codes_runtime_answers():
+    """`flip export --dialect apr-runtime` shows a result in apr-code's runtime texts only where the translation from
+    the teacher's is exact: every fixture transcript's file calls, replayed for real through AprRuntime (`flip agent
+    --runtime apr`) on a fresh copy of the task's workspace, get exactly the observation the export wrote for each
+    translated result, and every result the export counted as kept in the teacher's text differs from the runtime's.
+    Every fixture result of a file tool is translated (full reads, writes, edits); shell, grep and glob results stay
+    the teacher's. The counts are exact: translated + kept = every observation with a result. (Shell, grep and glob
+    calls are not replayed: the teacher's change no file.)"""
+    from harness.apr_runtime import runtime_observation
+
+    totals, kept, matched, differed = Counter(), Counter(), Counter(), Counter()
+    options = AgentOptions(runtime="apr", dialect="apr-runtime", progress=False)
+    for transcript in transcripts():
+        read = read_file(transcript, LineStats())
+        scrubber, stats = Scrubber(read.roots, Counter()), Stats()
+        task = transcript.parent.parent.name
+        episode = open_episode(AgentTask(task, "", TASKS / task / "workspace", "true", {}), options)
+        try:
+            for trajectory in read.trajectories:
+                steps = trajectory_steps(trajectory, scrubber, Budget(counter(), 1024, ""),
+                                         ExportOptions(dialect="apr-runtime"), stats)
+                for step in steps:
+                    if step.tool not in FILE_TOOLS:
+                        continue
+                    act(episode, render_tool_call(step.tool, step.input), counter(), options)
+                    same = episode.steps[-1].observation == step.observation
+                    (matched if same else differed)[step.tool] += 1
+        finally:
+            episode.sandbox.close()
+        totals.update(stats.runtime_observations)
+        kept.update(stats.teacher_observations)
+        observed = stats.remappable - sum(stats.refused.values()) - stats.calls_without_result
+        assert sum(stats.runtime_observations.values()) + sum(stats.teacher_observations.values()) == observed
+    assert {tool: totals[tool] for tool in FILE_TOOLS} == {tool: matched[tool] for tool in FILE_TOOLS}
+    assert not differed and not any(tool in kept for tool in FILE_TOOLS), (differed, kept)
+    assert all(totals[tool] > 10 for tool in FILE_TOOLS) and set(kept) <= {"shell", "grep", "glob"}
+    assert set(totals) == set(FILE_TOOLS)
+    assert runtime_observation("shell", {"command": "ls"}, "a.py", False) is None
+
+
+# (case, tool, input in the project's names, the teacher's own extra input, translated exactly)
+TRANSLATIONS = [
+    ("a whole read", "file_read", {"path": "src/a.py"}, {}, True),
+    ("a whole read of a file ending in two newlines", "file_read", {"path": "gap.txt"}, {}, True),
+    ("a read to the end under a limit", "file_read", {"path": "src/a.py", "limit": 5}, {}, True),
+    ("an empty file", "file_read", {"path": "empty.txt"}, {}, True),
+    ("a missing file", "file_read", {"path": "nope.py"}, {}, True),
+    ("a read cut by its limit", "file_read", {"path": "src/a.py", "limit": 2}, {}, False),
+    ("a read from line 2", "file_read", {"path": "src/a.py", "offset": 2}, {}, False),
+    ("a read of a line over 2,000 characters", "file_read", {"path": "long.txt"}, {}, False),
+    ("a write", "file_write", {"path": "new/b.py", "content": "é = 1\n"}, {}, True),
+    ("an edit", "file_edit", {"path": "src/a.py", "old": "two", "new": "zwei"}, {}, True),
+    ("an edit whose old string is absent", "file_edit", {"path": "src/a.py", "old": "four", "new": "4"}, {}, True),
+    ("an edit whose old string occurs twice", "file_edit", {"path": "src/dup.py", "old": "x = 1", "new": "x"}, {}, True),
+    ("an edit that changes nothing", "file_edit", {"path": "src/a.py", "old": "one", "new": "one"}, {}, True),
+    ("an edit of every occurrence", "file_edit", {"path": "src/dup.py", "old": "x = 1", "new": "x"},
+     {"replace_all": True}, False),
+    ("a shell command", "shell", {"command": "ls src"}, {}, False),
+    ("a grep", "grep", {"pattern": "two"}, {}, False),
+]
+
+
+@pytest.mark.parametrize("case, tool, tool_input, teacher_extra, exact", TRANSLATIONS, ids=[c[0] for c in TRANSLATIONS])
+def test_a_teacher_result_is_translated_only_where_it_is_exact(tmp_path, case, tool, tool_input, teacher_extra, exact):
+    """The teacher's result (Claude Code's text, as harness.runtime.Runtime answers, really executed) is translated
+    into exactly what apr-code's runtime (AprRuntime, really executed on another copy of the same workspace) answers
+    the same call, or, where the teacher's text does not determine that answer, not at all (None: kept and counted)."""
+    from harness.apr_runtime import runtime_observation
+    from harness.contracts import dialect_input
+    from harness.runtime import AprRuntime
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("one\ntwo\nthree\n")
+    (tmp_path / "src" / "dup.py").write_text("x = 1\nx = 1\n")
+    (tmp_path / "gap.txt").write_text("a\n\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "long.txt").write_text("y" * 2500 + "\n")
+    with Sandbox(tmp_path) as claude_box, Sandbox(tmp_path) as apr_box:
+        teacher = Runtime(claude_box).execute(tool, tool_input)
+        answer = AprRuntime(apr_box).execute(tool, dialect_input(tool, tool_input, "apr-runtime"))
+        scrubber = Scrubber(sorted({str(apr_box.root), str(apr_box.real_root)}), Counter())
+        translated = runtime_observation(tool, tool_input, teacher.text, teacher.is_error,
+                                         {**tool_input, **teacher_extra})
+        if exact:
+            assert translated == scrubber.text(answer.text), case
+        else:
+            assert translated is None, case

@@ -77,8 +77,13 @@ def test_bad_tune_options_are_refused_before_any_work(tmp_path):
     (out / "datasets-1024").mkdir(parents=True)
     (out / "datasets-1024" / "export_stats.json").write_text(json.dumps({"options": {"tokenizer": "smollm2-135m"}}))
     check_same_base(out, "smollm2-135m")
+    check_same_base(out, "smollm2-135m", "apr-prompt")  # a dataset written before dialects were recorded: the default
     with pytest.raises(FlipError, match="was tuned with --base smollm2-135m .*datasets-1024.*, not /models/qwen"):
         check_same_base(out, "/models/qwen")
+    # nor with another dialect: its datasets and rows trained other field names
+    with pytest.raises(FlipError, match="--dialect apr-prompt .*datasets-1024.*, not smollm2-135m with --dialect "
+                                        "apr-runtime"):
+        check_same_base(out, "smollm2-135m", "apr-runtime")
     (out / "recipe-a-seed42").mkdir()
     (out / "recipe-a-seed42" / "row.json").write_text(json.dumps({"base": "/models/qwen"}))
     with pytest.raises(FlipError, match=r"recipe-a-seed42.row\.json"):

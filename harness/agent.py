@@ -40,6 +40,7 @@ from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, f
 from harness.apr_runtime import runtime_schemas, schema_errors
 from harness.contracts import dialect_input, dialect_renames
 from harness.runtime import AprRuntime, Runtime, tool_error
+from harness.parity import task_parity
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, check_sandbox, isolation
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
 
@@ -155,6 +156,9 @@ class AgentOptions:
                                type=path_or_none)
     ccpa_trace: Path | None = option(None, "also write each episode as a CCPA student trace, "
                                            "DIR/<id>.ccpa-trace.jsonl (harness/ccpa.py)", type=path_or_none)
+    parity_teacher: Path | None = option(None, "score each episode's CCPA action parity against the teacher's trace "
+                                               "of its task, DIR/<id>.ccpa-trace.jsonl (fixtures/holdout/teacher for "
+                                               "the held-out tasks)", type=path_or_none)
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens per reply")
     max_tokens: int = option(SAMPLE_TOKENS, "token budget of prompt + reply, as the trainer's --max-length")
     # The live tasks decode together; finished rows leave the batch.
@@ -280,7 +284,7 @@ def close_episode(episode: Episode, options: AgentOptions) -> dict:
         keep_workspace(episode.sandbox.root, options.keep / episode.task.id)
     episode.sandbox.close()
     episode.seconds += time.perf_counter() - started
-    return trace_line(episode, test)
+    return trace_line(episode, test, options.dialect)
 
 
 def check_keep_dir(keep: Path, ids: list[str], force: bool) -> None:
@@ -302,7 +306,7 @@ def keep_workspace(source: Path, target: Path) -> None:
     shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(*SKIP_DIRS, "*.pyc"))
 
 
-def trace_line(episode: Episode, test) -> dict:
+def trace_line(episode: Episode, test, dialect: str | None = None) -> dict:
     from harness.evaluate import grounded
 
     task = episode.task
@@ -319,7 +323,7 @@ def trace_line(episode: Episode, test) -> dict:
         "first_tool": first["name"] if first else None,
         "expected_first_tool": task.first_tool,
         "first_tool_match": (first is not None and first["name"] == task.first_tool) if task.first_tool else None,
-        "grounded": grounded(task.prompt, first_call),
+        "grounded": grounded(task.prompt, first_call, dialect),
         "calls_by_tool": dict(sorted(Counter(c["name"] for c in calls).items())),
         "invalid_calls": sum(1 for t in episode.turns if t["observation"] is not None and not t["valid"]),
         "refused": sum(1 for t in episode.turns if t["refused"]),
@@ -385,6 +389,7 @@ def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[li
     """Every task as an episode, the live ones advanced together turn by turn: (trace lines, summary)."""
     check_sandbox(options.sandbox)
     started = time.perf_counter()
+    teachers = ccpa.teacher_traces(options.parity_teacher, tasks) if options.parity_teacher is not None else None
     budget = Budget(policy.counter, options.max_tokens - options.max_new_tokens, system_prompt(options.dialect))
     episodes = [open_episode(task, options) for task in tasks]
     records: dict[str, dict] = {}
@@ -423,6 +428,8 @@ def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[li
             episode.sandbox.close()
     lines = [records[task.id] for task in tasks]
     summary = summarise(lines, time.perf_counter() - started, options.sandbox)
+    if teachers is not None:
+        summary["parity"] = {**task_parity(lines, teachers), "teacher": str(options.parity_teacher)}
     summary["timings_s"] = {k: round(v, 1) for k, v in sorted(timings.items())}
     return lines, summary
 
@@ -482,7 +489,9 @@ def format_summary(summary: dict, label: str = "") -> str:
             f"{summary['mean_turns']} turns per task, valid calls {summary['valid_calls']}/{summary['calls']}; "
             f"first call grounded {summary['first_call_grounded']}/{summary['tasks_naming_path']}, first tool matches "
             f"{summary['first_tool_match']}/{summary['tasks_with_expected_first_tool']}; refused {summary['refused']}; "
-            f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min")
+            f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min"
+            + (f"; CCPA action parity {summary['parity']['mean']} over {summary['parity']['tasks_scored']} tasks"
+               if summary.get("parity") else ""))
 
 
 def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", options: AgentOptions | None = None,
@@ -502,13 +511,16 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
         check_keep_dir(options.keep, [t.id for t in tasks], force)
     if options.ccpa_trace is not None:
         ccpa.check_trace_dir(options.ccpa_trace, tasks, force)
+    if options.parity_teacher is not None:
+        ccpa.teacher_traces(options.parity_teacher, tasks)  # a wrong directory fails before the model loads
     loaded, tokenizer = load_for_eval(model, adapter, device)
     if options.keep is not None:
         options.keep = claim_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep")
     policy = ModelPolicy(loaded, tokenizer, options)
     started = ccpa.timestamp()
     records, summary = run_agent(tasks, policy, options)
-    summary = {"model": str(model), "adapter": str(adapter) if adapter else None, "tasks_dir": str(tasks_dir), **summary}
+    summary = {"model": str(model), "adapter": str(adapter) if adapter else None, "tasks_dir": str(tasks_dir),
+               "dialect": options.dialect, "runtime": options.runtime, **summary}
     write_trace(records, summary, out)
     if options.ccpa_trace is not None:
         ccpa.write_traces(records, tasks, options.ccpa_trace, str(model), started, policy.counter.count, force)

@@ -214,3 +214,91 @@ def generated_section(project_dialects: dict[str, tuple[dict, str]], tool_map: d
         runtime_table(),
         TABLE_END,
     ])
+
+
+# ------------------------------------------------------------------------- the teacher's results in the runtime's texts
+
+# Claude Code's result texts (what fixtures/teacher.py and harness.runtime.Runtime write) that say which case a call
+# was, so the runtime's text for the same case can be written. Matched on the teacher's raw result.
+CLAUDE_WRITTEN = re.compile(r"\A(?:File created successfully at: |The file .* has been updated successfully)", re.S)
+CLAUDE_EDITED = re.compile(r"\AThe file .* has been updated successfully", re.S)
+CLAUDE_NOT_FOUND = "<tool_use_error>String to replace not found in file."
+CLAUDE_FOUND_MANY = re.compile(r"\A<tool_use_error>Found (\d+) matches of the string to replace")
+CLAUDE_IDENTICAL = "<tool_use_error>No changes to make: old_string and new_string are exactly the same."
+CLAUDE_MISSING_FILE = "<tool_use_error>File does not exist."
+CLAUDE_EMPTY_FILE = "<system-reminder>Warning: the file exists but the contents are empty.</system-reminder>"
+CLAUDE_READ_LINE = re.compile(r"(\d+)\t(.*)", re.S)
+CLAUDE_READ_LIMIT = 2000  # lines Claude Code's Read shows without a limit
+CLAUDE_READ_LINE_CHARS = 2000  # and characters per line (a longer line is cut)
+OS_NOT_FOUND = "No such file or directory (os error 2)"  # Rust's io::Error for ENOENT, as AprRuntime writes it
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
+
+
+def runtime_observation(tool: str, tool_input: dict, result: str, is_error: bool,
+                        teacher_input: dict | None = None) -> str | None:
+    """What apr-code's runtime would have answered the teacher's call, made from the teacher's (Claude Code's) result
+    where that is exact; None where it is not (the teacher's text is kept, and counted). tool_input is the call in the
+    project's field names (file_edit old/new); teacher_input the teacher's own (Edit's replace_all).
+
+    Exact: file_write's success (`Wrote N bytes to P`, N from the content); file_edit's success (both sizes from the
+    input), not-found, found-N-times and identical texts; file_read's missing file, empty file, and a read from the
+    first line to the file's end (the teacher showed fewer lines than its limit, none cut) re-numbered the runtime's
+    way. Not exact: shell (the runtime separates stdout and stderr, the teacher's result merges them), grep (the
+    teacher lists files, the runtime matching lines), glob (another order and path form), a read that may have stopped
+    before the end or started after the first line (the runtime's 128 KB check reads the whole file)."""
+    path = tool_input.get("path", "")
+    if tool == "file_write":
+        if not is_error and CLAUDE_WRITTEN.match(result):
+            return text("file_write", "ok").format(bytes=_utf8_len(tool_input["content"]), path=path)
+        return None
+    if tool == "file_edit":
+        return _edit_observation(tool_input, result, is_error, bool((teacher_input or {}).get("replace_all")))
+    if tool == "file_read":
+        return _read_observation(tool_input, result, is_error)
+    return None
+
+
+def _edit_observation(tool_input: dict, result: str, is_error: bool, replace_all: bool) -> str | None:
+    path, old, new = tool_input.get("path", ""), tool_input["old"], tool_input["new"]
+    if replace_all:  # the runtime has no replace_all: the same call does something else there
+        return None
+    if not is_error:
+        if CLAUDE_EDITED.match(result):
+            return text("file_edit", "ok").format(path=path, old_bytes=_utf8_len(old), new_bytes=_utf8_len(new))
+        return None
+    if result.startswith(CLAUDE_IDENTICAL):
+        return text("file_edit", "identical")
+    if result.startswith(CLAUDE_NOT_FOUND):
+        return text("file_edit", "not_found").format(path=path)
+    many = CLAUDE_FOUND_MANY.match(result)
+    if many:
+        return text("file_edit", "found_many").format(count=int(many.group(1)), path=path)
+    return None
+
+
+def _read_observation(tool_input: dict, result: str, is_error: bool) -> str | None:
+    path = tool_input.get("path", "")
+    if is_error:
+        if result.startswith(CLAUDE_MISSING_FILE):
+            return text("file_read", "cannot_resolve").format(path=path, error=OS_NOT_FOUND)
+        return None
+    if result == CLAUDE_EMPTY_FILE:
+        return ""  # no line to number, nothing more to read
+    shown = [CLAUDE_READ_LINE.fullmatch(line) for line in result.split("\n")]
+    if not all(shown) or [int(m.group(1)) for m in shown] != list(range(1, len(shown) + 1)):
+        # not Claude Code's numbered lines from the first (a note after them, another format), or a read from a later
+        # line, whose unseen head the runtime's size check of the whole file might refuse
+        return None
+    lines = [m.group(2) for m in shown]
+    to_the_end = len(lines) < (tool_input.get("limit") or CLAUDE_READ_LIMIT)
+    whole = "\n".join(lines)
+    if not to_the_end or any(len(line) >= CLAUDE_READ_LINE_CHARS for line in lines) \
+            or _utf8_len(whole) > limit("file_read", "max_bytes") or len(lines) > limit("file_read", "max_lines"):
+        return None
+    if lines[-1] == "":
+        lines.pop()  # Claude Code shows a final newline as one more, empty, line; the runtime (str::lines) does not
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return "".join(text("file_read", "line").format(number=n, line=line) for n, line in enumerate(lines, 1))

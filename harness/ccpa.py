@@ -315,3 +315,50 @@ def transcript_records(path: Path) -> list[dict]:
                 records.append({"v": v, "kind": "tool_result", "turn": turn, "tool_use_id": call.id,
                                 "ok": not call.is_error, "content": scrubber.text(call.result)})
     return records
+
+
+# ------------------------------------------------------------------------------------ the teacher's held-out traces
+
+TEACHER_ACTOR = "claude-code"
+
+
+def teacher_trace(transcript: Path, task_id: str, task: str, workspace: Path, model: str, ts: str) -> list[dict]:
+    """A Claude Code transcript of one task as a whole CCPA teacher trace: session_start (actor claude-code, the
+    workspace hashed as a student trace of the same task hashes it, so CCPA sees both start from one tree), the
+    task as the user prompt (headless stream-json does not echo it), the transcript's turns (transcript_records),
+    session_end. A recording's timings and token counts are not the teacher's own measurements: elapsed_ms and the
+    token counts are written as 0."""
+    v = RECORD_VERSION
+    turns = transcript_records(transcript)
+    if not any(r["kind"] == "user_prompt" for r in turns):
+        turns.insert(0, {"v": v, "kind": "user_prompt", "turn": 0, "text": task})
+    start = {"v": v, "kind": "session_start", "session_id": session_id(model, task_id, task), "ts": ts,
+             "actor": TEACHER_ACTOR, "model": model, "cwd_sha256": workspace_sha256(workspace)}
+    end = {"v": v, "kind": "session_end", "turn": max([r["turn"] for r in turns] + [1]), "stop_reason": "end_turn",
+           "elapsed_ms": 0, "tokens_in": 0, "tokens_out": 0}
+    records = [start, *turns, end]
+    errors = trace_errors(records)
+    if errors:
+        raise FlipError(f"the CCPA trace of {transcript} does not match {SCHEMA_FILE}: {errors[0]}")
+    return records
+
+
+def teacher_traces(directory: Path, tasks) -> dict[str, list[dict]]:
+    """task id -> the teacher's trace of that task, DIR/<id>.ccpa-trace.jsonl (or any transcript flip export reads,
+    DIR/<id>.<suffix>), for the tasks that have one; a directory holding none of the tasks' is refused (a wrong
+    directory would otherwise score nothing, silently)."""
+    from harness.export import TRANSCRIPT_SUFFIXES
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FlipError(f"--parity-teacher {directory} is not a directory")
+    names = {p.name: p for p in directory.iterdir() if p.is_file()}
+    found = {}
+    for task in tasks:
+        candidates = [names[n] for n in (trace_name(task.id), *(task.id + s for s in TRANSCRIPT_SUFFIXES)) if n in names]
+        if candidates:
+            found[task.id] = transcript_records(candidates[0])
+    if not found:
+        raise FlipError(f"--parity-teacher {directory} holds no teacher trajectory of these tasks "
+                        f"(<id>{SUFFIX}, e.g. {trace_name(tasks[0].id)})")
+    return found

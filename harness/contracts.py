@@ -82,6 +82,11 @@ def renamed_schema(schema: dict, renames: dict[str, str]) -> dict:
             "required": [renames.get(k, k) for k in schema.get("required", [])]}
 
 
+def runtime_observations(dialect: str | None) -> bool:
+    """Whether the dialect shows results in apr-code's runtime texts (else in the teacher's own)."""
+    return _dialect(dialect)["observations"] == "runtime"
+
+
 def dialect_renames(dialect: str | None) -> dict[str, dict[str, str]]:
     """tool -> {project field: the dialect's field}; empty for the default dialect."""
     return _dialect(dialect)["rename"]
@@ -96,6 +101,13 @@ def dialect_input(tool: str, tool_input: dict, dialect: str | None) -> dict:
 @lru_cache(maxsize=None)
 def system_prompt(dialect: str | None = None) -> str:
     return (CONTRACTS / _dialect(dialect)["system_prompt"]).read_text(encoding="utf-8").strip()
+
+
+def dialect_of_system(system: str | None) -> str:
+    """The dialect whose system prompt a sample carries (flip export writes each sample's `system`); the default
+    dialect for a sample with none or another one."""
+    default, table = dialects()
+    return next((name for name in table if system_prompt(name) == (system or "").strip()), default)
 
 
 @lru_cache(maxsize=None)

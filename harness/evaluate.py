@@ -25,8 +25,9 @@ from pathlib import Path
 
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import check_out_file, write_text
-from harness.options import MODEL_HELP, adapter_option, add_options, device_option, option, options_of
-from harness.contracts import system_prompt
+from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, dialect_option, option,
+                             options_of)
+from harness.contracts import dialects, system_prompt
 from harness.prompt import render_instruction
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
 
@@ -151,22 +152,24 @@ def absolute_paths(call: ToolCall) -> list[str]:
     return [p for p in call_paths(call) if (is_absolute(p) and p not in _HARMLESS_ABSOLUTE) or climbs_out(p)]
 
 
-def grounded(task: str, calls: list[ToolCall]) -> bool | None:
-    """True when a valid call names a path the task names; None when the task names no path (not measurable)."""
+def grounded(task: str, calls: list[ToolCall], dialect: str | None = None) -> bool | None:
+    """True when a call valid in the dialect names a path the task names; None when the task names no path (not
+    measurable)."""
     wanted = task_paths(task)
     if not wanted:
         return None
-    return any(not call_errors(call) and names_path(call, path) for call in calls for path in wanted)
+    return any(not call_errors(call, dialect) and names_path(call, path) for call in calls for path in wanted)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # One task's trace line, and the summary over all of them
 # ---------------------------------------------------------------------------------------------------------------------
 
-def trace_record(task_id: str, task: str, output: str, **extra) -> dict:
-    """Everything measured about one generated output, as one JSON-serialisable trace line."""
+def trace_record(task_id: str, task: str, output: str, dialect: str | None = None, **extra) -> dict:
+    """Everything measured about one generated output, as one JSON-serialisable trace line; a call is valid in the
+    dialect's schemas (the field names the model was prompted with)."""
     calls = parse_tool_calls(output)
-    errors = [call_errors(call) for call in calls]
+    errors = [call_errors(call, dialect) for call in calls]
     abs_paths = sorted({p for call in calls for p in absolute_paths(call)})
     return {
         "id": task_id,
@@ -177,7 +180,7 @@ def trace_record(task_id: str, task: str, output: str, **extra) -> dict:
         "errors": errors,
         "tool_use_count": len(calls),
         "task_paths": task_paths(task),
-        "grounded": grounded(task, calls),
+        "grounded": grounded(task, calls, dialect),
         "absolute_paths": abs_paths,
         "absolute_path_flag": bool(abs_paths),
         **extra,
@@ -444,15 +447,18 @@ def _prefill(model, tokenizer, texts, cache, cache_arg, device):
 
 
 def evaluate_loaded(model, tokenizer, prompts: list[dict], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                    batch_size: int = DEFAULT_BATCH_SIZE, progress: str | None = None) -> tuple[list[dict], dict]:
+                    batch_size: int = DEFAULT_BATCH_SIZE, progress: str | None = None,
+                    dialect: str | None = None) -> tuple[list[dict], dict]:
     """Evaluate an already-loaded (model, tokenizer): (trace records, summary). Used by `flip run` from the trainer's
-    on_eval callback, so steps-to-flip is measured on the training model without a reload."""
+    on_eval callback, so steps-to-flip is measured on the training model without a reload. The dialect's system
+    prompt is shown and its schemas decide validity."""
     start = time.perf_counter()
-    texts = [render_prompt(tokenizer, render_instruction(p["task"])) for p in prompts]
+    texts = [render_prompt(tokenizer, render_instruction(p["task"]), dialect) for p in prompts]
     generated = generate(model, tokenizer, texts, max_new_tokens, batch_size, progress=progress)
-    records = [trace_record(p["id"], p["task"], g.pop("output"), kind=p.get("kind"),
+    records = [trace_record(p["id"], p["task"], g.pop("output"), dialect, kind=p.get("kind"),
                             expected_first_tool=p.get("first_tool"), **g) for p, g in zip(prompts, generated)]
     summary = summarise(records)
+    summary["dialect"] = dialect or dialects()[0]
     summary["max_new_tokens"] = max_new_tokens
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return records, summary
@@ -491,7 +497,7 @@ def summary_file(trace: str | os.PathLike) -> Path:
 def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.PathLike,
              adapter: str | os.PathLike | None = None, device: str = "auto",
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
-             label: str | None = None) -> dict:
+             label: str | None = None, dialect: str | None = None) -> dict:
     """Load a model (+ adapter), evaluate it on the prompts, write the trace and its summary; returns the summary."""
     prompt_list = load_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
     inputs = (prompts,) if isinstance(prompts, (str, os.PathLike)) else ()
@@ -502,7 +508,7 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
     check(model)
     loaded, tokenizer = load_for_eval(model, adapter, device)
     records, summary = evaluate_loaded(loaded, tokenizer, prompt_list, max_new_tokens, batch_size,
-                                       progress=label or str(model))
+                                       progress=label or str(model), dialect=dialect)
     summary = {"model": str(model), "adapter": str(adapter) if adapter else None, **summary}
     write_trace(records, summary, out)
     print(format_summary(summary, label or str(model)), file=sys.stderr)
@@ -523,6 +529,7 @@ class EvalOptions:
     device: str = device_option()
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens generated per task")
     batch_size: int = option(DEFAULT_BATCH_SIZE, "prompts per generate() call")
+    dialect: str = dialect_option()
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -536,5 +543,5 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     options = options_of(EvalOptions, args)
     evaluate(options.model, options.prompts, options.out, adapter=options.adapter, device=options.device,
-             max_new_tokens=options.max_new_tokens, batch_size=options.batch_size)
+             max_new_tokens=options.max_new_tokens, batch_size=options.batch_size, dialect=options.dialect)
     return 0

@@ -46,9 +46,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness import FlipError
-from harness.apr_runtime import rewrite_target, target_refusal
+from harness.apr_runtime import rewrite_target, runtime_observation, target_refusal
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
-from harness.contracts import dialect_input, system_prompt, tool_map, tool_schemas
+from harness.contracts import dialect_input, runtime_observations, system_prompt, tool_map, tool_schemas
 from harness.models import SMOLLM2
 from harness.options import add_options, dialect_option, option, options_of
 from harness.prompt import (SAMPLE_TOKENS, Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
@@ -158,6 +158,9 @@ class Stats:
     failed: Counter = field(default_factory=Counter)
     runtime_refused: Counter = field(default_factory=Counter)  # reason -> calls apr-code's runtime would not run
     runtime_rewritten: Counter = field(default_factory=Counter)  # reason -> calls rewritten exactly to run there
+    # A dialect that shows the runtime's result texts: tool -> results translated exactly / kept in the teacher's text
+    runtime_observations: Counter = field(default_factory=Counter)
+    teacher_observations: Counter = field(default_factory=Counter)
     candidates: int = 0
     final_candidates: int = 0
     finals_dropped: Counter = field(default_factory=Counter)
@@ -197,6 +200,8 @@ class Stats:
             "failed": dict(sorted(self.failed.items())),
             "runtime_refused": dict(sorted(self.runtime_refused.items())),
             "runtime_rewritten": dict(sorted(self.runtime_rewritten.items())),
+            "runtime_observations": dict(sorted(self.runtime_observations.items())),
+            "teacher_observations": dict(sorted(self.teacher_observations.items())),
             "orphan_results": lines.orphan_results,
             "candidates": self.candidates,
             "final_candidates": self.final_candidates,
@@ -326,7 +331,7 @@ class Writers:
             reservoir[slot] = sample
 
     def _write(self, mode: str, sample: Sample) -> None:
-        self.handles[mode].write(sample_line(sample, self.options.target))
+        self.handles[mode].write(sample_line(sample, self.options.target, self.options.dialect))
         self.stats.samples[mode] += 1
         self.stats.per_tool[mode].update(sample.tools())
 
@@ -362,30 +367,31 @@ def _tool_rng(seed: int, tool: str, n: int) -> random.Random:
     return random.Random(f"{seed}:{tool}:{n}")
 
 
-def sample_line(sample: Sample | Conversation, target: str) -> str:
+def sample_line(sample: Sample | Conversation, target: str, dialect: str | None = None) -> str:
     if isinstance(sample, Conversation):
-        obj = {"messages": sample.messages, "tools": list(tools_list()), "metadata": sample.metadata}
+        obj = {"messages": sample.messages, "tools": list(tools_list(dialect)), "metadata": sample.metadata}
     elif target == "apr-code":
         obj = {"instruction": sample.instruction, "response": sample.response, "system": sample.system,
                "metadata": sample.metadata}
     else:
-        obj = messages_record(sample)
+        obj = messages_record(sample, dialect)
     return json.dumps(obj, ensure_ascii=False) + "\n"
 
 
 @lru_cache(maxsize=None)
-def tools_list() -> tuple:
+def tools_list(dialect: str | None = None) -> tuple:
     """The apr-code tools as chat-template `tools` entries: name, description and parameters all from the tool's JSON
-    Schema in contracts/schemas (its `description` says what the tool does; the rest is its parameters)."""
+    Schema in the dialect (contracts/schemas, renamed as contracts/dialects.yaml says; its `description` says what
+    the tool does; the rest is its parameters), so the tools a chat lists are the ones its calls use."""
     entries = []
-    for name, schema in tool_schemas().items():
+    for name, schema in tool_schemas(dialect).items():
         parameters = {k: v for k, v in schema.items() if k not in ("$schema", "title", "description")}
         entries.append({"type": "function", "function": {"name": name, "description": schema["description"],
                                                          "parameters": parameters}})
     return tuple(entries)
 
 
-def messages_record(sample: Sample) -> dict:
+def messages_record(sample: Sample, dialect: str | None = None) -> dict:
     """HF chat format: system/user/assistant messages, the assistant's call as `tool_calls` with object arguments (a
     final answer is the assistant's plain content)."""
     if sample.metadata.get("final"):
@@ -401,7 +407,7 @@ def messages_record(sample: Sample) -> dict:
             {"role": "user", "content": sample.instruction},
             assistant,
         ],
-        "tools": list(tools_list()),
+        "tools": list(tools_list(dialect)),
         "metadata": sample.metadata,
     }
 
@@ -434,7 +440,8 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
             stats.calls_without_result += 1
             result = None
         else:
-            result, cut = scrubber.shortened(call.result, options.max_result_chars)
+            result, cut = scrubber.shortened(observed_result(tool, tool_input, call, options.dialect, stats),
+                                             options.max_result_chars)
             if cut:
                 stats.truncated["results_shortened"] += 1
         # A call its tool rejected (a file that does not exist, an old string not in the file, an unread file) did
@@ -456,6 +463,19 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
     targets = target_steps(steps)
     count_steps(budget.counter, steps, (targets[-1] if later_samples else targets[0]) if targets else 0)
     return steps
+
+
+def observed_result(tool: str, tool_input: dict, call, dialect: str, stats: Stats) -> str:
+    """The call's result as the dialect shows it: the teacher's text, or (a dialect of the runtime's texts) what
+    apr-code's runtime would have answered where that translation is exact, counted by tool either way."""
+    if not runtime_observations(dialect):
+        return call.result
+    translated = runtime_observation(tool, tool_input, call.result, call.is_error, call.input)
+    if translated is None:
+        stats.teacher_observations[tool] += 1
+        return call.result
+    stats.runtime_observations[tool] += 1
+    return translated
 
 
 def target_steps(steps: list[Step]) -> list[int]:

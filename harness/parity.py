@@ -301,3 +301,25 @@ def main(args) -> int:
         print(f"aggregate {report['aggregate_score']:.3f} over {report['traces']} traces", file=sys.stderr)
     sys.stdout.write(text)
     return 0
+
+
+# ------------------------------------------------------------------------------- per task, in flip agent's report
+
+def task_parity(lines: list[dict], teachers: dict[str, list[dict]]) -> dict:
+    """Each agent episode (a `flip agent` trace line) scored against the teacher's trace of its task: the line gains
+    `parity` (this module's report, or None without a teacher trace); returns the summary: the mean over the scored
+    tasks (CCPA's corpus aggregate) and how many were scored."""
+    from harness.ccpa import episode_records
+
+    scores = []
+    for line in lines:
+        teacher = teachers.get(line["id"])
+        if teacher is None:
+            line["parity"] = None
+            continue
+        # only the actions are compared: the session's id, time and workspace hash do not enter the score
+        student = episode_records(line, "apr-code", "1970-01-01T00:00:00Z", "0" * 64)
+        line["parity"] = parity_score(teacher, student).as_json()
+        scores.append(line["parity"]["score"])
+    return {"mean": round(sum(scores) / len(scores), 4) if scores else None, "tasks_scored": len(scores),
+            "tasks": len(lines)}

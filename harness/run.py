@@ -27,8 +27,8 @@ from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES, SMOLLM2
-from harness.options import (MODEL_HELP, add_options, config_text, device_option, field_names, option, options_of,
-                             positive_or_none, read_config, sandbox_option)
+from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
+                             option, options_of, path_or_none, positive_or_none, read_config, sandbox_option)
 from harness.sandbox import check_sandbox
 from harness.train import TrainConfig
 
@@ -53,6 +53,7 @@ class RunOptions:
     holdout: Path = option(FIXTURES / "holdout" / "workspaces", 'held-out task folders (prompt.txt, task.json, '
                            'workspace/), or a {"id", "task"} JSONL (first step only, no agent)')
     mode: str = option(RECIPE["mode"], "which exported dataset to train on", choices=MODES)
+    dialect: str = dialect_option()  # exported, trained, evaluated and run as an agent in it
     steps: int = option(RECIPE["steps"], "optimizer steps")
     lr: float = option(RECIPE["lr"], "peak learning rate")
     rank: int = option(RECIPE["rank"], "LoRA rank r")
@@ -80,6 +81,9 @@ class RunOptions:
     sandbox: str = sandbox_option()
     max_turns: int = option(agent_stage.DEFAULT_MAX_TURNS, "agent turns per held-out task")
     agent_tokens: int = option(agent_stage.DEFAULT_MAX_NEW_TOKENS, "tokens per agent reply (a call may carry code)")
+    parity_teacher: Path | None = option(FIXTURES / "holdout" / "teacher", "the teacher's CCPA trace of each held-out "
+                                         "task, <id>.ccpa-trace.jsonl: the agents' per-task action parity ('' for none)",
+                                         type=path_or_none)
     force: bool = option(False, "write into a non-empty --out holding files flip run did not write (nothing is "
                                 "deleted)")
     timings: dict = field(default_factory=dict)  # wall seconds per phase
@@ -91,6 +95,7 @@ class RunOptions:
         self.out = Path(self.out)
         self.transcripts, self.holdout = Path(self.transcripts), Path(self.holdout)
         self.data = Path(self.data) if self.data is not None else None
+        self.parity_teacher = Path(self.parity_teacher) if self.parity_teacher else None
         self.targets = tuple(self.targets)
         for name in ("steps", "rank", "alpha", "batch_size", "grad_accum", "max_length", "max_new_tokens",
                      "progress_tokens", "eval_batch_size", "max_turns", "agent_tokens"):
@@ -142,7 +147,8 @@ def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
     out = options.out / "datasets"
     # the token budget is counted with the base's own tokenizer: the trainer keeps or drops samples by the same count
     stats = export([options.transcripts], out, ExportOptions(mode="all", max_tokens=options.max_length,
-                                                              tokenizer=options.base, seed=options.seed, progress=False))
+                                                              tokenizer=options.base, seed=options.seed,
+                                                              dialect=options.dialect, progress=False))
     data = out / f"apr_code_sft_{options.mode}.jsonl"
     if not data.is_file():
         raise FlipError(f"the export wrote no {data.name} (modes: curated, balanced, full)")
@@ -182,7 +188,8 @@ def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[d
     progress: list[dict] = []
 
     def on_eval(step, model, tokenizer):
-        _, summary = evaluate_loaded(model, tokenizer, prompts, options.progress_tokens, options.eval_batch_size)
+        _, summary = evaluate_loaded(model, tokenizer, prompts, options.progress_tokens, options.eval_batch_size,
+                                     dialect=options.dialect)
         row = {"step": step, **{k: summary[k] for k in ("tasks_with_call", "tasks_with_valid_call", "valid_rate",
                                                           "tasks_grounded", "grounded_rate", "seconds")}}
         progress.append(row)
@@ -220,7 +227,8 @@ def eval_phase(options: RunOptions, prompts: list[dict]) -> dict:
     from harness.evaluate import evaluate
 
     traces = options.out / "traces"
-    common = dict(device=options.device, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size)
+    common = dict(device=options.device, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size,
+                  dialect=options.dialect)
     base = evaluate(options.base, prompts, traces / "base.jsonl", label="base", **common)
     model, adapter = student_model(options)
     student = evaluate(model, prompts, traces / "student.jsonl", adapter=adapter, label="student", **common)
@@ -241,14 +249,18 @@ def agent_phase(options: RunOptions) -> dict:
     traces = options.out / "traces"
     agent_options = dict(max_turns=options.max_turns, max_new_tokens=options.agent_tokens,
                          max_tokens=options.max_length, batch_size=options.eval_batch_size,
-                         sandbox=options.sandbox)
+                         sandbox=options.sandbox, dialect=options.dialect, parity_teacher=options.parity_teacher)
     base = agent(options.base, options.holdout, traces / "agent_base.jsonl", device=options.device,
                  options=AgentOptions(**agent_options), label="base agent")
     model, adapter = student_model(options)
     student = agent(model, options.holdout, traces / "agent_student.jsonl", adapter=adapter, device=options.device,
                     options=AgentOptions(**agent_options), label="student agent")
     lines = [json.loads(line) for line in (traces / "agent_student.jsonl").read_text(encoding="utf-8").splitlines()]
+    base_lines = [json.loads(line) for line in (traces / "agent_base.jsonl").read_text(encoding="utf-8").splitlines()]
     return {"base": base, "student": student, "max_turns": options.max_turns,
+            "parity_per_task": {line["id"]: {"base": (other.get("parity") or {}).get("score"),
+                                             "student": (line.get("parity") or {}).get("score")}
+                                for line, other in zip(lines, base_lines)},
             "solved_example": next((line for line in lines if line["solved"]), None),
             "unsolved_example": next((line for line in lines if not line["solved"]), None)}
 
@@ -288,6 +300,7 @@ def build_report(options: RunOptions, data: Path, export_stats, train_summary: d
     return {
         "goal": goals(results),
         "base_model": options.base,
+        "dialect": options.dialect,
         "dataset": {"path": str(data), "mode": options.mode if export_stats is not None else None,
                     "samples": train_summary["samples"],
                     "export_samples": export_stats.get("samples") if export_stats else None},
@@ -320,7 +333,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Base `{report['base_model']}`, trained {report['steps_trained']} steps on "
         f"`{report['dataset']['path']}` ({report['dataset']['samples']['train']} train / "
-        f"{report['dataset']['samples']['val']} val samples), evaluated greedily on "
+        f"{report['dataset']['samples']['val']} val samples) in the {report['dialect']} dialect, evaluated greedily on "
         f"{report['held_out']['tasks']} held-out tasks (never trained on).",
         "",
         f"**Goal {'met' if goal['met'] else 'NOT met'}.**",
@@ -395,6 +408,29 @@ def _kind_cell(row: dict | None) -> str:
     return f"{row['first_tool_match']} / {row['grounded']} of {row['naming_path']} / {row['tasks']}"
 
 
+def parity_rows(base: dict, student: dict) -> list[str]:
+    """The agents' mean CCPA action parity against the teacher's held-out trajectories (when they were scored)."""
+    if not (base.get("parity") and student.get("parity")):
+        return []
+    def cell(parity):
+        return "n/a" if parity["mean"] is None else f"{parity['mean']:.3f} ({parity['tasks_scored']}/{parity['tasks']} tasks)"
+
+    return [f"| CCPA action parity with the teacher (mean) | {cell(base['parity'])} | {cell(student['parity'])} |"]
+
+
+def parity_table(per_task: dict) -> list[str]:
+    """Each held-out task's CCPA action parity, base and student, against the teacher's trajectory of that task."""
+    if not per_task or all(row["student"] is None and row["base"] is None for row in per_task.values()):
+        return []
+
+    def cell(score):
+        return "-" if score is None else f"{score:.3f}"
+
+    return ["", "Per task: CCPA action parity (matched / teacher actions, `harness/parity.py`) against the teacher's "
+                "trajectory of the task:", "", "| task | base | student |", "|---|---|---|",
+            *[f"| {task} | {cell(row['base'])} | {cell(row['student'])} |" for task, row in per_task.items()]]
+
+
 def agent_section(agent: dict) -> list[str]:
     """The agentic comparison: whole tasks in the sandbox, solved when the task's tests pass."""
     base, student = agent["base"], agent["student"]
@@ -423,6 +459,7 @@ def agent_section(agent: dict) -> list[str]:
         row("calls per tool", "calls_per_tool", lambda v: v or "-"),
         row("stop reasons", "stop_reasons"),
         row("tasks per minute", "tasks_per_minute"),
+        *parity_rows(base, student),
         "",
         "Per task kind (agent: solved / tasks):",
         "",
@@ -433,6 +470,7 @@ def agent_section(agent: dict) -> list[str]:
           for kind in sorted(set(base["per_kind"]) | set(student["per_kind"]))],
         "",
         f"Sandbox: {student['isolation']}.",
+        *parity_table(agent.get("parity_per_task")),
     ]
     for title, trace in (("A solved task", agent.get("solved_example")), ("An unsolved task", agent.get("unsolved_example"))):
         if trace:
@@ -465,6 +503,11 @@ def run(options: RunOptions) -> dict:
         raise FlipError(f"--transcripts {options.transcripts}: no such file or directory")
     if options.data is not None and not options.data.is_file():
         raise FlipError(f"--data {options.data} not found")
+    if options.agent and options.holdout.is_dir() and options.parity_teacher is not None:
+        from harness.agent import load_tasks
+        from harness.ccpa import teacher_traces
+
+        teacher_traces(options.parity_teacher, load_tasks(options.holdout))  # read and checked before any work
     options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force)
     write_text(options.out / CONFIG_FILE, config)
     with phase(options, "export"):

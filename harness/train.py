@@ -112,15 +112,18 @@ class TrainConfig:
 
 
 def response_kind(sample: dict) -> str:
-    """"call": exactly one closed, schema-valid <tool_call> and nothing else of the tag; "final": a final answer
+    """"call": exactly one closed <tool_call>, valid in the sample's dialect, and nothing else of the tag; "final": a final answer
     (metadata.final) holding no call tag at all; "prose": anything else, which apr-code would not run."""
+    from harness.contracts import dialect_of_system
     from harness.toolcall import CLOSE, OPEN, call_errors, parse_tool_calls
 
     response = sample["response"]
     if (sample.get("metadata") or {}).get("final") is True and OPEN not in response and CLOSE not in response:
         return "final"
     calls = parse_tool_calls(response)
-    if len(calls) == 1 and calls[0].closed and not call_errors(calls[0]) and response.count(OPEN) == 1:
+    # valid in the dialect the sample was exported in: its system prompt names the field names it trains
+    valid = not call_errors(calls[0], dialect_of_system(sample.get("system"))) if len(calls) == 1 else False
+    if len(calls) == 1 and calls[0].closed and valid and response.count(OPEN) == 1:
         return "call"
     return "prose"
 

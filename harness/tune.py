@@ -26,9 +26,9 @@ from pathlib import Path
 from harness import FlipError
 from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation runs agents as `flip run` does
 from harness.atomic import claim_dir, write_text
-from harness.contracts import FIXTURES, recipes
+from harness.contracts import FIXTURES, dialects, recipes
 from harness.models import SMOLLM2, check
-from harness.options import MODEL_HELP, add_options, device_option, option, options_of, sandbox_option
+from harness.options import MODEL_HELP, add_options, device_option, dialect_option, option, options_of, sandbox_option
 from harness.sandbox import check_sandbox
 from harness.train import TrainConfig
 
@@ -86,20 +86,27 @@ def pooled(rows: list[dict]) -> dict:
     }
 
 
-def check_same_base(out: Path, base: str) -> None:
-    """A tune directory resumes only with the base it began with: its datasets were counted with that base's tokenizer
-    and its finished rows trained it."""
-    made = [(stats, json.loads(stats.read_text(encoding="utf-8"))["options"]["tokenizer"])
-            for stats in sorted(out.glob("datasets-*/export_stats.json"))]
-    made += [(row, json.loads(row.read_text(encoding="utf-8"))["base"]) for row in sorted(out.glob("recipe-*/row.json"))]
-    for path, used in made:
-        if used != base:
-            raise FlipError(f"{out} was tuned with --base {used} ({path.relative_to(out)}), not {base}: "
-                            "resume it with that base, or tune into another --out")
+def check_same_base(out: Path, base: str, dialect: str | None = None) -> None:
+    """A tune directory resumes only with the base and dialect it began with: its datasets were counted with that
+    base's tokenizer and written in that dialect, and its finished rows trained them. (Rows and datasets written
+    before the dialect was recorded are the default dialect's.)"""
+    dialect = dialect or dialects()[0]
+    made = []
+    for stats in sorted(out.glob("datasets-*/export_stats.json")):
+        used = json.loads(stats.read_text(encoding="utf-8"))["options"]
+        made.append((stats, used["tokenizer"], used.get("dialect", dialects()[0])))
+    for row in sorted(out.glob("recipe-*/row.json")):
+        used = json.loads(row.read_text(encoding="utf-8"))
+        made.append((row, used["base"], used.get("dialect", dialects()[0])))
+    for path, used_base, used_dialect in made:
+        if (used_base, used_dialect) != (base, dialect):
+            raise FlipError(f"{out} was tuned with --base {used_base} --dialect {used_dialect} "
+                            f"({path.relative_to(out)}), not {base} with --dialect {dialect}: resume it with those, "
+                            "or tune into another --out")
 
 
 def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], val_dir: Path, base: str,
-                    max_turns: int, device: str, train_seed: int, sandbox: str) -> dict:
+                    max_turns: int, device: str, train_seed: int, sandbox: str, dialect: str | None = None) -> dict:
     from harness.agent import AgentOptions, agent
     from harness.evaluate import evaluate, load_prompts
     from harness.export import ExportOptions, export
@@ -113,7 +120,8 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     datasets = out / f"datasets-{recipe['max_length']}"
     if not (datasets / f"apr_code_sft_{recipe['mode']}.jsonl").is_file():
         export([TRANSCRIPTS / task_id for task_id in train_ids], datasets,
-               ExportOptions(mode="all", max_tokens=recipe["max_length"], tokenizer=base, progress=False))
+               ExportOptions(mode="all", max_tokens=recipe["max_length"], tokenizer=base, progress=False,
+                             dialect=dialect or dialects()[0]))
     data = datasets / f"apr_code_sft_{recipe['mode']}.jsonl"
     prompts = load_prompts(val_dir)
     check_no_leak(data, prompts)
@@ -125,13 +133,15 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     clock = time.perf_counter()
     summary = train(config)
     train_s = time.perf_counter() - clock
+    dialect = dialect or dialects()[0]
     first_step = evaluate(base, prompts, work / "first_step.jsonl", adapter=work / "adapter", device=device,
-                          label=f"{name} first step")
+                          label=f"{name} first step", dialect=dialect)
     agent_summary = agent(base, val_dir, work / "agent.jsonl", adapter=work / "adapter", device=device,
                           options=AgentOptions(max_turns=max_turns, max_tokens=recipe["max_length"],
-                                               sandbox=sandbox),
+                                               sandbox=sandbox, dialect=dialect),
                           label=f"{name} agent")
-    row = {"recipe": dict(recipe, name=name), "base": base, "train_seed": train_seed, "train_s": round(train_s, 1),
+    row = {"recipe": dict(recipe, name=name), "base": base, "dialect": dialect, "train_seed": train_seed,
+           "train_s": round(train_s, 1),
            "final_train_loss": summary["final_train_loss"], "first_step": first_step, "agent": agent_summary,
            "seconds": round(time.perf_counter() - started, 1)}
     write_text(work / "row.json", json.dumps(row, indent=2) + "\n")
@@ -149,6 +159,7 @@ class TuneOptions:
         str(TrainConfig.seed), "comma-separated training seeds: each recipe trains once per seed and is chosen on the "
         "runs pooled; the default is flip train's seed")
     max_turns: int = option(DEFAULT_MAX_TURNS, "agent turns per validation task")
+    dialect: str = dialect_option()
     device: str = device_option()
     sandbox: str = sandbox_option()
     force: bool = option(
@@ -157,7 +168,8 @@ class TuneOptions:
 
 def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOptions.base, seed: int = TuneOptions.seed,
          max_turns: int = TuneOptions.max_turns, device: str = TuneOptions.device, force: bool = False,
-         train_seeds: tuple[int, ...] = (TrainConfig.seed,), sandbox: str = TuneOptions.sandbox) -> dict:
+         train_seeds: tuple[int, ...] = (TrainConfig.seed,), sandbox: str = TuneOptions.sandbox,
+         dialect: str | None = None) -> dict:
     default, candidates = recipes()
     names = names or list(candidates)
     unknown = [n for n in names if n not in candidates]
@@ -170,7 +182,7 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
     check(base)
     check_sandbox(sandbox)
     out = claim_dir(out, "tune", OUTPUT_NAMES, force)
-    check_same_base(out, base)
+    check_same_base(out, base, dialect)
     task_dirs = sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file())
     train_ids, val_ids = validation_split(task_dirs, seed)
     val_dir = out / "val-tasks"
@@ -184,11 +196,11 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
         for train_seed in train_seeds:
             print(f"flip tune: recipe {name}, training seed {train_seed} ...", file=sys.stderr, flush=True)
             runs.append(evaluate_recipe(name, candidates[name], out, train_ids, val_dir, base, max_turns, device,
-                                        train_seed, sandbox))
+                                        train_seed, sandbox, dialect))
         rows += runs
         pools.append(pooled(runs))
     chosen = max(pools, key=score)["recipe"]["name"]
-    report = {"base": base, "seed": seed, "train_seeds": list(train_seeds), "validation_tasks": val_ids,
+    report = {"base": base, "dialect": dialect or dialects()[0], "seed": seed, "train_seeds": list(train_seeds), "validation_tasks": val_ids,
               "train_tasks": len(train_ids), "max_turns": max_turns, "current_default": default, "chosen": chosen,
               "pooled": pools, "rows": rows}
     write_text(out / "tune.json", json.dumps(report, indent=2) + "\n")
@@ -247,6 +259,6 @@ def main(args) -> int:
     except ValueError:
         raise FlipError(f"--train-seeds {options.train_seeds!r}: not a comma-separated list of integers") from None
     report = tune(options.out, names, base=options.base, seed=options.seed, max_turns=options.max_turns, device=options.device,
-                  force=options.force, train_seeds=train_seeds, sandbox=options.sandbox)
+                  force=options.force, train_seeds=train_seeds, sandbox=options.sandbox, dialect=options.dialect)
     print(render_markdown(report), file=sys.stderr)
     return 0
