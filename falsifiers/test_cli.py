@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -180,14 +182,15 @@ def test_outputs_are_never_read_back_and_stale_modes_are_removed(tmp_path):
     outside = tmp_path / "elsewhere" / "s.ndjson"
     _stream(outside, "/v", [("Read", {"file_path": "/v/b.py"}, "1\ty")], task="look at b.py")
     (inside / "link.ndjson").symlink_to(outside)  # a link to a transcript outside the walked directory: followed
-    assert flip("export", inside, "--out", inside, "--quiet", "--force")[0] == 0  # --out is the input directory
-    first = (inside / "apr_code_sft_full.jsonl").read_bytes()
-    stats = json.loads((inside / "export_stats.json").read_text())
+    assert flip("export", inside, "--out", tmp_path / "first", "--quiet")[0] == 0
+    first = (tmp_path / "first" / "apr_code_sft_full.jsonl").read_bytes()
+    stats = json.loads((tmp_path / "first" / "export_stats.json").read_text())
     assert stats["files"] == 2
-    assert flip("export", inside, "--out", inside, "--quiet", "--force")[0] == 0
-    again = json.loads((inside / "export_stats.json").read_text())
-    assert again["files"] == 2 and again["files_skipped"] == {}, "the export read its own outputs"
-    assert (inside / "apr_code_sft_full.jsonl").read_bytes() == first
+    shutil.copytree(tmp_path / "first", inside / "old-export")  # an earlier export kept inside the transcripts
+    assert flip("export", inside, "--out", tmp_path / "again", "--quiet")[0] == 0
+    again = json.loads((tmp_path / "again" / "export_stats.json").read_text())
+    assert again["files"] == 2 and again["files_skipped"] == {}, "the export read an earlier export's outputs"
+    assert (tmp_path / "again" / "apr_code_sft_full.jsonl").read_bytes() == first
 
     out = tmp_path / "out"
     assert flip("export", inside, "--out", out, "--quiet")[0] == 0

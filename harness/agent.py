@@ -255,10 +255,10 @@ def close_episode(episode: Episode, options: AgentOptions) -> dict:
     return trace_line(episode, test)
 
 
-def check_keep_dir(keep: Path, ids: list[str], force: bool) -> None:
+def check_keep_dir(keep: Path, ids: list[str], force: bool, inputs=()) -> None:
     """--keep is an output directory like --out; under --force a foreign one is written into, but a task's folder
     that is already there is the user's: it would have to be deleted to keep the workspace, so it is refused."""
-    check_out_dir(keep, "agent", ids, force, "--keep")
+    check_out_dir(keep, "agent", ids, force, "--keep", inputs)
     if dir_state(Path(keep), "agent", ids) == "foreign":
         clashes = [task_id for task_id in ids if (Path(keep) / task_id).exists()]
         if clashes:
@@ -459,10 +459,11 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     options = options or AgentOptions()
     tasks = load_tasks(tasks_dir)
     check(model)
-    out = check_out_file(out, "--out")
-    check_out_file(summary_file(out), "--out (its .summary.json)")
+    inputs = (tasks_dir, model, adapter)
+    out = check_out_file(out, "--out", inputs=inputs)
+    check_out_file(summary_file(out), "--out (its .summary.json)", inputs=inputs)
     if options.keep is not None:
-        check_keep_dir(options.keep, [t.id for t in tasks], force)
+        check_keep_dir(options.keep, [t.id for t in tasks], force, inputs)
     loaded, tokenizer = load_for_eval(model, adapter, device)
     if options.keep is not None:
         options.keep = claim_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep")

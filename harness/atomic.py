@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ def _umask() -> int:
 def atomic_path(target: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path in the target's directory; on success it replaces the target."""
     target = Path(target)
+    refuse_special(target, "output")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
@@ -108,9 +110,12 @@ def _writable_parent(path: Path, option: str) -> None:
         raise FlipError(f"{option} {path}: cannot create entries in {ancestor} (permission denied)")
 
 
-def check_out_dir(path: str | os.PathLike, command: str, names, force: bool = False, option: str = "--out") -> Path:
-    """Validate an output directory before any work: (absolute path). Refuses a file, an unwritable place, and a
-    non-empty directory that is not this command's own earlier output (unless force)."""
+def check_out_dir(path: str | os.PathLike, command: str, names, force: bool = False, option: str = "--out",
+                  inputs=()) -> Path:
+    """Validate an output directory before any work: (absolute path). Refuses what check_output refuses (even with
+    force), a file, an unwritable place, and a non-empty directory that is not this command's own earlier output
+    (unless force)."""
+    check_output(path, option, inputs)
     path = Path(os.path.abspath(path))
     if path.exists() and not path.is_dir():
         raise FlipError(f"{option} {path} is a file; this option takes a directory")
@@ -135,10 +140,11 @@ def _write_manifest(path: Path, command: str, entries=()) -> None:
     write_text(path / MANIFEST, json.dumps(manifest, sort_keys=True) + "\n")
 
 
-def claim_dir(path: str | os.PathLike, command: str, names, force: bool = False, option: str = "--out") -> Path:
+def claim_dir(path: str | os.PathLike, command: str, names, force: bool = False, option: str = "--out",
+              inputs=()) -> Path:
     """check_out_dir, then create the directory, mark it as this command's, and remove temporary files an earlier,
     interrupted run of ours left there. Returns the absolute path."""
-    path = check_out_dir(path, command, names, force, option)
+    path = check_out_dir(path, command, names, force, option, inputs)
     state = dir_state(path, command, names)
     path.mkdir(parents=True, exist_ok=True)
     if state in ("absent", "empty", "ours"):
@@ -214,7 +220,8 @@ def replaced_dir(target: str | os.PathLike, command: str, names):
 
 
 def check_out_file(path: str | os.PathLike, option: str = "--out", inputs=()) -> Path:
-    """Validate an output file before any work: not a directory, a writable place, and never one of the inputs."""
+    """Validate an output file before any work: what check_output refuses, not a directory, a writable place."""
+    check_output(path, option, inputs)
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise FlipError(f"{option} {path} is a directory; this option takes a file path")
@@ -222,14 +229,76 @@ def check_out_file(path: str | os.PathLike, option: str = "--out", inputs=()) ->
         raise FlipError(f"{option} {path}: cannot replace a file in {path.parent} (permission denied)")
     if not path.exists():
         _writable_parent(path, option)
-    for given in inputs:
-        if given is not None and _same_file(path, Path(given)):
-            raise FlipError(f"{option} {path} is also an input ({given}); refusing to write an output over an input")
     return path
 
 
-def _same_file(a: Path, b: Path) -> bool:
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs never replace inputs, nor anything that is not a regular file or a directory
+# ---------------------------------------------------------------------------------------------------------------------
+
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                  (stat.S_ISSOCK, "a socket"))
+
+
+def _special_kind(path: Path) -> str | None:
+    """What `path` is when it exists but is neither a regular file nor a directory (links followed), else None."""
+    if os.path.islink(path) and not path.exists():
+        return f"a dangling symbolic link (to {os.readlink(path)})"
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
+        mode = path.stat().st_mode
     except OSError:
-        return False
+        return None
+    return next((word for test, word in _SPECIAL_KINDS if test(mode)), None)
+
+
+def refuse_special(path: str | os.PathLike, option: str) -> None:
+    """An output path, or one of its parents, that is a device, FIFO, socket or dangling link is refused: renaming a
+    file over a device node would replace the node itself (as root, `--out /dev/null` would replace /dev/null)."""
+    path = Path(os.path.abspath(path))
+    for place in (path, *path.parents):
+        kind = _special_kind(place)
+        if kind is not None:
+            what = f"{option} {path}" + ("" if place == path else f": {place}")
+            raise FlipError(f"{what} is {kind}; outputs are written only as regular files and directories")
+
+
+def _identities(path: Path) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of a path and, for a directory, of everything under it: a hard link or a bind mount of an
+    input is the same file under another name."""
+    found = set()
+    for place in [path] + ([p for p in path.rglob("*")] if path.is_dir() else []):
+        try:
+            info = place.stat()
+        except OSError:
+            continue
+        found.add((info.st_dev, info.st_ino))
+    return found
+
+
+def refuse_over_inputs(path: str | os.PathLike, option: str, inputs=()) -> None:
+    """An output (file or directory) is refused when it is an input, lies inside an input directory, holds an input,
+    or is the same file as anything an input holds (compared by resolved path and by st_dev/st_ino)."""
+    out = Path(os.path.abspath(path)).resolve()
+    given = [Path(os.path.abspath(p)) for p in inputs if p is not None and str(p) and os.path.exists(p)]
+    for source in given:
+        resolved = source.resolve()
+        if out == resolved or resolved in out.parents or out in resolved.parents:
+            raise FlipError(f"{option} {path} overlaps the input {source}; refusing to write an output over an input "
+                            "or inside one (choose a path outside every input)")
+    if out.exists():
+        identities = set().union(*(_identities(source) for source in given)) if given else set()
+        mine = [out] + (list(out.iterdir()) if out.is_dir() else [])
+        for place in mine:
+            info = place.stat()
+            if (info.st_dev, info.st_ino) in identities:
+                raise FlipError(f"{option} {path}: {place} is the same file as an input (a hard link or a mount); "
+                                "refusing to write an output over an input")
+
+
+def check_output(path: str | os.PathLike, option: str, inputs=()) -> None:
+    """The checks every output path gets before any work, with or without --force: a path that is given (not
+    empty), no device / FIFO / socket / dangling link, and never over or inside an input."""
+    if not str(path).strip():
+        raise FlipError(f"{option} is empty; give a path")
+    refuse_special(path, option)
+    refuse_over_inputs(path, option, inputs)

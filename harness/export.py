@@ -31,7 +31,6 @@ lives in harness.prompt, shared with the agent and the evaluation.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import hashlib
 import json
 import os
@@ -217,11 +216,12 @@ class Stats:
         }
 
 
-def discover(paths, out: Path | None = None) -> list[tuple[str, Path]]:
+def discover(paths) -> list[tuple[str, Path]]:
     """(source, path) for every transcript candidate, sorted by source: the path relative to the export root (the
     common parent of the given paths), POSIX-style. Symbolic links to files are followed wherever they point (the
     source is the link's own path); symbolic links to directories are not walked (a link loop would never end).
-    Outputs are never inputs: files in a directory apr-flip wrote, and this export's own files in `out`."""
+    Outputs are never inputs: files in a directory apr-flip wrote are skipped (--out itself never overlaps an input:
+    claim_dir refuses that)."""
     found: dict[Path, Path] = {}  # the real file -> the path it was found under
     anchors = []
 
@@ -238,7 +238,7 @@ def discover(paths, out: Path | None = None) -> list[tuple[str, Path]]:
                 dirnames.sort()
                 for name in sorted(filenames):
                     child = Path(directory) / name
-                    if child.suffix in TRANSCRIPT_SUFFIXES and child.is_file() and not _is_output(child, out):
+                    if child.suffix in TRANSCRIPT_SUFFIXES and child.is_file() and not _is_output(child):
                         found.setdefault(child.resolve(), child)
         elif path.is_file():
             if not os.access(path, os.R_OK):
@@ -254,11 +254,8 @@ def discover(paths, out: Path | None = None) -> list[tuple[str, Path]]:
                   key=lambda item: item[0])
 
 
-def _is_output(path: Path, out: Path | None = None) -> bool:
-    """A file in a directory apr-flip wrote (an export's datasets, a run's traces), or one this export writes: an
-    output, never a transcript."""
-    if out is not None and path.parent == out and any(fnmatch.fnmatchcase(path.name, p) for p in OUTPUT_NAMES):
-        return True
+def _is_output(path: Path) -> bool:
+    """A file in a directory apr-flip wrote (an export's datasets, a run's traces): an output, never a transcript."""
     return (path.parent / MANIFEST).is_file()
 
 
@@ -550,8 +547,8 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
         raise FlipError("--max-tokens and --per-tool must be positive, --max-result-chars at least 64")
     if options.jobs < 1:
         raise FlipError(f"--jobs must be at least 1, not {options.jobs}")
-    files = discover(paths, Path(os.path.abspath(out)))
-    out = claim_dir(out, "export", OUTPUT_NAMES, options.force)
+    files = discover(paths)
+    out = claim_dir(out, "export", OUTPUT_NAMES, options.force, inputs=(*paths, options.tokenizer))
     if counter is None:
         from harness.tokens import counter as make_counter
 

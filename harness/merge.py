@@ -243,7 +243,7 @@ def export_gguf(hf_dir, out_file) -> int:
 def check_outputs(ref, adapter, out_dir, gguf_file, force: bool = False) -> tuple[Path, Path]:
     """(out_dir, gguf_file), validated before any work: the directory is new, empty or an earlier merge's (or --force);
     the GGUF is neither an input (the base GGUF, the adapter) nor inside the directory that replaces --out."""
-    out_dir = check_out_dir(out_dir, "merge", (), force)
+    out_dir = check_out_dir(out_dir, "merge", (), force, inputs=(ref.path, adapter))
     gguf_file = check_out_file(gguf_file if gguf_file is not None else default_gguf_path(out_dir), "--gguf",
                                inputs=(ref.path, adapter))
     if gguf_file.parent == out_dir or out_dir in gguf_file.parents:

@@ -214,9 +214,9 @@ def remap_to_apr(adapter_dir, out_file, gguf_file=None, base=None) -> dict:
     """peft adapter dir -> apr safetensors (and optionally a llama.cpp GGUF adapter). Returns a report."""
     from safetensors.torch import save_file
 
-    out_file = check_out_file(out_file, "--out", inputs=(adapter_dir,))
+    out_file = check_out_file(out_file, "--out", inputs=(adapter_dir, base))
     if gguf_file is not None:
-        gguf_file = check_out_file(gguf_file, "--gguf", inputs=(adapter_dir,))
+        gguf_file = check_out_file(gguf_file, "--gguf", inputs=(adapter_dir, base))
         if gguf_file == out_file:
             raise FlipError(f"--gguf and --out are the same file {out_file}")
     adapter_config, pairs = read_peft(adapter_dir)
@@ -409,7 +409,7 @@ def remap_to_peft(apr_file, out_dir, base, force: bool = False) -> dict:
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    out_dir = check_out_dir(out_dir, "remap", (), force)
+    out_dir = check_out_dir(out_dir, "remap", (), force, inputs=(apr_file, base))
     tensors, rank, alpha = read_apr(apr_file)
     config = base_config(base)
     pairs = to_hf_layout(tensors, config)

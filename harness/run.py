@@ -460,7 +460,8 @@ def run(options: RunOptions) -> dict:
         raise FlipError(f"--transcripts {options.transcripts}: no such file or directory")
     if options.data is not None and not options.data.is_file():
         raise FlipError(f"--data {options.data} not found")
-    options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force)
+    options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force,
+                            inputs=(options.transcripts, options.data, options.holdout, options.base))
     write_text(options.out / CONFIG_FILE, config)
     with phase(options, "export"):
         data, export_stats = export_phase(options)

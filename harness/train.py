@@ -684,12 +684,12 @@ def setup_training(config: TrainConfig) -> Prepared:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     samples, prose = load_samples(config.data, config.allow_prose)  # inputs first: a bad one fails in a second
-    check(config.base)
+    base = check(config.base)
     dist, device = init_distributed(config.device)
     log = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
     random.seed(config.seed)
     if dist.main:
-        claim_dir(config.out, "train", OUTPUT_NAMES, config.force)
+        claim_dir(config.out, "train", OUTPUT_NAMES, config.force, inputs=(config.data, base.path))
     model, tokenizer = build_model(config, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_id(tokenizer)
     timings["load_s"] = time.perf_counter() - clock

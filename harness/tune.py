@@ -165,7 +165,7 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
     if not train_seeds:
         raise FlipError("--train-seeds names no seed")
     check(base)
-    out = claim_dir(out, "tune", OUTPUT_NAMES, force)
+    out = claim_dir(out, "tune", OUTPUT_NAMES, force, inputs=(base,))
     check_same_base(out, base)
     task_dirs = sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file())
     train_ids, val_ids = validation_split(task_dirs, seed)

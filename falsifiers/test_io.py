@@ -1,0 +1,160 @@
+"""Falsifiers of contracts/cli.yaml's output-safety claims (issue 22): no output ever replaces an input, nor anything
+that is not a regular file or a directory, with or without --force.
+
+Every case the issue reported is run through `flip` itself, in process, on real files: the command must refuse with
+one line and exit 2 before any work, and every input must hash the same afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from falsifiers.test_atomic import _no_work
+from falsifiers.test_cli import flip, tiny  # noqa: F401 - fixture: a tiny random base and a peft adapter of it
+from falsifiers.test_export import _stream
+from falsifiers.test_train import make_sample
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def digest(*paths: Path) -> dict[str, str]:
+    """Every file under the given paths (path -> sha256), and what each path is: 'unchanged' for an input."""
+    found = {}
+    for root in paths:
+        for path in [root] + (sorted(root.rglob("*")) if root.is_dir() else []):
+            if path.is_file():
+                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                found[str(path)] = "dir" if path.is_dir() else "other"
+    return found
+
+
+def _refused(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "unexpected" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.fixture
+def world(tiny, tmp_path):
+    """Copies of every kind of input: a base, an adapter, a task folder set, transcripts, a prompts file."""
+    base, adapter = tiny
+    root = tmp_path
+    shutil.copytree(base, root / "base")
+    shutil.copytree(adapter, root / "adapter")
+    shutil.copytree(FIXTURES / "holdout" / "workspaces", root / "tasks")
+    (root / "d").mkdir()
+    _stream(root / "d2" / "sub" / "t.jsonl", "/home/u/proj", [("Read", {"file_path": "/home/u/proj/a.py"}, "x")],
+            task="fix it")
+    _stream(root / "d" / "messages_full.jsonl", "/home/u/proj", [("Read", {"file_path": "/home/u/proj/a.py"}, "x")],
+            task="fix it")
+    _stream(root / "d" / "apr_code_sft_full.jsonl", "/home/u/proj", [("Read", {"file_path": "/home/u/proj/b.py"},
+                                                                      "y")], task="fix that")
+    (root / "prompts.jsonl").write_text('{"id": "a", "task": "fix src/a.py"}\n')
+    (root / "data.jsonl").write_text(json.dumps(make_sample("t", 0, "fix it")) + "\n")
+    return root
+
+
+def _cases(w: Path) -> dict[str, list]:
+    """The issue's reported cases: the argv of each (no work may start before the refusal)."""
+    return {
+        "remap-out-inside-adapter": ["remap", w / "adapter", "--out", w / "adapter" / "adapter_model.safetensors"],
+        "merge-gguf-inside-base": ["merge", "--base", w / "base", "--adapter", w / "adapter", "--out", w / "m",
+                                   "--gguf", w / "base" / "model.safetensors"],
+        "merge-out-is-base": ["merge", "--base", w / "base", "--adapter", w / "adapter", "--out", w / "base"],
+        "eval-out-inside-model": ["eval", "--model", w / "base", "--prompts", w / "prompts.jsonl",
+                                  "--out", w / "base" / "config.json"],
+        "eval-out-inside-tasks": ["eval", "--model", w / "base", "--prompts", w / "tasks",
+                                  "--out", w / "tasks" / "h-median" / "prompt.txt"],
+        "agent-out-inside-tasks": ["agent", "--model", w / "base", "--tasks", w / "tasks",
+                                   "--out", w / "tasks" / "h-median" / "task.json"],
+        "export-out-holds-input": ["export", w / "d" / "messages_full.jsonl", "--out", w / "d",
+                                   "--target", "messages"],
+        "export-out-is-input": ["export", w / "d", "--out", w / "d"],
+        "train-out-holds-data": ["train", "--data", w / "data.jsonl", "--base", w / "base", "--out", w],
+        "remap-hard-link-of-input": ["remap", w / "adapter", "--out", w / "hardlink.safetensors"],
+        "agent-new-file-inside-tasks": ["agent", "--model", w / "base", "--tasks", w / "tasks",
+                                        "--out", w / "tasks" / "h-median" / "trace.jsonl"],
+        "export-out-holds-input-deep": ["export", w / "d2" / "sub" / "t.jsonl", "--out", w / "d2",
+                                        "--target", "messages"],
+    }
+
+
+CASES = ["remap-out-inside-adapter", "merge-gguf-inside-base", "merge-out-is-base", "eval-out-inside-model",
+         "eval-out-inside-tasks", "agent-out-inside-tasks", "export-out-holds-input", "export-out-is-input",
+         "train-out-holds-data", "remap-hard-link-of-input", "agent-new-file-inside-tasks",
+         "export-out-holds-input-deep"]
+FORCED = ["merge-gguf-inside-base", "merge-out-is-base", "export-out-holds-input", "export-out-is-input",
+          "train-out-holds-data", "export-out-holds-input-deep"]  # the cases whose command takes --force for that output
+
+
+def _forbid_work(monkeypatch) -> None:
+    for module, name in (("harness.remap", "read_peft"), ("harness.merge", "load_adapter"),
+                         ("harness.evaluate", "load_for_eval"), ("harness.export", "file_results"),
+                         ("harness.train", "build_model")):
+        _no_work(monkeypatch, module, name)
+
+
+@pytest.mark.parametrize("case,force", [(c, False) for c in CASES] + [(c, True) for c in FORCED],
+                         ids=CASES + [c + "-force" for c in FORCED])
+def test_no_output_replaces_or_enters_an_input(world, monkeypatch, case, force):
+    argv = _cases(world)[case]
+    if case == "remap-hard-link-of-input":
+        os.link(world / "adapter" / "adapter_model.safetensors", world / "hardlink.safetensors")
+    before = digest(world / "base", world / "adapter", world / "tasks", world / "d", world / "d2",
+                    world / "prompts.jsonl", world / "data.jsonl")
+    _forbid_work(monkeypatch)
+    code, err = flip(*argv, *(["--force"] if force else []), "--quiet")
+    _refused(code, err, "input")
+    assert digest(world / "base", world / "adapter", world / "tasks", world / "d", world / "d2",
+                  world / "prompts.jsonl", world / "data.jsonl") == before
+
+
+def _special(kind: str, path: Path) -> Path:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("mknod of a device node needs root")
+        os.mknod(path, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+    elif kind == "link-to-device":
+        path.symlink_to("/dev/null")
+    elif kind == "dangling-link":
+        path.symlink_to(path.parent / "nowhere" / "x")
+    elif kind == "under-dangling-link":
+        path.parent.joinpath("gone").symlink_to(path.parent / "nowhere")
+        return path.parent / "gone" / "out.safetensors"
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "link-to-device", "dangling-link", "under-dangling-link"])
+def test_no_output_replaces_a_device_fifo_socket_or_dangling_link(world, monkeypatch, kind):
+    """A file output is renamed over its target: over a device node it would replace the node itself."""
+    out = _special(kind, world / "nulldev")
+    _forbid_work(monkeypatch)
+    code, err = flip("remap", world / "adapter", "--out", out, "--quiet")
+    _refused(code, err, "--out")
+    assert os.path.lexists(world / "nulldev") or kind == "under-dangling-link"
+    if kind in ("fifo", "device"):
+        assert not (world / "nulldev").is_file() and not (world / "nulldev").is_symlink()
+    for command in (["eval", "--model", world / "base", "--prompts", world / "prompts.jsonl"],
+                    ["export", world / "d"]):
+        code, err = flip(*command, "--out", out, *(["--force"] if command[0] == "export" else []), "--quiet")
+        _refused(code, err, "--out")
+    assert not (world / "nulldev").is_file() or kind not in ("fifo", "device")
+
+
+def test_an_empty_out_is_refused_not_the_current_directory(world, monkeypatch):
+    monkeypatch.chdir(world)
+    _forbid_work(monkeypatch)
+    for argv in (["export", world / "d", "--out", ""], ["remap", world / "adapter", "--out", ""],
+                 ["eval", "--model", world / "base", "--prompts", world / "prompts.jsonl", "--out", ""]):
+        code, err = flip(*argv, "--quiet")
+        _refused(code, err, "--out is empty")
