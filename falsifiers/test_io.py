@@ -158,3 +158,59 @@ def test_an_empty_out_is_refused_not_the_current_directory(world, monkeypatch):
                  ["eval", "--model", world / "base", "--prompts", world / "prompts.jsonl", "--out", ""]):
         code, err = flip(*argv, "--quiet")
         _refused(code, err, "--out is empty")
+
+
+# ------------------------------------------------------------------------------------- numbers finite and in range
+
+def _set_alpha(adapter: Path, value) -> None:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["lora_alpha"] = value
+    (adapter / "adapter_config.json").write_text(json.dumps(config))  # NaN / Infinity as Python's json writes them
+
+
+def _set_weights(adapter: Path, fill) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({key: fill(tensor) for key, tensor in weights.items()}, str(adapter / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), 1e300, -8, 0, True, "16"],
+                         ids=["nan", "inf", "1e300", "negative", "zero", "bool", "string"])
+def test_lora_alpha_must_be_finite_and_in_range(world, alpha):
+    """A NaN alpha merged into a model with most tensors NaN (exit 0) and remapped to lora_alpha="nan"."""
+    _set_alpha(world / "adapter", alpha)
+    code, err = flip("remap", world / "adapter", "--out", world / "a.safetensors", "--quiet")
+    _refused(code, err, "lora_alpha")
+    code, err = flip("merge", "--base", world / "base", "--adapter", world / "adapter", "--out", world / "m", "--quiet")
+    _refused(code, err, "lora_alpha")
+    assert not (world / "a.safetensors").exists() and not (world / "m").exists()
+
+
+def test_nan_adapter_weights_are_refused(world):
+    _set_weights(world / "adapter", lambda t: t.clone().index_fill_(0, __import__("torch").tensor([0]), float("nan")))
+    code, err = flip("remap", world / "adapter", "--out", world / "a.safetensors", "--quiet")
+    _refused(code, err, "NaN or infinite")
+    code, err = flip("merge", "--base", world / "base", "--adapter", world / "adapter", "--out", world / "m", "--quiet")
+    _refused(code, err, "NaN or infinite")
+    assert not (world / "a.safetensors").exists() and not (world / "m").exists()
+
+
+def test_a_non_finite_merge_is_a_failure_not_a_model(world):
+    """Finite inputs can still overflow: B @ A of 1e30-valued factors is inf in float32."""
+    _set_weights(world / "adapter", lambda t: t.clone().fill_(1e30))
+    code, err = flip("merge", "--base", world / "base", "--adapter", world / "adapter", "--out", world / "m", "--quiet")
+    assert code == 1 and err.count("\n") == 1 and "non-finite" in err and "Traceback" not in err, err
+    assert not (world / "m").exists() and not (world / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("argv", [["--max-steps", "0"], ["--max-steps", "-3"], ["--alpha", "100000"]],
+                         ids=["steps-0", "steps-negative", "alpha-huge"])
+def test_train_numbers_below_one_or_out_of_range_are_refused(world, monkeypatch, argv):
+    """--max-steps 0 and -3 trained all epochs."""
+    _forbid_work(monkeypatch)
+    code, err = flip("train", "--data", world / "data.jsonl", "--base", world / "base", "--out", world / "t", *argv,
+                     "--quiet")
+    _refused(code, err, argv[0])
+    assert not (world / "t").exists()

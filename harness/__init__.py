@@ -33,6 +33,12 @@ def progress_bar(show: bool = True, **kwargs):
 
 class FlipError(Exception):
     """A user-facing error: bad path, missing model, unusable input. `flip` prints it and exits 2, no traceback."""
+    exit_code = 2
+
+
+class FlipFailure(FlipError):
+    """A failure found while running on valid inputs (a merge that came out non-finite): one line, exit 1."""
+    exit_code = 1
 
 
 def read_jsonl(path, what: str = "file"):

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import FlipError
+from harness import FlipError, FlipFailure
 from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
 from harness import remap
 from harness.options import MODEL_HELP, add_options, option, options_of
@@ -91,6 +91,17 @@ def merge_into_model(model, hf_pairs: dict, scale: float) -> tuple[int, float]:
             weight += delta.to(weight.dtype)
             max_abs = max(max_abs, float(delta.abs().max()))
     return len(hf_pairs), max_abs
+
+
+def check_merged_finite(model) -> None:
+    """A merged weight that came out NaN or infinite (finite inputs can still overflow float32) makes no model: the
+    merge fails (exit 1) before anything is written."""
+    import torch
+
+    bad = sorted(name for name, tensor in model.state_dict().items() if not bool(torch.isfinite(tensor).all()))
+    if bad:
+        raise FlipFailure(f"the merge produced {len(bad)} non-finite tensor(s) ({', '.join(bad[:3])}); nothing was "
+                          "written")
 
 
 def _unique_tensor_count(model) -> int:
@@ -269,6 +280,7 @@ def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
     with loading(f"the model in {hf_dir}"):
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     merged, max_abs = merge_into_model(model, loaded["hf"], scale)
+    check_merged_finite(model)
     with replaced_dir(out_dir, "merge", ()) as tmp:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(hf_dir).save_pretrained(tmp)

@@ -29,6 +29,7 @@ from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES, SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, field_names, option, options_of,
                              positive_or_none, read_config)
+from harness.remap import MAX_ALPHA
 from harness.train import TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
@@ -96,6 +97,8 @@ class RunOptions:
                 raise FlipError(f"--{name.replace('_', '-')} must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise FlipError(f"--lr must be a positive number, not {self.lr}")
+        if self.alpha > MAX_ALPHA:
+            raise FlipError(f"--alpha must be at most {MAX_ALPHA}, not {self.alpha}")
         if self.agent_tokens >= self.max_length:
             raise FlipError("--agent-tokens must be smaller than --max-length (the prompt needs room too)")
         if self.mode not in MODES:

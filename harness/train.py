@@ -33,6 +33,7 @@ from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 from harness.models import DTYPES
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of, positive_or_none
 from harness.prompt import CHATML_END, SAMPLE_TOKENS
+from harness.remap import MAX_ALPHA
 
 IGNORE = -100  # the label value torch's cross_entropy skips
 END_OF_TURN = CHATML_END  # tokenizers without it fall back to their eos token
@@ -54,7 +55,7 @@ class TrainConfig:
     targets: tuple[str, ...] = option(("q_proj", "v_proj"), "comma-separated module names")
     lr: float = option(2e-4, "peak learning rate (AdamW; warmup, then cosine to 0)")
     epochs: int = option(3, "passes over the training samples (unless --max-steps)")
-    max_steps: int | None = option(None, "optimizer steps; overrides epochs", type=positive_or_none)
+    max_steps: int | None = option(None, "optimizer steps (at least 1); overrides epochs", type=int)
     batch_size: int = option(1, "per process")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     seed: int = option(42, "seed of the data order, the split and LoRA's initialisation")
@@ -92,7 +93,9 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise FlipError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
-            raise FlipError("--max-steps must be at least 1")
+            raise FlipError(f"--max-steps must be at least 1, not {self.max_steps}")
+        if self.alpha > MAX_ALPHA:
+            raise FlipError(f"--alpha must be at most {MAX_ALPHA}, not {self.alpha}")
         if not 0 <= self.val_fraction < 1:
             raise FlipError("--val-fraction must be in [0, 1)")
         if not 0 <= self.warmup < 1:
