@@ -214,3 +214,54 @@ def test_train_numbers_below_one_or_out_of_range_are_refused(world, monkeypatch,
                      "--quiet")
     _refused(code, err, argv[0])
     assert not (world / "t").exists()
+
+
+# ---------------------------------------------------------------------------------- --force replaces only our files
+
+def _user_files(directory: Path, *names: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    (directory / "NOTES.md").write_text("mine\n")
+    for name in names:
+        if name.endswith("/"):
+            (directory / name).mkdir()
+            (directory / name / "adapter_config.json").write_text("{}\n")
+        else:
+            (directory / name).write_text("the user's own\n")
+    return directory
+
+
+@pytest.mark.parametrize("case", ["export-stats", "train-metrics", "train-loss-png", "train-summary", "run-adapter",
+                                  "run-config"])
+def test_force_never_replaces_a_file_the_tool_did_not_write(world, monkeypatch, case):
+    """--force writes beside a user's files; one named like an output is refused before any work, never replaced."""
+    w = world
+    name = {"export-stats": "export_stats.json", "train-metrics": "metrics.jsonl", "train-loss-png": "loss.png",
+            "train-summary": "train_summary.json", "run-adapter": "adapter/", "run-config": "config.json"}[case]
+    out = _user_files(w / "out", name)
+    argv = {"export": ["export", w / "d", "--out", out],
+            "train": ["train", "--data", w / "data.jsonl", "--base", w / "base", "--out", out],
+            "run": ["run", "--data", w / "data.jsonl", "--base", w / "base", "--holdout", w / "prompts.jsonl",
+                    "--out", out]}[case.split("-")[0]]
+    before = digest(out)
+    _forbid_work(monkeypatch)
+    _no_work(monkeypatch, "harness.run", "train_phase")
+    code, err = flip(*argv, "--force", "--quiet")
+    _refused(code, err, name.rstrip("/"), "never replaces")
+    assert digest(out) == before
+
+
+def test_an_edited_output_is_the_users_and_is_never_deleted_or_replaced(world):
+    """A hand-edited apr_code_sft_curated.jsonl was deleted without a word by the next --mode full export."""
+    out = world / "out"
+    assert flip("export", world / "d", "--out", out, "--mode", "curated", "--quiet")[0] in (0, 1)
+    curated = out / "apr_code_sft_curated.jsonl"
+    assert curated.is_file()
+    curated.write_text(curated.read_text() + '{"instruction": "my own", "response": "sample"}\n')
+    edited = curated.read_bytes()
+    for force in ([], ["--force"]):
+        code, err = flip("export", world / "d", "--out", out, "--mode", "full", *force, "--quiet")
+        _refused(code, err, "apr_code_sft_curated.jsonl", "changed since")
+        assert curated.read_bytes() == edited
+    curated.unlink()  # moved away: the directory is the export's again
+    assert flip("export", world / "d", "--out", out, "--mode", "full", "--quiet")[0] in (0, 1)
+    assert (out / "apr_code_sft_full.jsonl").is_file()

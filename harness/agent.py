@@ -34,7 +34,8 @@ from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, 
 from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
-from harness.options import MODEL_HELP, adapter_option, add_options, device_option, option, options_of, path_or_none
+from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, force_option, option, options_of,
+                             path_or_none)
 from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.runtime import Runtime, tool_error
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, isolation
@@ -488,8 +489,7 @@ class AgentCliOptions:
     out: str = option(help="trace JSONL, one line per task (a .summary.json is written beside it)")
     shell_timeout: float = option(Limits.timeout_s, "seconds for one shell call of the model")
     device: str = device_option()
-    force: bool = option(
-        False, "write into a non-empty --keep holding files flip agent did not write (nothing is deleted)")
+    force: bool = force_option("agent", "--keep")
 
 
 def add_arguments(parser) -> None:

@@ -48,7 +48,7 @@ from harness import FlipError
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import system_prompt, tool_map, tool_schemas
 from harness.models import SMOLLM2
-from harness.options import add_options, option, options_of
+from harness.options import add_options, force_option, option, options_of
 from harness.prompt import (SAMPLE_TOKENS, Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
                             render_observation, render_result)
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
@@ -135,8 +135,7 @@ class ExportOptions:
     max_result_chars: int = option(2000, "a tool result longer than this keeps its head and tail around a marker")
     jobs: int = option(DEFAULT_JOBS, "worker processes reading files in parallel (1: none, all in this process); "
                                      "outputs never depend on it")
-    force: bool = option(
-        False, "write into a non-empty --out holding files flip export did not write (nothing is deleted)")
+    force: bool = force_option("export")
     progress: bool = True
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from harness import FlipError, FlipFailure
 from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
 from harness import remap
-from harness.options import MODEL_HELP, add_options, option, options_of
+from harness.options import MODEL_HELP, add_options, force_option, option, options_of
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -306,8 +306,7 @@ class MergeOptions:
     adapter: str = option(help="a peft adapter dir or an apr .safetensors from `flip remap`")
     out: str = option(help="the merged Hugging Face directory to write")
     gguf: str | None = option(None, "the merged GGUF to write (default: <OUT>.gguf beside OUT); never the base")
-    force: bool = option(
-        False, "write into a non-empty --out that an earlier merge did not write (nothing there is deleted)")
+    force: bool = force_option("merge")
 
 
 def add_arguments(parser) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness import FlipError
 from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
-from harness.options import add_options, option, options_of
+from harness.options import add_options, force_option, option, options_of
 
 PEFT_PREFIX = "base_model.model."
 PEFT_SUFFIXES = {"lora_A": "lora_a", "lora_B": "lora_b"}
@@ -462,8 +462,7 @@ class RemapOptions:
     base: str | None = option(
         None, "smollm2-135m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
     to: str = option("apr", "direction: peft -> apr, or apr -> peft", choices=("apr", "peft"))
-    force: bool = option(
-        False, "--to peft: write into a non-empty --out that an earlier remap did not write (nothing is deleted)")
+    force: bool = force_option("remap")
 
 
 def add_arguments(parser) -> None:

@@ -27,8 +27,8 @@ from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES, SMOLLM2
-from harness.options import (MODEL_HELP, add_options, config_text, device_option, field_names, option, options_of,
-                             positive_or_none, read_config)
+from harness.options import (MODEL_HELP, add_options, config_text, device_option, field_names, force_option, option,
+                             options_of, positive_or_none, read_config)
 from harness.remap import MAX_ALPHA
 from harness.train import TrainConfig
 
@@ -79,8 +79,7 @@ class RunOptions:
     agent: bool = option(True, "run base and student as agents on the held-out workspaces")
     max_turns: int = option(agent_stage.DEFAULT_MAX_TURNS, "agent turns per held-out task")
     agent_tokens: int = option(agent_stage.DEFAULT_MAX_NEW_TOKENS, "tokens per agent reply (a call may carry code)")
-    force: bool = option(False, "write into a non-empty --out holding files flip run did not write (nothing is "
-                                "deleted)")
+    force: bool = force_option("run")
     timings: dict = field(default_factory=dict)  # wall seconds per phase
     cpu_times: dict = field(default_factory=dict)  # CPU seconds per phase (all threads of this process)
 

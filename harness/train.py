@@ -31,7 +31,7 @@ from pathlib import Path
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 from harness.models import DTYPES
-from harness.options import MODEL_HELP, add_options, device_option, option, options_of, positive_or_none
+from harness.options import MODEL_HELP, add_options, device_option, force_option, option, options_of, positive_or_none
 from harness.prompt import CHATML_END, SAMPLE_TOKENS
 from harness.remap import MAX_ALPHA
 
@@ -84,8 +84,7 @@ class TrainConfig:
     resume: bool = option(False, "require resuming from OUT/checkpoint (a matching checkpoint is resumed anyway)")
     allow_prose: bool = option(
         False, "train on samples whose response is not one valid call (counted as prose in the summary)")
-    force: bool = option(
-        False, "write into a non-empty --out holding files flip train did not write (nothing is deleted)")
+    force: bool = force_option("train")
 
     def __post_init__(self):
         self.data, self.out, self.targets = Path(self.data), Path(self.out), tuple(self.targets)

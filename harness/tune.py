@@ -28,7 +28,7 @@ from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation r
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, recipes
 from harness.models import SMOLLM2, check
-from harness.options import MODEL_HELP, add_options, device_option, option, options_of
+from harness.options import MODEL_HELP, add_options, device_option, force_option, option, options_of
 from harness.train import TrainConfig
 
 TASKS = FIXTURES / "tasks"
@@ -148,8 +148,7 @@ class TuneOptions:
         "runs pooled; the default is flip train's seed")
     max_turns: int = option(DEFAULT_MAX_TURNS, "agent turns per validation task")
     device: str = device_option()
-    force: bool = option(
-        False, "write into a non-empty --out holding files flip tune did not write (nothing is deleted)")
+    force: bool = force_option("tune")
 
 
 def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOptions.base, seed: int = TuneOptions.seed,
