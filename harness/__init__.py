@@ -44,6 +44,7 @@ class FlipFailure(FlipError):
 def read_jsonl(path, what: str = "file"):
     """Yield (line number, object) for each non-blank line of a JSONL file; any other line is a FlipError naming it.
     Lines end at "\n" only (a raw U+2028 inside a JSON string is content, not a line break, whatever splitlines says)."""
+    import codecs
     from pathlib import Path
     import json
 
@@ -52,6 +53,8 @@ def read_jsonl(path, what: str = "file"):
         raise FlipError(f"{what} {path} not found")
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # a UTF-8 byte-order mark is not part of the first record
             if not raw.strip():
                 continue
             try:

