@@ -341,3 +341,34 @@ def test_a_task_json_of_the_wrong_shape_fails_at_load(world, monkeypatch):
     code, err = flip("agent", "--model", world / "base", "--tasks", world / "tasks", "--out", world / "t.jsonl",
                      "--quiet")
     _refused(code, err, "task.json", "kind")
+
+
+# ------------------------------------------------------------------------------------ workers die with their parent
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("signum", ["SIGKILL", "SIGHUP"])
+def test_export_workers_die_with_their_parent(tmp_path, signum):
+    """SIGHUP or SIGKILL of an export with --jobs 2 left its workers running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from falsifiers.test_bench_export import make_corpus
+
+    make_corpus(tmp_path / "in", 8 * 2**20, seed=3)
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "export", str(tmp_path / "in"), "--out",
+                             str(tmp_path / "out"), "--jobs", "2", "--quiet"], stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    while len(workers := parent.children(recursive=True)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) >= 2 and proc.poll() is None, "the export ended before its workers could be seen"
+    proc.send_signal(getattr(signal, signum))
+    proc.wait(timeout=60)
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    for worker in alive:
+        worker.kill()
+    assert not alive, f"{len(alive)} worker(s) outlived the export's {signum}"

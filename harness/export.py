@@ -659,12 +659,27 @@ _WORK: FileWork | None = None  # in a worker process: the export's per-file work
 def _start_worker(work: FileWork) -> None:
     global _WORK
     _WORK = work
+    _die_with_parent()
     # Ctrl-C reaches the whole process group: the main process alone answers it (it stops the pool and removes its
     # temporary files); `flip`'s SIGTERM handler, inherited through fork, would make a worker raise instead of end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the main process while it started the workers
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the workers are the parallelism: no thread pool inside each
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the process that started it ends, however it ends: a SIGKILL or SIGHUP of `flip` would
+    otherwise leave the pool's workers running, a CPU each. Linux's prctl(PR_SET_PDEATHSIG) has the kernel send the
+    worker SIGKILL then; the standard library does not wrap it, so it is called through ctypes. (A forkserver's workers
+    die with the forkserver, which ends when flip does.) Elsewhere nothing is done."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _work_in_worker(source: str, path: Path):
