@@ -372,3 +372,14 @@ def test_export_workers_die_with_their_parent(tmp_path, signum):
     for worker in alive:
         worker.kill()
     assert not alive, f"{len(alive)} worker(s) outlived the export's {signum}"
+
+
+def test_errors_name_what_is_wrong(world):
+    """An existing non-model file said "not found"; `flip run --holdout /nonexistent` named a "prompts file"."""
+    code, err = flip("eval", "--model", world / "prompts.jsonl", "--prompts", world / "prompts.jsonl",
+                     "--out", world / "t.jsonl", "--quiet")
+    _refused(code, err, "is not a model")
+    assert "not found" not in err
+    code, err = flip("run", "--holdout", world / "nonexistent", "--data", world / "data.jsonl", "--base", world / "base",
+                     "--out", world / "r", "--quiet")
+    _refused(code, err, "--holdout")

