@@ -2,15 +2,22 @@
 
 Each case a user or an adversary found (issue 10) is an explicit regression test, run through `flip` itself in
 process; then hypothesis drives every subcommand with generated and damaged inputs and options in a directory holding
-canary files: the exit code is 0, 1 or 2, no traceback reaches stderr, and no canary changes.
+canary files, inputs and special files (a FIFO, a link to /dev/null, a dangling link), with outputs drawn from the same
+names as inputs and --force among the options: the exit code is 0, 1 or 2, no traceback reaches stderr, and no canary,
+input or special file changes.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import os
+import shutil
+import stat
+
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from falsifiers.test_atomic import tree_digest
@@ -180,14 +187,15 @@ def test_outputs_are_never_read_back_and_stale_modes_are_removed(tmp_path):
     outside = tmp_path / "elsewhere" / "s.ndjson"
     _stream(outside, "/v", [("Read", {"file_path": "/v/b.py"}, "1\ty")], task="look at b.py")
     (inside / "link.ndjson").symlink_to(outside)  # a link to a transcript outside the walked directory: followed
-    assert flip("export", inside, "--out", inside, "--quiet", "--force")[0] == 0  # --out is the input directory
-    first = (inside / "apr_code_sft_full.jsonl").read_bytes()
-    stats = json.loads((inside / "export_stats.json").read_text())
+    assert flip("export", inside, "--out", tmp_path / "first", "--quiet")[0] == 0
+    first = (tmp_path / "first" / "apr_code_sft_full.jsonl").read_bytes()
+    stats = json.loads((tmp_path / "first" / "export_stats.json").read_text())
     assert stats["files"] == 2
-    assert flip("export", inside, "--out", inside, "--quiet", "--force")[0] == 0
-    again = json.loads((inside / "export_stats.json").read_text())
-    assert again["files"] == 2 and again["files_skipped"] == {}, "the export read its own outputs"
-    assert (inside / "apr_code_sft_full.jsonl").read_bytes() == first
+    shutil.copytree(tmp_path / "first", inside / "old-export")  # an earlier export kept inside the transcripts
+    assert flip("export", inside, "--out", tmp_path / "again", "--quiet")[0] == 0
+    again = json.loads((tmp_path / "again" / "export_stats.json").read_text())
+    assert again["files"] == 2 and again["files_skipped"] == {}, "the export read an earlier export's outputs"
+    assert (tmp_path / "again" / "apr_code_sft_full.jsonl").read_bytes() == first
 
     out = tmp_path / "out"
     assert flip("export", inside, "--out", out, "--quiet")[0] == 0
@@ -200,7 +208,8 @@ def test_outputs_are_never_read_back_and_stale_modes_are_removed(tmp_path):
 
 VALUES = st.sampled_from(["0", "-1", "1", "nan", "inf", "1e309", "", " ", "x", "../x", "/", "canary", "canary/notes.md",
                           "canary/data.jsonl", "binary.bin", "garbage.jsonl", "list.jsonl", "fake.gguf", "broken",
-                          "out", ".", "nothing/here", "\u2028", "--", "-h"])
+                          "out", ".", "nothing/here", "\u2028", "--", "-h", "fifo", "devlink", "dangling",
+                          "dangling/x", "broken/config.json", "fake.gguf"])
 
 
 def _actions(command: str):
@@ -248,18 +257,40 @@ def playground(tmp_path_factory):
     (root / "fake.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
     (root / "broken").mkdir()
     (root / "broken" / "config.json").write_text("{")
+    os.mkfifo(root / "fifo")  # outputs must never replace what is not a regular file or directory
+    (root / "devlink").symlink_to("/dev/null")
+    (root / "dangling").symlink_to(root / "nowhere")
     return root
+
+
+# Every input a drawn argument may name: like the canaries, each must hash the same after any command
+INPUTS = ("canary", "binary.bin", "garbage.jsonl", "list.jsonl", "fake.gguf", "broken")
+SPECIALS = {"fifo": stat.S_ISFIFO, "devlink": stat.S_ISLNK, "dangling": stat.S_ISLNK}
+
+
+def inputs_digest(root):
+    """The inputs' bytes, and what each special file still is (a FIFO, a link)."""
+    found = {name: tree_digest(root / name) if (root / name).is_dir() else
+             hashlib.sha256((root / name).read_bytes()).hexdigest() for name in INPUTS}
+    found.update({name: test(os.lstat(root / name).st_mode) for name, test in SPECIALS.items()})
+    return found
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=argvs())
+# output over input, into a special file, and --force: always tried, whatever hypothesis draws
+@example(argv=["export", "canary", "--out", "canary", "--force", "--quiet"])
+@example(argv=["export", "canary/data.jsonl", "--out", "canary", "--target", "messages", "--force", "--quiet"])
+@example(argv=["export", "canary", "--out", "devlink", "--quiet"])
+@example(argv=["eval", "--model", "broken", "--prompts", "canary/data.jsonl", "--out", "fifo", "--quiet"])
+@example(argv=["remap", "canary", "--out", "dangling/x", "--quiet"])
 def test_no_command_traces_back_or_touches_a_canary(playground, monkeypatch, argv):
     monkeypatch.chdir(playground)
-    before = tree_digest(playground / "canary")
+    before = inputs_digest(playground)
     code, err = flip(*argv)
     assert code in (0, 1, 2), (argv, code, err)
     assert "Traceback" not in err, (argv, err)
-    assert tree_digest(playground / "canary") == before, f"{argv} changed a canary file"
+    assert inputs_digest(playground) == before, f"{argv} changed an input, a canary or a special file"
 
 
 # ------------------------------------------------------------------------------------------ flip run's config.json

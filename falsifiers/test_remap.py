@@ -347,8 +347,8 @@ BAD_APR = {  # name: (header metadata or None to keep it, tensor edit, the error
     "no metadata": ({}, None, r"bad.safetensors has no lora_rank / lora_alpha in its safetensors header metadata"),
     "no alpha": ({"lora_rank": "4"}, None, r"has no lora_alpha in its"),
     "unreadable rank": ({"lora_rank": "four", "lora_alpha": "8"}, None, r"unreadable lora_rank / lora_alpha metadata"),
-    "rank 0": ({"lora_rank": "0", "lora_alpha": "8"}, None, r"lora_rank=0 / lora_alpha=8.0 are not usable"),
-    "alpha nan": ({"lora_rank": "4", "lora_alpha": "nan"}, None, r"lora_rank=4 / lora_alpha=nan are not usable"),
+    "rank 0": ({"lora_rank": "0", "lora_alpha": "8"}, None, r"lora_rank=0 is not usable"),
+    "alpha nan": ({"lora_rank": "4", "lora_alpha": "nan"}, None, r"lora_alpha=nan is not a finite number"),
     "lone lora_a": (None, lambda t: _without(t, "blk.0.attn_q.weight.lora_b"),
                     r"incomplete lora_a / lora_b pairs for \['model.layers.0.self_attn.q_proj'\]"),
     "not a lora tensor": (None, lambda t: _with(t, "blk.0.attn_q.weight.lora_c", t["blk.0.attn_q.weight.lora_a"]),
@@ -432,7 +432,8 @@ def test_cli_remap_both_directions(tiny, tmp_path, capsys):
             main(["remap", *bad])
         assert exit_info.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "q").exists() and not (tmp_path / "q.gguf").exists()
-    assert main(["remap", str(tmp_path), "--out", str(tmp_path / "x.safetensors"), "--base", str(base)]) == 2
+    (tmp_path / "plain").mkdir()  # a directory that is not an adapter (an output inside it would be refused first)
+    assert main(["remap", str(tmp_path / "plain"), "--out", str(tmp_path / "x.safetensors"), "--base", str(base)]) == 2
     assert "not a peft adapter directory" in capsys.readouterr().err
 
 

@@ -33,11 +33,18 @@ def progress_bar(show: bool = True, **kwargs):
 
 class FlipError(Exception):
     """A user-facing error: bad path, missing model, unusable input. `flip` prints it and exits 2, no traceback."""
+    exit_code = 2
+
+
+class FlipFailure(FlipError):
+    """A failure found while running on valid inputs (a merge that came out non-finite): one line, exit 1."""
+    exit_code = 1
 
 
 def read_jsonl(path, what: str = "file"):
     """Yield (line number, object) for each non-blank line of a JSONL file; any other line is a FlipError naming it.
     Lines end at "\n" only (a raw U+2028 inside a JSON string is content, not a line break, whatever splitlines says)."""
+    import codecs
     from pathlib import Path
     import json
 
@@ -46,6 +53,8 @@ def read_jsonl(path, what: str = "file"):
         raise FlipError(f"{what} {path} not found")
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # a UTF-8 byte-order mark is not part of the first record
             if not raw.strip():
                 continue
             try:

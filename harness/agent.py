@@ -34,8 +34,8 @@ from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, 
 from harness.contracts import system_prompt
 from harness.evaluate import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
-from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, dialect_option, option,
-                             options_of, path_or_none, runtime_option, sandbox_option)
+from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, dialect_option, force_option,
+                             option, options_of, path_or_none, runtime_option, sandbox_option)
 from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
 from harness.apr_runtime import runtime_schemas, schema_errors
 from harness.contracts import dialect_input, dialect_renames
@@ -80,12 +80,15 @@ def load_task(folder: Path) -> AgentTask:
         if not (folder / name).exists():
             raise FlipError(f"task {folder}: no {name} (a task folder holds prompt.txt, task.json and workspace/)")
     try:
-        spec = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+        spec = json.loads((folder / "task.json").read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as err:
         raise FlipError(f"{folder / 'task.json'}: not JSON ({err})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("test"), str) or not spec["test"].strip():
         raise FlipError(f"{folder / 'task.json'}: needs a \"test\" field holding a shell command")
-    prompt = (folder / "prompt.txt").read_bytes().decode("utf-8", "replace").strip()
+    for key in ("kind", "first_tool", "summary"):  # read as text later, after minutes of running: checked now
+        if key in spec and not isinstance(spec[key], str):
+            raise FlipError(f"{folder / 'task.json'}: \"{key}\" must be a string, not {json.dumps(spec[key])}")
+    prompt = (folder / "prompt.txt").read_bytes().decode("utf-8-sig", "replace").strip()
     if not prompt:
         raise FlipError(f"{folder / 'prompt.txt'} is empty")
     if not (folder / "workspace").is_dir():
@@ -287,10 +290,10 @@ def close_episode(episode: Episode, options: AgentOptions) -> dict:
     return trace_line(episode, test, options.dialect)
 
 
-def check_keep_dir(keep: Path, ids: list[str], force: bool) -> None:
+def check_keep_dir(keep: Path, ids: list[str], force: bool, inputs=()) -> None:
     """--keep is an output directory like --out; under --force a foreign one is written into, but a task's folder
     that is already there is the user's: it would have to be deleted to keep the workspace, so it is refused."""
-    check_out_dir(keep, "agent", ids, force, "--keep")
+    check_out_dir(keep, "agent", ids, force, "--keep", inputs)
     if dir_state(Path(keep), "agent", ids) == "foreign":
         clashes = [task_id for task_id in ids if (Path(keep) / task_id).exists()]
         if clashes:
@@ -505,10 +508,11 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     check_sandbox(options.sandbox)
     tasks = load_tasks(tasks_dir)
     check(model)
-    out = check_out_file(out, "--out")
-    check_out_file(summary_file(out), "--out (its .summary.json)")
+    inputs = (tasks_dir, model, adapter)
+    out = check_out_file(out, "--out", inputs=inputs)
+    check_out_file(summary_file(out), "--out (its .summary.json)", inputs=inputs)
     if options.keep is not None:
-        check_keep_dir(options.keep, [t.id for t in tasks], force)
+        check_keep_dir(options.keep, [t.id for t in tasks], force, inputs)
     if options.ccpa_trace is not None:
         ccpa.check_trace_dir(options.ccpa_trace, tasks, force)
     if options.parity_teacher is not None:
@@ -542,9 +546,7 @@ class AgentCliOptions:
     out: str = option(help="trace JSONL, one line per task (a .summary.json is written beside it)")
     shell_timeout: float = option(Limits.timeout_s, "seconds for one shell call of the model")
     device: str = device_option()
-    force: bool = option(
-        False, "write into a non-empty --keep or --ccpa-trace holding files flip agent did not write "
-               "(nothing is deleted)")
+    force: bool = force_option("agent", "--keep or --ccpa-trace")
 
 
 def add_arguments(parser) -> None:

@@ -4,7 +4,7 @@ Each stage module provides `add_arguments(parser)` and `main(args) -> int`. A st
 so `flip --help` and `flip export` never import torch. Every command also takes --quiet and --debug.
 
 Exit codes: 0 done (an export wrote at least one sample; a run met its goal); 1 ran but produced nothing or missed
-its goal; 2 a usage or input error, or an unexpected one, always as one line on stderr (the traceback only with
+its goal, or failed on valid input (a non-finite merge); 2 a usage or input error, or an unexpected one, always as one line on stderr (the traceback only with
 --debug); 130 interrupted (Ctrl-C or SIGTERM; temporary files removed).
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(args) or 0)
     except FlipError as err:
         print(f"flip {name}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"flip {name}: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130

@@ -500,7 +500,7 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
              label: str | None = None, dialect: str | None = None) -> dict:
     """Load a model (+ adapter), evaluate it on the prompts, write the trace and its summary; returns the summary."""
     prompt_list = load_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
-    inputs = (prompts,) if isinstance(prompts, (str, os.PathLike)) else ()
+    inputs = ((prompts,) if isinstance(prompts, (str, os.PathLike)) else ()) + (model, adapter)
     check_out_file(out, "--out", inputs=inputs)
     check_out_file(summary_file(out), "--out (its .summary.json)", inputs=inputs)
     from harness.models import check

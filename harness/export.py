@@ -31,7 +31,6 @@ lives in harness.prompt, shared with the agent and the evaluation.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import hashlib
 import json
 import os
@@ -50,7 +49,7 @@ from harness.apr_runtime import rewrite_target, runtime_observation, target_refu
 from harness.atomic import MANIFEST, atomic_path, claim_dir, remove_stale, write_text
 from harness.contracts import dialect_input, runtime_observations, system_prompt, tool_map, tool_schemas
 from harness.models import SMOLLM2
-from harness.options import add_options, dialect_option, option, options_of
+from harness.options import add_options, dialect_option, force_option, option, options_of
 from harness.prompt import (SAMPLE_TOKENS, Budget, Scrubber, Step, count_observations, count_steps, fit_instruction,
                             render_observation, render_result)
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, render_tool_call
@@ -138,8 +137,7 @@ class ExportOptions:
     jobs: int = option(DEFAULT_JOBS, "worker processes reading files in parallel (1: none, all in this process); "
                                      "outputs never depend on it")
     dialect: str = dialect_option()
-    force: bool = option(
-        False, "write into a non-empty --out holding files flip export did not write (nothing is deleted)")
+    force: bool = force_option("export")
     progress: bool = True
 
 
@@ -228,11 +226,12 @@ class Stats:
         }
 
 
-def discover(paths, out: Path | None = None) -> list[tuple[str, Path]]:
+def discover(paths) -> list[tuple[str, Path]]:
     """(source, path) for every transcript candidate, sorted by source: the path relative to the export root (the
     common parent of the given paths), POSIX-style. Symbolic links to files are followed wherever they point (the
     source is the link's own path); symbolic links to directories are not walked (a link loop would never end).
-    Outputs are never inputs: files in a directory apr-flip wrote, and this export's own files in `out`."""
+    Outputs are never inputs: files in a directory apr-flip wrote are skipped (--out itself never overlaps an input:
+    claim_dir refuses that)."""
     found: dict[Path, Path] = {}  # the real file -> the path it was found under
     anchors = []
 
@@ -249,7 +248,7 @@ def discover(paths, out: Path | None = None) -> list[tuple[str, Path]]:
                 dirnames.sort()
                 for name in sorted(filenames):
                     child = Path(directory) / name
-                    if child.suffix in TRANSCRIPT_SUFFIXES and child.is_file() and not _is_output(child, out):
+                    if child.suffix in TRANSCRIPT_SUFFIXES and child.is_file() and not _is_output(child):
                         found.setdefault(child.resolve(), child)
         elif path.is_file():
             if not os.access(path, os.R_OK):
@@ -265,11 +264,8 @@ def discover(paths, out: Path | None = None) -> list[tuple[str, Path]]:
                   key=lambda item: item[0])
 
 
-def _is_output(path: Path, out: Path | None = None) -> bool:
-    """A file in a directory apr-flip wrote (an export's datasets, a run's traces), or one this export writes: an
-    output, never a transcript."""
-    if out is not None and path.parent == out and any(fnmatch.fnmatchcase(path.name, p) for p in OUTPUT_NAMES):
-        return True
+def _is_output(path: Path) -> bool:
+    """A file in a directory apr-flip wrote (an export's datasets, a run's traces): an output, never a transcript."""
     return (path.parent / MANIFEST).is_file()
 
 
@@ -586,12 +582,12 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
         raise FlipError("--max-tokens and --per-tool must be positive, --max-result-chars at least 64")
     if options.jobs < 1:
         raise FlipError(f"--jobs must be at least 1, not {options.jobs}")
-    files = discover(paths, Path(os.path.abspath(out)))
-    out = claim_dir(out, "export", OUTPUT_NAMES, options.force)
-    if counter is None:
+    files = discover(paths)
+    if counter is None:  # an input like the transcripts: a bad --tokenizer leaves no --out behind
         from harness.tokens import counter as make_counter
 
         counter = make_counter(options.tokenizer)
+    out = claim_dir(out, "export", OUTPUT_NAMES, options.force, inputs=(*paths, options.tokenizer))
     modes = TARGET_MODES[options.target] if options.mode == "all" else (options.mode,)
     stats = Stats()
     work = FileWork(Budget(counter, options.max_tokens, system_prompt(options.dialect)), options, modes)
@@ -699,12 +695,27 @@ _WORK: FileWork | None = None  # in a worker process: the export's per-file work
 def _start_worker(work: FileWork) -> None:
     global _WORK
     _WORK = work
+    _die_with_parent()
     # Ctrl-C reaches the whole process group: the main process alone answers it (it stops the pool and removes its
     # temporary files); `flip`'s SIGTERM handler, inherited through fork, would make a worker raise instead of end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the main process while it started the workers
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the workers are the parallelism: no thread pool inside each
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the process that started it ends, however it ends: a SIGKILL or SIGHUP of `flip` would
+    otherwise leave the pool's workers running, a CPU each. Linux's prctl(PR_SET_PDEATHSIG) has the kernel send the
+    worker SIGKILL then; the standard library does not wrap it, so it is called through ctypes. (A forkserver's workers
+    die with the forkserver, which ends when flip does.) Elsewhere nothing is done."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _work_in_worker(source: str, path: Path):

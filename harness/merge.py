@@ -21,10 +21,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import FlipError
+from harness import FlipError, FlipFailure
 from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
 from harness import remap
-from harness.options import MODEL_HELP, add_options, option, options_of
+from harness.options import MODEL_HELP, add_options, force_option, option, options_of
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -91,6 +91,17 @@ def merge_into_model(model, hf_pairs: dict, scale: float) -> tuple[int, float]:
             weight += delta.to(weight.dtype)
             max_abs = max(max_abs, float(delta.abs().max()))
     return len(hf_pairs), max_abs
+
+
+def check_merged_finite(model) -> None:
+    """A merged weight that came out NaN or infinite (finite inputs can still overflow float32) makes no model: the
+    merge fails (exit 1) before anything is written."""
+    import torch
+
+    bad = sorted(name for name, tensor in model.state_dict().items() if not bool(torch.isfinite(tensor).all()))
+    if bad:
+        raise FlipFailure(f"the merge produced {len(bad)} non-finite tensor(s) ({', '.join(bad[:3])}); nothing was "
+                          "written")
 
 
 def _unique_tensor_count(model) -> int:
@@ -248,7 +259,7 @@ def export_gguf(hf_dir, out_file) -> int:
 def check_outputs(ref, adapter, out_dir, gguf_file, force: bool = False) -> tuple[Path, Path]:
     """(out_dir, gguf_file), validated before any work: the directory is new, empty or an earlier merge's (or --force);
     the GGUF is neither an input (the base GGUF, the adapter) nor inside the directory that replaces --out."""
-    out_dir = check_out_dir(out_dir, "merge", (), force)
+    out_dir = check_out_dir(out_dir, "merge", (), force, inputs=(ref.path, adapter))
     gguf_file = check_out_file(gguf_file if gguf_file is not None else default_gguf_path(out_dir), "--gguf",
                                inputs=(ref.path, adapter))
     if gguf_file.parent == out_dir or out_dir in gguf_file.parents:
@@ -274,6 +285,7 @@ def merge(base, adapter, out_dir, gguf_file=None, force: bool = False) -> dict:
     with loading(f"the model in {hf_dir}"):
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     merged, max_abs = merge_into_model(model, loaded["hf"], scale)
+    check_merged_finite(model)
     with replaced_dir(out_dir, "merge", ()) as tmp:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(hf_dir).save_pretrained(tmp)
@@ -300,8 +312,7 @@ class MergeOptions:
     adapter: str = option(help="a peft adapter dir or an apr .safetensors from `flip remap`")
     out: str = option(help="the merged Hugging Face directory to write")
     gguf: str | None = option(None, "the merged GGUF to write (default: <OUT>.gguf beside OUT); never the base")
-    force: bool = option(
-        False, "write into a non-empty --out that an earlier merge did not write (nothing there is deleted)")
+    force: bool = force_option("merge")
 
 
 def add_arguments(parser) -> None:

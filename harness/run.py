@@ -28,7 +28,9 @@ from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import DTYPES, SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
-                             option, options_of, path_or_none, positive_or_none, read_config, sandbox_option)
+                             force_option, option, options_of, path_or_none, positive_or_none, read_config,
+                             sandbox_option)
+from harness.remap import MAX_ALPHA
 from harness.sandbox import check_sandbox
 from harness.train import TrainConfig
 
@@ -84,8 +86,7 @@ class RunOptions:
     parity_teacher: Path | None = option(FIXTURES / "holdout" / "teacher", "the teacher's CCPA trace of each held-out "
                                          "task, <id>.ccpa-trace.jsonl: the agents' per-task action parity ('' for none)",
                                          type=path_or_none)
-    force: bool = option(False, "write into a non-empty --out holding files flip run did not write (nothing is "
-                                "deleted)")
+    force: bool = force_option("run")
     timings: dict = field(default_factory=dict)  # wall seconds per phase
     cpu_times: dict = field(default_factory=dict)  # CPU seconds per phase (all threads of this process)
 
@@ -103,6 +104,8 @@ class RunOptions:
                 raise FlipError(f"--{name.replace('_', '-')} must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise FlipError(f"--lr must be a positive number, not {self.lr}")
+        if self.alpha > MAX_ALPHA:
+            raise FlipError(f"--alpha must be at most {MAX_ALPHA}, not {self.alpha}")
         if self.agent_tokens >= self.max_length:
             raise FlipError("--agent-tokens must be smaller than --max-length (the prompt needs room too)")
         if self.mode not in MODES:
@@ -495,6 +498,8 @@ def run(options: RunOptions) -> dict:
 
     start, cpu = time.perf_counter(), time.process_time()
     config = run_config(options)  # the options as given, before --out is made absolute
+    if not options.holdout.exists():
+        raise FlipError(f"--holdout {options.holdout}: no such file or directory")
     prompts = load_prompts(options.holdout)  # every input is checked before the first minute of work
     check(options.base)
     if options.agent and options.holdout.is_dir():
@@ -508,7 +513,8 @@ def run(options: RunOptions) -> dict:
         from harness.ccpa import teacher_traces
 
         teacher_traces(options.parity_teacher, load_tasks(options.holdout))  # read and checked before any work
-    options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force)
+    options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force,
+                            inputs=(options.transcripts, options.data, options.holdout, options.base))
     write_text(options.out / CONFIG_FILE, config)
     with phase(options, "export"):
         data, export_stats = export_phase(options)

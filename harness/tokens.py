@@ -27,6 +27,9 @@ tok.backend_tokenizer.save(sys.argv[3])
 
 
 def _gguf_tokenizer_json(gguf: Path) -> Path:
+    from harness.models import check
+
+    check(gguf)  # the magic, before a child process spends seconds failing on a text file
     target = gguf_cache_dir("tokenizers", gguf) / "tokenizer.json"
     if target.is_file():
         return target
@@ -38,7 +41,8 @@ def _gguf_tokenizer_json(gguf: Path) -> Path:
             capture_output=True, text=True,
         )
         if proc.returncode != 0 or not tmp.is_file():
-            raise FlipError(f"could not convert the tokenizer of {gguf}: {proc.stderr.strip()[-800:]}")
+            last = (proc.stderr.strip().splitlines() or ["no error output"])[-1]  # the exception, not its traceback
+            raise FlipError(f"could not read the tokenizer of {gguf} (a truncated or damaged GGUF?): {last[-300:]}")
         os.replace(tmp, target)  # atomic: a concurrent conversion writes the same bytes
     finally:
         tmp.unlink(missing_ok=True)

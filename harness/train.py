@@ -31,8 +31,9 @@ from pathlib import Path
 from harness import FlipError, progress_bar, read_jsonl
 from harness.atomic import atomic_path, claim_dir, replaced_dir, write_text
 from harness.models import DTYPES
-from harness.options import MODEL_HELP, add_options, device_option, option, options_of, positive_or_none
+from harness.options import MODEL_HELP, add_options, device_option, force_option, option, options_of, positive_or_none
 from harness.prompt import SAMPLE_TOKENS
+from harness.remap import MAX_ALPHA
 
 IGNORE = -100  # the label value torch's cross_entropy skips
 CHECKPOINT = "checkpoint"
@@ -53,7 +54,7 @@ class TrainConfig:
     targets: tuple[str, ...] = option(("q_proj", "v_proj"), "comma-separated module names")
     lr: float = option(2e-4, "peak learning rate (AdamW; warmup, then cosine to 0)")
     epochs: int = option(3, "passes over the training samples (unless --max-steps)")
-    max_steps: int | None = option(None, "optimizer steps; overrides epochs", type=positive_or_none)
+    max_steps: int | None = option(None, "optimizer steps (at least 1); overrides epochs", type=int)
     batch_size: int = option(1, "per process")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     seed: int = option(42, "seed of the data order, the split and LoRA's initialisation")
@@ -82,8 +83,7 @@ class TrainConfig:
     resume: bool = option(False, "require resuming from OUT/checkpoint (a matching checkpoint is resumed anyway)")
     allow_prose: bool = option(
         False, "train on samples whose response is not one valid call (counted as prose in the summary)")
-    force: bool = option(
-        False, "write into a non-empty --out holding files flip train did not write (nothing is deleted)")
+    force: bool = force_option("train")
 
     def __post_init__(self):
         self.data, self.out, self.targets = Path(self.data), Path(self.out), tuple(self.targets)
@@ -91,7 +91,9 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise FlipError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
-            raise FlipError("--max-steps must be at least 1")
+            raise FlipError(f"--max-steps must be at least 1, not {self.max_steps}")
+        if self.alpha > MAX_ALPHA:
+            raise FlipError(f"--alpha must be at most {MAX_ALPHA}, not {self.alpha}")
         if not 0 <= self.val_fraction < 1:
             raise FlipError("--val-fraction must be in [0, 1)")
         if not 0 <= self.warmup < 1:
@@ -690,12 +692,12 @@ def setup_training(config: TrainConfig) -> Prepared:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     samples, prose = load_samples(config.data, config.allow_prose)  # inputs first: a bad one fails in a second
-    check(config.base)
+    base = check(config.base)
     dist, device = init_distributed(config.device)
     log = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
     random.seed(config.seed)
     if dist.main:
-        claim_dir(config.out, "train", OUTPUT_NAMES, config.force)
+        claim_dir(config.out, "train", OUTPUT_NAMES, config.force, inputs=(config.data, base.path))
     model, tokenizer = build_model(config, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_id(tokenizer)
     timings["load_s"] = time.perf_counter() - clock

@@ -13,6 +13,7 @@ used or skipped with a named reason, counted in `LineStats`. Nothing here raises
 """
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections import Counter
@@ -110,6 +111,8 @@ def iter_records(path: Path, stats: LineStats | None = None, limit: int | None =
             if limit is not None and number >= limit:
                 return
             stats.read += 1
+            if number == 0:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # an editor's byte-order mark is not part of the first record
             complete = raw.endswith(b"\n")
             if not raw.strip():
                 stats.skip("blank")
@@ -502,7 +505,7 @@ def sibling_prompt(path: Path) -> str | None:
         candidate = path.parent / name
         if candidate.is_file():
             try:
-                text = candidate.read_bytes().decode("utf-8", "replace").strip()
+                text = candidate.read_bytes().decode("utf-8-sig", "replace").strip()
             except OSError:
                 continue
             if text:

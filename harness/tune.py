@@ -28,7 +28,8 @@ from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation r
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, dialects, recipes
 from harness.models import SMOLLM2, check
-from harness.options import MODEL_HELP, add_options, device_option, dialect_option, option, options_of, sandbox_option
+from harness.options import (MODEL_HELP, add_options, device_option, dialect_option, force_option, option, options_of,
+                             sandbox_option)
 from harness.sandbox import check_sandbox
 from harness.train import TrainConfig
 
@@ -162,8 +163,7 @@ class TuneOptions:
     dialect: str = dialect_option()
     device: str = device_option()
     sandbox: str = sandbox_option()
-    force: bool = option(
-        False, "write into a non-empty --out holding files flip tune did not write (nothing is deleted)")
+    force: bool = force_option("tune")
 
 
 def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOptions.base, seed: int = TuneOptions.seed,
@@ -181,7 +181,7 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
         raise FlipError("--train-seeds names no seed")
     check(base)
     check_sandbox(sandbox)
-    out = claim_dir(out, "tune", OUTPUT_NAMES, force)
+    out = claim_dir(out, "tune", OUTPUT_NAMES, force, inputs=(base,))
     check_same_base(out, base, dialect)
     task_dirs = sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file())
     train_ids, val_ids = validation_split(task_dirs, seed)
