@@ -59,6 +59,16 @@ def training_order(train_ids: list[str], seed: int) -> list[str]:
     return order
 
 
+def distinct_prompts(tasks: Path, val_ids: list[str], train_ids: list[str]) -> list[str]:
+    """The validation ids, sorted, without those whose prompt is word for word a training task's (a generic "the tests
+    fail, fix it"): the leak check could not tell such a task's text from training data, so it is not validation."""
+    def prompt(task_id: str) -> str:
+        return (tasks / "tasks" / task_id / "prompt.txt").read_text(encoding="utf-8").strip()
+
+    taught = {prompt(task_id) for task_id in train_ids}
+    return [task_id for task_id in sorted(val_ids) if prompt(task_id) not in taught]
+
+
 def link_validation(out: Path, tasks: Path, val_ids: list[str], fixture_val: bool) -> Path:
     """DIR/val-tasks: links to the generated validation tasks and (by default) flip tune's validation split of the
     hand-written training tasks. Never a held-out task."""
@@ -315,7 +325,8 @@ def curve(options: CurveOptions) -> dict:
     check(options.base)
     tasks = Path(options.tasks)
     out = claim_dir(options.out, "curve", OUTPUT_NAMES, options.force)
-    val_dir = link_validation(out, tasks, sorted(manifest["validation"])[:options.val_tasks], options.fixture_val)
+    val_ids = distinct_prompts(tasks, manifest["validation"], manifest["train"])[:options.val_tasks]
+    val_dir = link_validation(out, tasks, val_ids, options.fixture_val)
     order = training_order(manifest["train"], options.seed)
     cases, examples = diagnostic_cases(val_dir, tasks / "tasks", order[sizes[-1]:])  # examples outside every N
     rows = []
