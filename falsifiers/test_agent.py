@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from falsifiers.test_runtime import TASKS, exported_steps, normalise
-from harness.agent import (AgentOptions, AgentTask, OraclePolicy, act, load_tasks, next_instruction, oracle_calls,
-                           open_episode, run_agent)
+from harness.agent import AgentOptions, OraclePolicy, act, next_instruction, oracle_calls, open_episode, run_agent
+from harness.tasks import AgentTask, load_tasks
 from harness.cli import main
 from harness.contracts import system_prompt
 from harness.export import ExportOptions, export

@@ -20,7 +20,7 @@ SOURCE = "\n".join(f"{n}\tdef helper_{n}(value):\n{n}\t    return value * {n} + 
 
 
 def agent_prompts(tokenizer, n: int) -> list[str]:
-    from harness.evaluate import render_prompt
+    from harness.decode import render_prompt
 
     prompts = []
     for i in range(n):

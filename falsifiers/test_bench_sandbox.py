@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.agent import AgentOptions, OraclePolicy, load_tasks, run_agent
+from harness.agent import AgentOptions, OraclePolicy, run_agent
+from harness.tasks import load_tasks
 from harness.sandbox import Sandbox, isolation
 from harness.tokens import counter
 

@@ -53,7 +53,7 @@ def test_sampled_decoding_is_seeded_and_greedy_at_zero(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from falsifiers.test_remap import tiny_base
-    from harness.evaluate import generate
+    from harness.decode import generate
 
     directory = tiny_base(tmp_path, "llama")
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)

@@ -153,7 +153,7 @@ def test_the_first_step_is_prompted_and_judged_in_the_dialect(tmp_path):
     reverse."""
     from harness.cli import parse_command
     from harness.contracts import system_prompt
-    from harness.evaluate import render_prompt
+    from harness.decode import render_prompt
     from harness.models import load_tokenizer
 
     runtime_edit = call("file_edit", path="src/lib.rs", old_string="a", new_string="b")
@@ -236,7 +236,7 @@ def test_batched_decoding_equals_decoding_each_prompt_alone(tmp_path, arch):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.evaluate import generate, stop_token_ids
+    from harness.decode import generate, stop_token_ids
     from falsifiers.test_remap import tiny_base
 
     directory = tiny_base(tmp_path, arch)

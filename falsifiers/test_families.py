@@ -29,7 +29,7 @@ def test_each_base_trains_the_turn_format_its_family_declares(named_tokenizer):
     """SmolLM2's own chat template and the template Gemma 3 270M (a base without one) is given both render a sample as
     its family's turn format says, token for token; the prompt is the sample up to the reply; the trained labels are
     the reply and its end-of-turn token (`<|im_end|>` / `<end_of_turn>`), the token eval and agent stop on."""
-    from harness.evaluate import render_prompt, stop_token_ids
+    from harness.decode import render_prompt, stop_token_ids
     from harness.families import of_tokenizer
     from harness.train import IGNORE, encode
 

@@ -328,7 +328,7 @@ def test_a_byte_order_mark_costs_nothing(world):
     task = world / "tasks" / "h-median"
     for name in ("task.json", "prompt.txt"):
         (task / name).write_bytes(b"\xef\xbb\xbf" + (task / name).read_bytes())
-    from harness.agent import load_task
+    from harness.tasks import load_task
 
     assert not load_task(task).prompt.startswith("\ufeff")
 

@@ -206,7 +206,8 @@ PYTHON_KINDS = ("h-age-birthday", "h-py-garage-vacancies", "h-py-sensor-stdlib",
 @pytest.fixture(scope="module")
 def oracle_episodes(tmp_path_factory):
     """The oracle (the teacher's canonical steps as apr-code calls, really executed) on the Python held-out tasks."""
-    from harness.agent import AgentOptions, OraclePolicy, load_task, run_agent
+    from harness.agent import AgentOptions, OraclePolicy, run_agent
+    from harness.tasks import load_task
 
     tasks = [load_task(HOLDOUT / name) for name in PYTHON_KINDS]
     lines, _ = run_agent(tasks, OraclePolicy(counter()), AgentOptions(max_turns=8, progress=False))
@@ -325,7 +326,8 @@ def test_each_agent_episode_is_scored_against_the_teachers_trajectory_of_its_tas
     grep (the teacher greps with a path, the oracle without), so each task's score is exactly that, and the summary's
     mean is the mean of the tasks scored. A task without a teacher trace is not scored; a directory holding no trace
     of the tasks is refused before any episode runs."""
-    from harness.agent import AgentOptions, OraclePolicy, load_task, run_agent
+    from harness.agent import AgentOptions, OraclePolicy, run_agent
+    from harness.tasks import load_task
 
     tasks = [load_task(HOLDOUT / name) for name in PYTHON_KINDS]
     teachers = tmp_path / "teachers"

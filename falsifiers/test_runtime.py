@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.agent import AgentOptions, AgentTask, act, open_episode
+from harness.agent import AgentOptions, act, open_episode
+from harness.tasks import AgentTask
 from harness.export import ExportOptions, Stats, trajectory_steps
 from harness.prompt import Budget, Scrubber
 from harness.runtime import EDIT_OK, Runtime

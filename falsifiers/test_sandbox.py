@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from falsifiers.test_atomic import tree_digest
-from harness.agent import AgentOptions, AgentTask, run_agent
+from harness.agent import AgentOptions, run_agent
+from harness.tasks import AgentTask
 from harness.cli import main as flip_main
 from harness.sandbox import Limits, Refused, Sandbox, isolation, shell_problem
 from harness.tokens import counter

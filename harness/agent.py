@@ -21,7 +21,6 @@ steps for a task.json, `oracle_calls`), which proves the tasks, their tests and 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from harness import FlipError, ccpa, progress_bar
 from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, remove_entry
 from harness.contracts import system_prompt
-from harness.evaluate import DEFAULT_BATCH_SIZE
+from harness.decode import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
 from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, dialect_option, force_option,
                              option, options_of, path_or_none, runtime_option, sandbox_option)
@@ -42,6 +41,7 @@ from harness.contracts import dialect_input, dialect_renames
 from harness.runtime import AprRuntime, Runtime, tool_error
 from harness.parity import task_parity
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, check_sandbox, isolation
+from harness.tasks import FIRST_TOOL_BY_KIND, AgentTask, load_tasks
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
 
 DEFAULT_MAX_TURNS = 8
@@ -57,64 +57,10 @@ CHANGING_TOOLS = ("file_edit", "file_write")  # a call of these that its tool ac
 # Tasks
 # ---------------------------------------------------------------------------------------------------------------------
 
-@dataclass
-class AgentTask:
-    id: str
-    prompt: str
-    workspace: Path
-    test: str
-    spec: dict  # the whole task.json
-
-    @property
-    def kind(self) -> str | None:
-        return self.spec.get("kind")
-
-    @property
-    def first_tool(self) -> str | None:
-        """The teacher's first tool: task.json's `first_tool`, else the canonical one of its kind."""
-        return self.spec.get("first_tool") or FIRST_TOOL_BY_KIND.get(self.kind)
-
-
-def load_task(folder: Path) -> AgentTask:
-    for name in ("prompt.txt", "task.json", "workspace"):
-        if not (folder / name).exists():
-            raise FlipError(f"task {folder}: no {name} (a task folder holds prompt.txt, task.json and workspace/)")
-    try:
-        spec = json.loads((folder / "task.json").read_text(encoding="utf-8-sig"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise FlipError(f"{folder / 'task.json'}: not JSON ({err})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("test"), str) or not spec["test"].strip():
-        raise FlipError(f"{folder / 'task.json'}: needs a \"test\" field holding a shell command")
-    for key in ("kind", "first_tool", "summary"):  # read as text later, after minutes of running: checked now
-        if key in spec and not isinstance(spec[key], str):
-            raise FlipError(f"{folder / 'task.json'}: \"{key}\" must be a string, not {json.dumps(spec[key])}")
-    prompt = (folder / "prompt.txt").read_bytes().decode("utf-8-sig", "replace").strip()
-    if not prompt:
-        raise FlipError(f"{folder / 'prompt.txt'} is empty")
-    if not (folder / "workspace").is_dir():
-        raise FlipError(f"{folder / 'workspace'} is not a directory")
-    return AgentTask(folder.name, prompt, folder / "workspace", spec["test"], spec)
-
-
-def load_tasks(directory: str | os.PathLike) -> list[AgentTask]:
-    """Every task folder under DIR, sorted by id."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FlipError(f"--tasks {directory} is not a directory")
-    folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
-    tasks = [load_task(p) for p in folders]
-    if not tasks:
-        raise FlipError(f"--tasks {directory} holds no task folder (<id>/prompt.txt, task.json, workspace/)")
-    return tasks
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The oracle: the scripted teacher's solution steps for a task.json, as apr-code calls
 # ---------------------------------------------------------------------------------------------------------------------
-
-FIRST_TOOL_BY_KIND = {"fix": "file_read", "add-method": "file_read", "search": "grep", "constant": "grep",
-                      "rename": "grep", "test-fix": "shell", "compile": "shell", "create": "file_write",
-                      "create-from-tests": "file_read"}
 
 
 def oracle_calls(spec: dict) -> list[tuple[str, dict]]:
@@ -149,6 +95,7 @@ def oracle_calls(spec: dict) -> list[tuple[str, dict]]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Episodes
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class AgentOptions:
@@ -341,6 +288,7 @@ def trace_line(episode: Episode, test, dialect: str | None = None) -> dict:
 # Policies: who writes the replies
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 class ModelPolicy:
     """Replies of a loaded model (greedy, or sampled with options.temperature), the live tasks' prompts batched together."""
 
@@ -352,7 +300,7 @@ class ModelPolicy:
         self.turn = 0
 
     def __call__(self, episodes: list[Episode], instructions: list[str]) -> list[str]:
-        from harness.evaluate import generate, render_prompt
+        from harness.decode import generate, render_prompt
 
         texts = [render_prompt(self.tokenizer, instruction, self.options.dialect) for instruction in instructions]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
@@ -387,6 +335,7 @@ class OraclePolicy:
 # ---------------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[list[dict], dict]:
     """Every task as an episode, the live ones advanced together turn by turn: (trace lines, summary)."""
@@ -500,7 +449,8 @@ def format_summary(summary: dict, label: str = "") -> str:
 def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", options: AgentOptions | None = None,
           label: str | None = None, force: bool = False) -> dict:
     """Load tasks and model, run every task as an agent episode, write TRACE.jsonl and its summary; return the summary."""
-    from harness.evaluate import load_for_eval, summary_file, write_trace
+    from harness.decode import load_for_eval
+    from harness.evaluate import summary_file, write_trace
 
     from harness.models import check
 
@@ -536,6 +486,7 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
 # ---------------------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(kw_only=True)
 class AgentCliOptions:

@@ -29,15 +29,10 @@ from harness import FlipError
 from harness.contracts import CONTRACTS, tool_map
 from harness.prompt import render_result
 from harness.toolcall import CLOSE
-from harness.transcripts import CCPA, Call, FileRead, LineStats, _Builder, _skip_unknown, is_refusal, iter_records
+from harness.transcripts import CCPA, Call, LineStats
 
 SUFFIX = ".ccpa-trace.jsonl"
 SCHEMA_FILE = "ccpa-trace.schema.json"
-KINDS = ("session_start", "user_prompt", "assistant_turn", "tool_result", "session_end", "hook_event",
-         "skill_invocation")
-# Records that carry no turn content for an export: counted under `ignored:<kind>` and skipped. Hooks and skills are
-# actions for the parity score (harness.parity), but apr-code has no tool that makes them.
-IGNORED = ("session_start", "session_end", "hook_event", "skill_invocation")
 RECORD_VERSION = 1  # every record's `v` (trace_schema.envelope.v: const 1)
 ACTOR = "apr-code"  # the student's actor (ccpa-trace lib.rs, enum Actor)
 FILE_KEY = "path"  # how CCPA names a file: equivalence.rs path_str reads `path`, never `file_path`
@@ -45,64 +40,6 @@ FILE_KEY = "path"  # how CCPA names a file: equivalence.rs path_str reads `path`
 # A reply without a call ends the turn; the prompt outgrowing its budget is the token limit; the turn limit and the
 # repeated-call guard are the runtime cutting the session short, for which CCPA has only `error`.
 SESSION_STOP = {"answered": "end_turn", "context_full": "max_tokens", "max_turns": "error", "repeated": "error"}
-
-
-def is_ccpa_record(record: dict) -> bool:
-    """Whether a JSON line is a CCPA record: its `kind` is one of the trace kinds and it carries the version `v`."""
-    return record.get("kind") in KINDS and "v" in record
-
-
-# --------------------------------------------------------------------------------------------------------- reading
-
-def read_ccpa(path: Path, stats: LineStats) -> FileRead:
-    """The trace's trajectories: the main agent's calls, split where a user prompt follows calls (as an on-disk
-    session is). Never raises on bad content: a record of the wrong shape is skipped as `invalid:<kind>`."""
-    builder = _Builder(stats)
-    for record in iter_records(path, stats):
-        kind = record.get("kind")
-        if kind not in KINDS:
-            _skip_unknown(stats, kind)
-            continue
-        if kind == "session_start" and builder.main is not None and builder.main.calls:
-            builder.main = None  # a second session in one file starts a new trajectory
-        if kind in IGNORED:
-            stats.skip(f"ignored:{kind}")
-            continue
-        if _add(builder, kind, record):
-            stats.used += 1
-        else:
-            stats.skip(f"invalid:{kind}")
-    return FileRead(CCPA, builder.trajectories, [])
-
-
-def _add(builder: _Builder, kind: str, record: dict) -> bool:
-    if kind == "user_prompt":
-        if not isinstance(record.get("text"), str):
-            return False
-        if record["text"].strip():
-            builder.main_prompt(record["text"].strip())
-        return True
-    if kind == "assistant_turn":
-        blocks = record.get("blocks")
-        if not isinstance(blocks, list):
-            return False
-        # text blocks are narration or the final answer, tool_use blocks calls; thinking is neither
-        builder.add_calls(builder.main_trajectory(), blocks)
-        return True
-    return _add_result(builder, record)
-
-
-def _add_result(builder: _Builder, record: dict) -> bool:
-    call_id, ok, content = record.get("tool_use_id"), record.get("ok"), record.get("content")
-    if not isinstance(call_id, str) or not isinstance(ok, bool) or not isinstance(content, str):
-        return False
-    call = builder.calls.get(call_id)
-    if call is None:
-        builder.stats.orphan_results += 1
-        return True
-    call.result, call.is_error = content, not ok
-    call.refused = call.refused or (call.is_error and is_refusal(content))
-    return True
 
 
 # --------------------------------------------------------------------------------------------------------- writing

@@ -147,7 +147,7 @@ def plain_answer(completion: str) -> str:
 
 def diagnostic_cases(val_dir: Path, train_tasks: Path, train_ids: list[str]) -> tuple[list[dict], list[tuple]]:
     """(the validation fix cases, three worked examples from training tasks)."""
-    from harness.agent import load_tasks
+    from harness.tasks import load_tasks
 
     cases = []
     for task in load_tasks(val_dir):
@@ -170,7 +170,7 @@ def diagnostic_cases(val_dir: Path, train_tasks: Path, train_ids: list[str]) -> 
 def run_plain(model, tokenizer, cases: list[dict], examples: list[tuple]) -> list[bool]:
     """Each case as a plain completion; solved when the completed function, put in place of the buggy one, passes the
     task's test in a sandbox."""
-    from harness.evaluate import generate
+    from harness.decode import generate
     from harness.sandbox import Limits, Sandbox
 
     # a raw completion, not a chat turn: generate() takes texts as they are
@@ -225,8 +225,10 @@ def measure(model_ref: str, adapter: Path | None, val_dir: Path, work: Path, cas
     """Greedy agent, sampled agents, and the diagnostic of one model (the base when adapter is None)."""
     from dataclasses import replace
 
-    from harness.agent import AgentOptions, ModelPolicy, load_tasks, run_agent
-    from harness.evaluate import load_for_eval, write_trace
+    from harness.agent import AgentOptions, ModelPolicy, run_agent
+    from harness.decode import load_for_eval
+    from harness.evaluate import write_trace
+    from harness.tasks import load_tasks
 
     model, tokenizer = load_for_eval(model_ref, adapter, options.device)
     tasks = load_tasks(val_dir)

@@ -509,7 +509,7 @@ def run(options: RunOptions) -> dict:
     if options.data is not None and not options.data.is_file():
         raise FlipError(f"--data {options.data} not found")
     if options.agent and options.holdout.is_dir() and options.parity_teacher is not None:
-        from harness.agent import load_tasks
+        from harness.tasks import load_tasks
         from harness.ccpa import teacher_traces
 
         teacher_traces(options.parity_teacher, load_tasks(options.holdout))  # read and checked before any work

@@ -24,7 +24,7 @@ from harness import FlipError
 
 STREAM_JSON = "stream-json"
 SESSION = "session"
-CCPA = "ccpa-trace"  # CCPA's trace format, read by harness.ccpa
+CCPA = "ccpa-trace"  # CCPA's trace format (read_ccpa below)
 
 # Record types that carry no turn content; they are skipped with the reason `ignored:<type>`.
 _STREAM_IGNORED = {"system", "result", "rate_limit_event", "tool_progress", "tool_use_summary", "control_request",
@@ -186,9 +186,7 @@ def _without_lone_surrogates(value) -> tuple[object, bool]:
 def _record_format(record: dict) -> str | None:
     """The format a record proves (strong markers only): a bare `session_id` is not proof, since unknown event
     types of any release may carry it."""
-    from harness import ccpa
-
-    if ccpa.is_ccpa_record(record):
+    if is_ccpa_record(record):
         return CCPA  # a `kind` and a `v`, never a `type`
     if "parentUuid" in record or "isSidechain" in record or "sessionId" in record:
         return SESSION
@@ -485,14 +483,83 @@ def _add_root(roots: list[str], cwd: str) -> None:
 
 # ------------------------------------------------------------------------------------------------------ entry
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CCPA's trace format (`*.ccpa-trace.jsonl`): trajectories of the same shape; harness.ccpa writes it and scores it.
+# Sources: paiml/claude-code-parity-apr at 30db757f, crates/ccpa-trace/src/lib.rs and the trace_schema section of
+# contracts/claude-code-parity-apr-v1.yaml. CCPA writes a file's path as `path`: contracts/tool_map.json maps it.
+# ---------------------------------------------------------------------------------------------------------------------
+
+CCPA_KINDS = ("session_start", "user_prompt", "assistant_turn", "tool_result", "session_end", "hook_event",
+         "skill_invocation")
+
+# Records that carry no turn content for an export: counted under `ignored:<kind>` and skipped. Hooks and skills are
+# actions for the parity score (harness.parity), but apr-code has no tool that makes them.
+CCPA_IGNORED = ("session_start", "session_end", "hook_event", "skill_invocation")
+
+
+def is_ccpa_record(record: dict) -> bool:
+    """Whether a JSON line is a CCPA record: its `kind` is one of the trace kinds and it carries the version `v`."""
+    return record.get("kind") in CCPA_KINDS and "v" in record
+
+
+def read_ccpa(path: Path, stats: LineStats) -> FileRead:
+    """The trace's trajectories: the main agent's calls, split where a user prompt follows calls (as an on-disk
+    session is). Never raises on bad content: a record of the wrong shape is skipped as `invalid:<kind>`."""
+    builder = _Builder(stats)
+    for record in iter_records(path, stats):
+        kind = record.get("kind")
+        if kind not in CCPA_KINDS:
+            _skip_unknown(stats, kind)
+            continue
+        if kind == "session_start" and builder.main is not None and builder.main.calls:
+            builder.main = None  # a second session in one file starts a new trajectory
+        if kind in CCPA_IGNORED:
+            stats.skip(f"ignored:{kind}")
+            continue
+        if _add(builder, kind, record):
+            stats.used += 1
+        else:
+            stats.skip(f"invalid:{kind}")
+    return FileRead(CCPA, builder.trajectories, [])
+
+
+def _add(builder: _Builder, kind: str, record: dict) -> bool:
+    if kind == "user_prompt":
+        if not isinstance(record.get("text"), str):
+            return False
+        if record["text"].strip():
+            builder.main_prompt(record["text"].strip())
+        return True
+    if kind == "assistant_turn":
+        blocks = record.get("blocks")
+        if not isinstance(blocks, list):
+            return False
+        # text blocks are narration or the final answer, tool_use blocks calls; thinking is neither
+        builder.add_calls(builder.main_trajectory(), blocks)
+        return True
+    return _add_result(builder, record)
+
+
+def _add_result(builder: _Builder, record: dict) -> bool:
+    call_id, ok, content = record.get("tool_use_id"), record.get("ok"), record.get("content")
+    if not isinstance(call_id, str) or not isinstance(ok, bool) or not isinstance(content, str):
+        return False
+    call = builder.calls.get(call_id)
+    if call is None:
+        builder.stats.orphan_results += 1
+        return True
+    call.result, call.is_error = content, not ok
+    call.refused = call.refused or (call.is_error and is_refusal(content))
+    return True
+
+
 def read_file(path: Path, stats: LineStats) -> FileRead | None:
     """The file's trajectories, or None when it is none of the formats (the caller reports it)."""
     kind = detect_format(path)
     if kind is None:
         return None
     if kind == CCPA:
-        from harness.ccpa import read_ccpa
-
         return read_ccpa(path, stats)
     if kind == STREAM_JSON:
         return read_stream_json(path, stats)

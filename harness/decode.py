@@ -1,0 +1,198 @@
+"""The batched decoder every evaluation and agent uses, and the model it decodes with: a chat turn rendered in the
+model's own template, greedy or seeded-sampled completions batched with the shared prompt prefix prefilled once, the
+model (+ adapter) loaded for it. Below harness.evaluate and harness.agent, which both call it; it imports neither.
+
+torch / transformers / peft are imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from harness import FlipError, progress_bar
+from harness.contracts import system_prompt
+
+# Prompts decoded together: the 38 held-out tasks in one batch. On a 2-core CPU a decode step costs little more for
+# 38 rows than for 8 (the weights are read once per step): the base's 38 first steps at 128 tokens took 50 s in batches
+# of 8, 40 s of 16, 26 s in one.
+DEFAULT_BATCH_SIZE = 40
+
+
+def chat_messages(instruction: str, dialect: str | None = None) -> list[dict]:
+    return [{"role": "system", "content": system_prompt(dialect)}, {"role": "user", "content": instruction}]
+
+
+def render_prompt(tokenizer, instruction: str, dialect: str | None = None) -> str:
+    """A user turn (an instruction from harness.prompt) in the model's own chat template, ready for its reply."""
+    return tokenizer.apply_chat_template(chat_messages(instruction, dialect), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """End of turn: the tokenizer's family's end-of-turn and stop tokens (contracts/families.yaml) where its vocabulary
+    has them, and the tokenizer's eos."""
+    from harness.families import of_tokenizer
+
+    family = of_tokenizer(tokenizer)
+    ids = []
+    for token in (family.end_of_turn, *family.stop_tokens):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+            ids.append(token_id)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE,
+             stop_strings: tuple[str, ...] = (), progress: str | None = None, temperature: float = 0.0,
+             seed: int = 0) -> list[dict]:
+    """Greedy completions (or, with `temperature` > 0, samples from the softmax at that temperature, drawn from a
+    generator seeded with `seed`, so a sampled run repeats exactly) of chat-rendered prompts, `batch_size` at a time with left padding (every row's generation
+    starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text, in order.
+
+    A row ends at an end-of-turn token, or at the first of `stop_strings` (kept in its output; the agent's
+    `</tool_call>`: the runtime executes only the first call), and then leaves its batch at once, its cache rows
+    dropped. This greedy loop is written here rather than calling transformers' `generate` because that keeps decoding
+    every row until the slowest one ends: on a CPU one unclosed reply made a whole batch of agent turns decode to the
+    token limit, most of an agent run's time. The tokens every prompt of a batch starts with (the chat template's system
+    turn: about 240 of an agent prompt's ~700) are computed once per batch, not once per row (_prefill). `progress`: a
+    progress bar over the prompts with this label (stderr; --quiet disables every tqdm bar)."""
+    stops = set(stop_token_ids(tokenizer))
+    device = next(model.parameters()).device
+    pick = _sampler(temperature, seed, device)
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    bar = progress_bar(progress is not None, total=len(texts), desc=progress, unit="prompt", leave=False)
+    try:
+        for start in range(0, len(texts), max(1, batch_size)):
+            results += _decode_batch(model, tokenizer, texts[start:start + batch_size], max_new_tokens, stops,
+                                     stop_strings, device, pick)
+            bar.update(len(texts[start:start + batch_size]))
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+    return results
+
+
+def _sampler(temperature: float, seed: int, device):
+    """The next-token rule over a batch's last logits: argmax when greedy; else a draw from softmax(logits / T)."""
+    import torch
+
+    if not temperature > 0:
+        return lambda logits: logits.argmax(-1)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(logits):
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5.24 renamed the forward argument `past_key_values` to `cache` (the old name only warns)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _decode_batch(model, tokenizer, texts, max_new_tokens, stops, stop_strings, device, pick) -> list[dict]:
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=getattr(model, "config", None))
+    cache_arg = {_cache_keyword(model): cache}
+    rows = list(range(len(texts)))  # batch row -> text index, for the rows still decoding
+    tokens_out: list[list[int]] = [[] for _ in texts]
+    ended = [False] * len(texts)  # by an end-of-turn token or a stop string
+    eos = [False] * len(texts)
+    with torch.inference_mode():
+        out, mask, next_position = _prefill(model, tokenizer, texts, cache, cache_arg, device)
+        limit = max_new_tokens
+        for step in range(limit):
+            chosen = pick(out.logits[:, -1])
+            keep = []
+            for row, token in enumerate(chosen.tolist()):
+                index = rows[row]
+                if token in stops:
+                    ended[index] = eos[index] = True
+                    continue
+                tokens_out[index].append(token)
+                if stop_strings and any(s in tokenizer.decode(tokens_out[index][-16:]) for s in stop_strings):
+                    ended[index] = True
+                    continue
+                keep.append(row)
+            if not keep or step == limit - 1:
+                break
+            if len(keep) < len(rows):
+                selected = torch.tensor(keep, device=device)
+                cache.batch_select_indices(selected)
+                mask, next_position, chosen = mask[selected], next_position[selected], chosen[selected]
+                rows = [rows[row] for row in keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position, use_cache=True,
+                        **cache_arg)
+            next_position = next_position + 1
+    results = []
+    for index, body in enumerate(tokens_out):
+        text = tokenizer.decode(body, skip_special_tokens=True)
+        cut = min((text.find(s) + len(s) for s in stop_strings if s in text), default=None)
+        results.append({"output": text if cut is None else text[:cut],
+                        "new_tokens": len(body) + eos[index],
+                        "hit_token_limit": not ended[index]})
+    return results
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens every row has in common, leaving each row at least one token of its own (the prefill
+    must end on a row's last prompt token to give its first logits)."""
+    if len(rows) < 2:
+        return 0
+    first, limit = rows[0], min(len(row) for row in rows) - 1
+    length = 0
+    while length < limit and all(row[length] == first[length] for row in rows):
+        length += 1
+    return length
+
+
+def _prefill(model, tokenizer, texts, cache, cache_arg, device):
+    """Run every prompt into the cache: (the output holding each row's last logits, the attention mask, each row's next
+    position). The batch's shared prefix runs once as one row and is repeated into every row's cache; the rest of each
+    prompt follows it left-padded, so a row reads [prefix | padding | its own tokens] and its positions skip the padding
+    (prefix 0..P-1, own tokens P..)."""
+    import torch
+
+    # the chat template already holds every special token; add_special_tokens would add a BOS twice
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    shared = shared_prefix_length(ids)
+    if shared:
+        model(input_ids=torch.tensor([ids[0][:shared]], device=device), use_cache=True, logits_to_keep=1, **cache_arg)
+        cache.batch_repeat_interleave(len(texts))
+    own = [row[shared:] for row in ids]
+    width = max(len(row) for row in own)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in own], device=device)
+    own_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in own], device=device)
+    mask = torch.cat([own_mask.new_ones((len(texts), shared)), own_mask], dim=1)
+    positions = (shared + own_mask.cumsum(-1) - 1).clamp(min=shared)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                **cache_arg)
+    return out, mask, positions[:, -1:] + 1
+
+
+def load_for_eval(model: str, adapter: str | os.PathLike | None = None, device: str = "auto"):
+    """(model, tokenizer), with a peft adapter applied on top when one is given."""
+    from harness.models import load_model
+
+    loaded, tokenizer = load_model(model, device)
+    if adapter is not None:
+        adapter = Path(adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise FlipError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, str(adapter)).eval()
+    return loaded, tokenizer

@@ -1,0 +1,71 @@
+"""Task folders, the format `flip agent`, `flip eval --prompts DIR`, tune and curve read:
+
+    DIR/<id>/prompt.txt     the task, as the user would type it
+    DIR/<id>/workspace/     the project files
+    DIR/<id>/task.json      {"test": "<shell command, run in the workspace, exit 0 = solved>", ...}
+
+Below harness.evaluate and harness.agent, which both load tasks; it imports neither.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import FlipError
+
+FIRST_TOOL_BY_KIND = {"fix": "file_read", "add-method": "file_read", "search": "grep", "constant": "grep",
+                      "rename": "grep", "test-fix": "shell", "compile": "shell", "create": "file_write",
+                      "create-from-tests": "file_read"}
+
+
+@dataclass
+class AgentTask:
+    id: str
+    prompt: str
+    workspace: Path
+    test: str
+    spec: dict  # the whole task.json
+
+    @property
+    def kind(self) -> str | None:
+        return self.spec.get("kind")
+
+    @property
+    def first_tool(self) -> str | None:
+        """The teacher's first tool: task.json's `first_tool`, else the canonical one of its kind."""
+        return self.spec.get("first_tool") or FIRST_TOOL_BY_KIND.get(self.kind)
+
+
+def load_task(folder: Path) -> AgentTask:
+    for name in ("prompt.txt", "task.json", "workspace"):
+        if not (folder / name).exists():
+            raise FlipError(f"task {folder}: no {name} (a task folder holds prompt.txt, task.json and workspace/)")
+    try:
+        spec = json.loads((folder / "task.json").read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FlipError(f"{folder / 'task.json'}: not JSON ({err})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("test"), str) or not spec["test"].strip():
+        raise FlipError(f"{folder / 'task.json'}: needs a \"test\" field holding a shell command")
+    for key in ("kind", "first_tool", "summary"):  # read as text later, after minutes of running: checked now
+        if key in spec and not isinstance(spec[key], str):
+            raise FlipError(f"{folder / 'task.json'}: \"{key}\" must be a string, not {json.dumps(spec[key])}")
+    prompt = (folder / "prompt.txt").read_bytes().decode("utf-8-sig", "replace").strip()
+    if not prompt:
+        raise FlipError(f"{folder / 'prompt.txt'} is empty")
+    if not (folder / "workspace").is_dir():
+        raise FlipError(f"{folder / 'workspace'} is not a directory")
+    return AgentTask(folder.name, prompt, folder / "workspace", spec["test"], spec)
+
+
+def load_tasks(directory: str | os.PathLike) -> list[AgentTask]:
+    """Every task folder under DIR, sorted by id."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FlipError(f"--tasks {directory} is not a directory")
+    folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    tasks = [load_task(p) for p in folders]
+    if not tasks:
+        raise FlipError(f"--tasks {directory} holds no task folder (<id>/prompt.txt, task.json, workspace/)")
+    return tasks
