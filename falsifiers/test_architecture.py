@@ -1,4 +1,4 @@
-"""Falsifiers of contracts/claims/architecture.yaml: the modules of harness/ form layers, no module imports one that
+"""Falsifiers of contracts/claims/architecture.yaml: the modules of harness/ form the layers docs/architecture.md shows, no module imports one that
 imports it back (directly or through others), lazy imports inside functions included."""
 from __future__ import annotations
 
@@ -38,3 +38,23 @@ def test_no_module_of_harness_imports_one_that_imports_it_back():
     except CycleError as err:
         raise AssertionError(f"import cycle in harness/: {' -> '.join(err.args[1])}") from None
     assert set(order) == set(graph)
+
+
+def documented_layers() -> list[set[str]]:
+    """docs/architecture.md's layer table, lowest first: the modules of each row."""
+    import re
+
+    text = (HARNESS.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = text.split("| layer | modules |", 1)[1].split("\n\n", 1)[0]
+    return [{f"harness.{name}" for name in re.findall(r"`(\w+)`", row)} for row in table.splitlines()[2:]]
+
+
+def test_every_module_imports_only_its_layer_and_the_layers_below():
+    """docs/architecture.md's layers are the code's: every harness module is in exactly one layer, and none imports a
+    module of a higher layer."""
+    graph, layers = import_graph(), documented_layers()
+    placed = [m for layer in layers for m in layer]
+    assert sorted(placed) == sorted(graph), "modules missing from (or doubled in) the layer table"
+    level = {module: i for i, layer in enumerate(layers) for module in layer}
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if level[d] > level[m])
+    assert not upward, f"upward imports: {upward}"
