@@ -112,6 +112,7 @@ def test_eval_and_train_show_progress_bars_that_quiet_hides(tmp_path, tiny_base,
                          "--quiet")
         assert code == 0, err
         assert bar not in err and "it/s" not in err, (name, err)  # nor the libraries' bars (it/s)
+        assert name != "eval" or err.strip() == "", err  # --quiet eval prints nothing at all (issue 22)
 
 
 def test_broken_models_and_adapters_are_named_not_traced(tmp_path, tiny):

@@ -258,3 +258,28 @@ def test_batched_decoding_equals_decoding_each_prompt_alone(tmp_path, arch):
         stopped = generate(model, tokenizer, texts, 12, batch_size, stop_strings=(stop,))
         assert [r["output"] for r in stopped] == cut, batch_size
         assert sum(r["hit_token_limit"] for r in stopped) < len(texts), "no row left its batch early"
+
+
+def test_a_prompt_past_the_models_context_is_counted_not_decoded(tmp_path):
+    """A prompt whose tokens and reply exceed the model's context (max_position_embeddings) is not decoded into
+    garbage: its output is empty and over_context true in the trace, the summary counts it, and the prompts that fit
+    decode exactly as they would alone (issue 22: a 9.4k-token prompt past an 8,192-token context)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from falsifiers.test_remap import tiny_base
+    from harness.decode import generate
+    from harness.evaluate import summarise, trace_record
+
+    directory = tiny_base(tmp_path, "llama")  # max_position_embeddings 128
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    short, long = "The quick brown fox", "The quick brown fox jumps over the lazy dog. " * 40
+    assert len(tokenizer(long, add_special_tokens=False)["input_ids"]) > 128
+    results = generate(model, tokenizer, [short, long, short], 12, 3)
+    alone = generate(model, tokenizer, [short], 12, 1)[0]
+    assert [r["over_context"] for r in results] == [False, True, False]
+    assert results[1]["output"] == "" and results[1]["new_tokens"] == 0
+    assert results[0]["output"] == results[2]["output"] == alone["output"] != ""
+    records = [trace_record(str(i), "Fix src/a.py", r.pop("output"), **r) for i, r in enumerate(results)]
+    assert summarise(records)["prompts_over_context"] == 1

@@ -383,3 +383,30 @@ def test_errors_name_what_is_wrong(world):
     code, err = flip("run", "--holdout", world / "nonexistent", "--data", world / "data.jsonl", "--base", world / "base",
                      "--out", world / "r", "--quiet")
     _refused(code, err, "--holdout")
+
+
+def test_a_fifo_in_a_workspace_is_one_line_before_the_model_loads_and_leaves_no_sandbox(tmp_path, monkeypatch, capsys):
+    """A FIFO in a task's workspace (issue 22: it left a flip-agent-* directory after an 'unexpected Error') is named
+    in one line, exit 2, when the tasks load, before the model loads; and a Sandbox that cannot copy its workspace
+    removes its own directory."""
+    from harness.cli import main
+    from harness.sandbox import Sandbox
+    from harness import FlipError
+
+    task = tmp_path / "tasks" / "t1"
+    (task / "workspace").mkdir(parents=True)
+    (task / "prompt.txt").write_text("fix a.py")
+    (task / "task.json").write_text('{"test": "true"}')
+    (task / "workspace" / "a.py").write_text("x = 1\n")
+    os.mkfifo(task / "workspace" / "pipe")
+    _no_work(monkeypatch, "harness.decode", "load_for_eval")
+    code = main(["agent", "--model", "smollm2-135m", "--tasks", str(tmp_path / "tasks"), "--out",
+                 str(tmp_path / "t.jsonl"), "--max-turns", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pipe: not a regular file" in err and "unexpected" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    parent = tmp_path / "sandboxes"
+    parent.mkdir()
+    with pytest.raises(FlipError, match="not a regular file"):
+        Sandbox(task / "workspace", parent=str(parent))
+    assert list(parent.iterdir()) == []

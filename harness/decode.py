@@ -48,8 +48,11 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
              stop_strings: tuple[str, ...] = (), progress: str | None = None, temperature: float = 0.0,
              seed: int = 0) -> list[dict]:
     """Greedy completions (or, with `temperature` > 0, samples from the softmax at that temperature, drawn from a
-    generator seeded with `seed`, so a sampled run repeats exactly) of chat-rendered prompts, `batch_size` at a time with left padding (every row's generation
-    starts right after its own prompt). Returns {"output", "new_tokens", "hit_token_limit"} per text, in order.
+    generator seeded with `seed`, so a sampled run repeats exactly) of chat-rendered prompts, `batch_size` at a time
+    with left padding (every row's generation starts right after its own prompt). Returns {"output", "new_tokens",
+    "hit_token_limit", "over_context"} per text, in order. A prompt whose tokens and `max_new_tokens` together exceed
+    the model's context (max_position_embeddings) is not decoded at all (positions past it give garbage): its output
+    is empty and `over_context` true, for the caller to count.
 
     A row ends at an end-of-turn token, or at the first of `stop_strings` (kept in its output; the agent's
     `</tool_call>`: the runtime executes only the first call), and then leaves its batch at once, its cache rows
@@ -63,18 +66,30 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     pick = _sampler(temperature, seed, device)
     was_training = model.training
     model.eval()
-    results: list[dict] = []
+    fits = [index for index, text in enumerate(texts) if fits_context(model, tokenizer, text, max_new_tokens)]
+    decoded: list[dict] = []
     bar = progress_bar(progress is not None, total=len(texts), desc=progress, unit="prompt", leave=False)
     try:
-        for start in range(0, len(texts), max(1, batch_size)):
-            results += _decode_batch(model, tokenizer, texts[start:start + batch_size], max_new_tokens, stops,
-                                     stop_strings, device, pick)
-            bar.update(len(texts[start:start + batch_size]))
+        for start in range(0, len(fits), max(1, batch_size)):
+            batch = [texts[index] for index in fits[start:start + batch_size]]
+            decoded += _decode_batch(model, tokenizer, batch, max_new_tokens, stops, stop_strings, device, pick)
+            bar.update(len(batch))
     finally:
         bar.close()
         if was_training:
             model.train()
+    results = [{"output": "", "new_tokens": 0, "hit_token_limit": False, "over_context": True} for _ in texts]
+    for index, result in zip(fits, decoded):
+        results[index] = {**result, "over_context": False}
     return results
+
+
+def fits_context(model, tokenizer, text: str, max_new_tokens: int) -> bool:
+    """Whether the prompt and its reply fit the model's context (a model without a stated context always fits)."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return True
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + max_new_tokens <= context
 
 
 def _sampler(temperature: float, seed: int, device):

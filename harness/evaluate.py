@@ -215,6 +215,8 @@ def summarise(records: list[dict]) -> dict:
         "tasks_with_absolute_path": sum(1 for r in records if r["absolute_path_flag"]),
         "unclosed_calls": sum(1 for c in calls if not c["closed"]),
         "hit_token_limit": sum(1 for r in records if r.get("hit_token_limit")),
+        # prompts longer than the model's context with their reply: not decoded (harness.decode.fits_context)
+        "prompts_over_context": sum(1 for r in records if r.get("over_context")),
         **first_tool_summary(records),
     }
 
@@ -318,8 +320,9 @@ def summary_file(trace: str | os.PathLike) -> Path:
 def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.PathLike,
              adapter: str | os.PathLike | None = None, device: str = "auto",
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
-             label: str | None = None, dialect: str | None = None) -> dict:
-    """Load a model (+ adapter), evaluate it on the prompts, write the trace and its summary; returns the summary."""
+             label: str | None = None, dialect: str | None = None, progress: bool = True) -> dict:
+    """Load a model (+ adapter), evaluate it on the prompts, write the trace and its summary; returns the summary.
+    `progress`: the progress bar and the summary line on stderr (--quiet: neither)."""
     prompt_list = load_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
     inputs = ((prompts,) if isinstance(prompts, (str, os.PathLike)) else ()) + (model, adapter)
     check_out_file(out, "--out", inputs=inputs)
@@ -329,10 +332,15 @@ def evaluate(model: str, prompts: str | os.PathLike | list[dict], out: str | os.
     check(model)
     loaded, tokenizer = load_for_eval(model, adapter, device)
     records, summary = evaluate_loaded(loaded, tokenizer, prompt_list, max_new_tokens, batch_size,
-                                       progress=label or str(model), dialect=dialect)
+                                       progress=(label or str(model)) if progress else None, dialect=dialect)
     summary = {"model": str(model), "adapter": str(adapter) if adapter else None, **summary}
     write_trace(records, summary, out)
-    print(format_summary(summary, label or str(model)), file=sys.stderr)
+    if summary["prompts_over_context"]:
+        print(f"flip eval: {summary['prompts_over_context']} prompt(s) with their {max_new_tokens} reply tokens exceed "
+              "the model's context: not decoded, counted as prompts_over_context (over_context in the trace)",
+              file=sys.stderr)
+    if progress:
+        print(format_summary(summary, label or str(model)), file=sys.stderr)
     return summary
 
 
@@ -365,5 +373,6 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     options = options_of(EvalOptions, args)
     evaluate(options.model, options.prompts, options.out, adapter=options.adapter, device=options.device,
-             max_new_tokens=options.max_new_tokens, batch_size=options.batch_size, dialect=options.dialect)
+             max_new_tokens=options.max_new_tokens, batch_size=options.batch_size, dialect=options.dialect,
+             progress=not args.quiet)
     return 0

@@ -39,6 +39,7 @@ from pathlib import Path
 import psutil
 
 from harness import FlipError
+from harness.tasks import SPECIAL_FILE, is_special
 
 # Build outputs and caches: never copied into a sandbox, never kept with a final workspace, never listed by grep/glob.
 SKIP_DIRS = frozenset({"target", "__pycache__", ".git", ".pytest_cache", ".mypy_cache", "node_modules"})
@@ -214,8 +215,17 @@ def check_sandbox(mode: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def copy_workspace(source: Path, target: Path) -> None:
-    """Copy a workspace without build outputs; symlinks are copied as links (and refused later if they lead out)."""
-    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(*SKIP_DIRS, "*.pyc"))
+    """Copy a workspace without build outputs; symlinks are copied as links (and refused later if they lead out). A
+    FIFO, socket or device in it is an input error (copying a FIFO would block or fail half way): FlipError."""
+    skipped = shutil.ignore_patterns(*SKIP_DIRS, "*.pyc")
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        for name in names:
+            if is_special(os.path.join(directory, name)):
+                raise FlipError(f"{os.path.join(directory, name)}: {SPECIAL_FILE}")
+        return skipped(directory, names)
+
+    shutil.copytree(source, target, symlinks=True, ignore=ignore)
 
 
 def shell_problem(command: str) -> str | None:
@@ -250,8 +260,12 @@ class Sandbox:
         self.base = Path(tempfile.mkdtemp(prefix="flip-agent-", dir=parent))  # 0700: nobody else writes here
         self.root = self.base / "ws"
         self.home = self.base / "home"
-        copy_workspace(Path(workspace), self.root)
-        (self.home / "tmp").mkdir(parents=True)
+        try:
+            copy_workspace(Path(workspace), self.root)
+            (self.home / "tmp").mkdir(parents=True)
+        except BaseException:
+            self.close()  # a sandbox that could not be made leaves no directory behind
+            raise
         self.real_root = Path(os.path.realpath(self.root))
 
     def __enter__(self) -> "Sandbox":

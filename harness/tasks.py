@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,23 @@ class AgentTask:
         return self.spec.get("first_tool") or FIRST_TOOL_BY_KIND.get(self.kind)
 
 
+SPECIAL_FILE = "not a regular file, directory or link (a FIFO, socket or device); a task's workspace holds only those"
+
+
+def is_special(path: str | os.PathLike) -> bool:
+    """A FIFO, socket or device: copying one into a sandbox would block or fail half way."""
+    mode = os.lstat(path).st_mode
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
+
+
+def first_special_entry(root: Path) -> Path | None:
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            if is_special(os.path.join(directory, name)):
+                return Path(directory) / name
+    return None
+
+
 def load_task(folder: Path) -> AgentTask:
     for name in ("prompt.txt", "task.json", "workspace"):
         if not (folder / name).exists():
@@ -56,6 +74,9 @@ def load_task(folder: Path) -> AgentTask:
         raise FlipError(f"{folder / 'prompt.txt'} is empty")
     if not (folder / "workspace").is_dir():
         raise FlipError(f"{folder / 'workspace'} is not a directory")
+    special = first_special_entry(folder / "workspace")
+    if special is not None:
+        raise FlipError(f"{special}: {SPECIAL_FILE}")
     return AgentTask(folder.name, prompt, folder / "workspace", spec["test"], spec)
 
 
