@@ -410,3 +410,26 @@ def test_a_fifo_in_a_workspace_is_one_line_before_the_model_loads_and_leaves_no_
     with pytest.raises(FlipError, match="not a regular file"):
         Sandbox(task / "workspace", parent=str(parent))
     assert list(parent.iterdir()) == []
+
+
+def test_a_file_name_that_is_not_utf8_costs_nothing_but_its_spelling(tmp_path):
+    """A transcript whose file name is not UTF-8 (issue 22: 'unexpected UnicodeEncodeError', the whole export lost)
+    is exported like any other: its samples are written, its name appears with \\xNN escapes, every output is valid
+    UTF-8."""
+    from harness.export import ExportOptions, export
+    from harness.contracts import FIXTURES
+
+    first, second = [p for p in sorted((FIXTURES / "transcripts" / "caesar-wrap").iterdir()) if p.is_dir()][:2]
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "prompt.txt").write_bytes((first / "prompt.txt").read_bytes())
+    (source / "good.ndjson").write_bytes((first / "teacher.stream.ndjson").read_bytes())
+    with open(os.path.join(os.fsencode(source), b"bad\xff.ndjson"), "wb") as handle:  # two solutions: no duplicates
+        handle.write((second / "teacher.stream.ndjson").read_bytes())
+    stats = export([source], tmp_path / "out", ExportOptions(mode="full", progress=False))
+    assert stats["files"] == 2
+    for output in (tmp_path / "out").iterdir():
+        output.read_bytes().decode("utf-8")  # raises on invalid UTF-8
+    sources = {json.loads(line)["metadata"]["source"]
+               for line in (tmp_path / "out" / "apr_code_sft_full.jsonl").read_text(encoding="utf-8").splitlines()}
+    assert sources == {"good.ndjson", "bad\\xff.ndjson"}

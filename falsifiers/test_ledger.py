@@ -10,18 +10,7 @@ import pytest
 from mutation import cli, gate, ledger, relocate
 from mutation.claims import CLAIMS_DIR, Mutant, all_mutants, load_claims
 
-OPS = '''\
-def add(a, b):
-    return a + b
-
-
-def clamp(x, lo, hi):
-    if x < lo:
-        return lo
-    if x > hi:
-        return hi
-    return x
-'''
+from falsifiers.test_mutation import OPS  # the same small module the runner's own tests mutate
 
 TESTS = '''\
 from harness.ops import add, clamp

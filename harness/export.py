@@ -260,8 +260,14 @@ def discover(paths) -> list[tuple[str, Path]]:
     if not anchors:
         return []
     root = Path(os.path.commonpath([str(a) for a in anchors]))
-    return sorted(((walked.relative_to(root).as_posix(), real) for real, walked in found.items()),
+    return sorted(((printable_name(walked.relative_to(root).as_posix()), real) for real, walked in found.items()),
                   key=lambda item: item[0])
+
+
+def printable_name(name: str) -> str:
+    """A file name as text every output can hold: a name that is not UTF-8 (its bytes came back as lone surrogates)
+    shows those bytes as \\xNN escapes, so one such file neither loses the export nor writes invalid UTF-8."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _is_output(path: Path) -> bool:
