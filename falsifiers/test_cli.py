@@ -178,7 +178,10 @@ def test_empty_exports_exit_1_and_windows_recordings_become_relative(tmp_path):
     samples = _samples(tmp_path / "o5" / "apr_code_sft_full.jsonl")
     assert json.loads(samples[0]["response"].split("\n")[1])["input"] == {"path": "src/a.py"}
     text = (tmp_path / "o5" / "apr_code_sft_full.jsonl").read_text()
-    assert "C:" not in text and "\\\\tmp" not in text and "see src/a.py line 1" in text and "cd . && pytest" in text
+    assert "C:" not in text and "\\\\tmp" not in text and "see src/a.py line 1" in text
+    # `cd <the recording's directory> && pytest` is run in the working directory: trained as `pytest` (apr-code's
+    # command rule refuses `&&`; contracts/apr_runtime.yaml)
+    assert '\\"command\\": \\"pytest\\"' in text and "cd " not in text
     assert "your current working directory is the project directory.</tool_use_error>" in text
 
 
