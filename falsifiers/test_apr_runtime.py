@@ -91,7 +91,8 @@ def test_export_rules_refuse_and_rewrite_exactly():
     assert apr.target_refusal("file_read", {"path": "a", "limit": 2000}, "x") is None
     assert apr.target_refusal("file_read", {"path": "a"}, "x" * (128 * 1024 + 1)) == "file_read:file_over_max_bytes"
     assert apr.target_refusal("file_read", {"path": "a"}, "x" * (128 * 1024)) is None
-    assert apr.target_refusal("grep", {"pattern": r"PAGE_SIZE\s*="}, "") == "grep:regex_pattern"
+    assert apr.target_refusal("grep", {"pattern": r"PAGE_SIZE\s*="}, "", "apr-runtime") == "grep:regex_pattern"
+    assert apr.target_refusal("grep", {"pattern": r"PAGE_SIZE\s*="}, "") is None  # apr-prompt's grep is a regex
     assert apr.target_refusal("grep", {"pattern": "def mean"}, "") is None
     assert apr.rewrite_target("shell", {"command": "cd . && cargo test"}).input == {"command": "cargo test"}
     assert apr.rewrite_target("shell", {"command": "cd . && cargo test | tail"}) is None

@@ -97,7 +97,13 @@ def test_calls_apr_code_runtime_would_not_run_are_never_targets(tmp_path):
         ("Read", {"file_path": "/w/a.py", "limit": 5000}, "1\tx", False),
         ("Bash", {"command": "cd /w && cargo test"}, "ok", False),
         ("Read", {"file_path": "/w/a.py", "limit": 2000}, "1\tx", False)], task="fix a.py")
-    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full")
+    regex = _export([tmp_path / "in"], tmp_path / "regex", mode="full")  # apr-prompt: its grep takes a regex
+    assert regex["runtime_refused"] == {"file_read:limit_over_max_lines": 1, "shell:metacharacters": 1}
+    assert ("grep", {"pattern": "PAGE_SIZE\\s*=", "path": "."}) in [
+        (c.name, c.input) for c in (parse_tool_calls(s["response"])[0]
+                                    for s in _samples(tmp_path / "regex" / "apr_code_sft_full.jsonl")
+                                    if not s["metadata"].get("final"))]
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", dialect="apr-runtime")
     assert stats["runtime_refused"] == {"file_read:limit_over_max_lines": 1, "grep:regex_pattern": 1,
                                         "shell:metacharacters": 1}
     assert stats["runtime_rewritten"] == {"shell:cd_working_dir": 1}

@@ -48,10 +48,12 @@ def command_refusal(command: str) -> str | None:
     return None
 
 
-def target_refusal(tool: str, tool_input: dict, result: str | None) -> str | None:
+def target_refusal(tool: str, tool_input: dict, result: str | None, dialect: str | None = None) -> str | None:
     """Why apr-code's runtime would not execute this call as the teacher's was executed (`tool:reason`), or None.
     `result` is the teacher's result text: a read whose result alone is over the byte limit read a file the runtime
-    refuses."""
+    refuses. A regular-expression grep is refused only for the apr-runtime dialect, whose student runs against
+    apr-code's substring grep; the apr-prompt dialect's grep (contracts/schemas/grep.schema.json, and the agent's
+    default runtime) takes a regular expression, so there the teacher's pattern runs as it did."""
     if tool == "shell" and command_refusal(tool_input["command"]) is not None:
         return "shell:metacharacters"
     if tool == "file_read":
@@ -59,7 +61,7 @@ def target_refusal(tool: str, tool_input: dict, result: str | None) -> str | Non
             return "file_read:limit_over_max_lines"
         if result is not None and len(result.encode("utf-8", "replace")) > limit("file_read", "max_bytes"):
             return "file_read:file_over_max_bytes"
-    if tool == "grep" and REGEX_METACHARACTERS.intersection(tool_input["pattern"]):
+    if tool == "grep" and dialect == "apr-runtime" and REGEX_METACHARACTERS.intersection(tool_input["pattern"]):
         return "grep:regex_pattern"
     return None
 

@@ -454,7 +454,7 @@ def trajectory_steps(trajectory: Trajectory, scrubber: Scrubber, budget: Budget,
             stats.failed[call.name] += 1
         # A call apr-code's runtime would refuse or run differently (harness.apr_runtime) is never a target either;
         # the teacher did run it, so it stays an observation, as a failed call does.
-        unrunnable = None if failed else target_refusal(tool, tool_input, call.result)
+        unrunnable = None if failed else target_refusal(tool, tool_input, call.result, options.dialect)
         if unrunnable is not None:
             stats.runtime_refused[unrunnable] += 1
         tool_input = dialect_input(tool, tool_input, options.dialect)
