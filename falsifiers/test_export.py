@@ -18,7 +18,7 @@ from harness.export import ExportOptions, export
 from harness.tokens import counter
 from harness.toolcall import call_errors, parse_tool_calls
 
-from export_helpers import SETTINGS, QUIET, _chatml, _export, _samples, _write_all, _outputs, _corpus_for_jobs
+from export_helpers import SETTINGS, QUIET, _chatml, _export, _samples, _session, _write_all, _outputs, _corpus_for_jobs
 
 
 # ------------------------------------------------------------------------------------------ property tests
@@ -37,6 +37,11 @@ def test_every_response_is_one_valid_call_or_a_final_answer_without_a_tag(recs):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _write_all(recs, tmp / "in")
+        # in every example, not only in a lucky draw: a teacher call whose input fails its schema once remapped (an
+        # Edit without old_string) must never become a target
+        _session(tmp / "in" / "zz-invalid-input.jsonl", "/w", [("Read", {"file_path": "/w/a.py"}, "1\tx", False),
+                                                               ("Edit", {"file_path": "/w/a.py"}, "ok", False)],
+                 task="fix a.py")
         stats = _export([tmp / "in"], tmp / "out", mode="all")
         finals = 0
         for name in ("apr_code_sft_full.jsonl", "apr_code_sft_curated.jsonl", "apr_code_sft_balanced.jsonl"):
