@@ -273,11 +273,12 @@ def test_no_capabilities_and_its_own_proc(tmp_path):
 
 def _allocate(megabytes: int, together: int = 1) -> str:
     """A process that allocates `megabytes` of touched memory and holds it until `together` such processes hold theirs
-    (a marker file each; at most 10 s, so that a loaded machine cannot run them one after another), then prints ok."""
+    (a marker file each; at most 10 s, so that a loaded machine cannot run them one after another), holds it 1 s more
+    (a sampling watcher on a loaded machine gets many looks at the sum), then prints ok."""
     return ("python3 -c \"import glob, os, time\n"
             f"x = b'x' * ({megabytes} << 20)\nopen(f'held.{{os.getpid()}}', 'w').close()\n"
             f"deadline = time.monotonic() + 10\nwhile len(glob.glob('held.*')) < {together} and "
-            "time.monotonic() < deadline:\n    time.sleep(0.05)\nprint('ok')\"")
+            "time.monotonic() < deadline:\n    time.sleep(0.05)\ntime.sleep(1)\nprint('ok')\"")
 
 
 # A bounded fork bomb: up to 150 processes that each sleep 3 s, counting the forks that succeeded. Bounded so that a
