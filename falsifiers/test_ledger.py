@@ -10,7 +10,18 @@ import pytest
 from mutation import cli, gate, ledger, relocate
 from mutation.claims import CLAIMS_DIR, Mutant, all_mutants, load_claims
 
-from falsifiers.test_mutation import OPS  # the same small module the runner's own tests mutate
+OPS = '''\
+def add(a, b):
+    return a + b
+
+
+def clamp(x, lo, hi):
+    if x < lo:
+        return lo
+    if x > hi:
+        return hi
+    return x
+'''
 
 TESTS = '''\
 from harness.ops import add, clamp
