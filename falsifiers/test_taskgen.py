@@ -103,10 +103,13 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def without_timings(data: bytes) -> bytes:
-    """The real tools' own timings, the only bytes a rerun may change: unittest's "Ran 3 tests in 0.001s", cargo's
-    "target(s) in 1.52s" and "finished in 0.00s", and the Glob tool's measured `durationMs`."""
+    """The real tools' own timings and scheduling, the only bytes a rerun may change: unittest's "Ran 3 tests in
+    0.001s", cargo's "target(s) in 1.52s" and "finished in 0.00s", the Glob tool's measured `durationMs`, and the
+    order in which cargo's parallel test threads report "test NAME ... ok" (sorted within each run of such lines)."""
     data = re.sub(rb"Ran (\d+) tests? in \d+\.\d+s", rb"Ran \1 tests in Xs", data)
     data = re.sub(rb"(target\(s\)|finished) in \d+\.\d+s", rb"\1 in Xs", data)
+    data = re.sub(rb"(?:test [\w:]+ \.\.\. \w+\\n)+",
+                  lambda run: b"".join(sorted(line + b"\\n" for line in run.group(0).split(b"\\n") if line)), data)
     return re.sub(rb'"durationMs":\d+', rb'"durationMs":X', data)
 
 
