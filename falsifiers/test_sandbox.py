@@ -281,12 +281,13 @@ def _allocate(megabytes: int, together: int = 1) -> str:
             "time.monotonic() < deadline:\n    time.sleep(0.05)\ntime.sleep(1)\nprint('ok')\"")
 
 
-# A bounded fork bomb: up to 150 processes that each sleep 3 s, counting the forks that succeeded. Bounded so that a
+# A bounded fork bomb: up to 150 processes that each sleep 3 s, counting the forks that succeeded; the parent waits
+# for them, so the whole bomb lives 3 s (a sampling watcher on a loaded machine gets many looks). Bounded so that a
 # mutant without the process limit makes 150 processes, not the machine's whole PID space (CI runs as root, which
 # RLIMIT_NPROC does not hold, and shares the machine with the other mutants' runs).
 SPAWN = ("python3 -c \"import os, time\nn = 0\nfor _ in range(150):\n    try:\n        pid = os.fork()\n"
          "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(3)\n        os._exit(0)\n"
-         "    n += 1\nprint('forked', n, flush=True)\"; echo survived")
+         "    n += 1\nprint('forked', n, flush=True)\nfor _ in range(n):\n    os.wait()\"; echo survived")
 
 
 @BWRAP
