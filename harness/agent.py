@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import FlipError, ccpa, progress_bar
-from harness.atomic import check_out_dir, check_out_file, claim_dir, dir_state, remove_entry
+from harness.atomic import check_out_dir, check_out_file, claim_dir, remove_entry
 from harness.contracts import system_prompt
 from harness.decode import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
@@ -237,20 +237,9 @@ def close_episode(episode: Episode, options: AgentOptions) -> dict:
     return trace_line(episode, test, options.dialect)
 
 
-def check_keep_dir(keep: Path, ids: list[str], force: bool, inputs=()) -> None:
-    """--keep is an output directory like --out; under --force a foreign one is written into, but a task's folder
-    that is already there is the user's: it would have to be deleted to keep the workspace, so it is refused."""
-    check_out_dir(keep, "agent", ids, force, "--keep", inputs)
-    if dir_state(Path(keep), "agent", ids) == "foreign":
-        clashes = [task_id for task_id in ids if (Path(keep) / task_id).exists()]
-        if clashes:
-            raise FlipError(f"--keep {keep} already holds {', '.join(clashes[:3])}{' ...' if len(clashes) > 3 else ''}"
-                            ", which flip agent did not write; choose another --keep (nothing is deleted)")
-
-
 def keep_workspace(source: Path, target: Path) -> None:
     """The final workspace without build outputs, so anyone can re-run its test; replaces an earlier copy of ours
-    (check_keep_dir refused, before any work, a KEEP holding a task's folder that flip agent did not write)."""
+    (check_out_dir refused, before any work, a KEEP holding a task's folder that no run of flip agent wrote)."""
     if target.exists() or target.is_symlink():
         remove_entry(target)
     shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(*SKIP_DIRS, "*.pyc"))
@@ -462,7 +451,9 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     out = check_out_file(out, "--out", inputs=inputs)
     check_out_file(summary_file(out), "--out (its .summary.json)", inputs=inputs)
     if options.keep is not None:
-        check_keep_dir(options.keep, [t.id for t in tasks], force, inputs)
+        # --keep is an output directory like --out: a task folder there that no run of flip agent wrote is the
+        # user's (keeping a workspace would replace it), refused before any work, --force or not
+        check_out_dir(options.keep, "agent", [t.id for t in tasks], force, "--keep", inputs)
     if options.ccpa_trace is not None:
         ccpa.check_trace_dir(options.ccpa_trace, tasks, force)
     if options.parity_teacher is not None:
