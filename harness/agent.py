@@ -33,6 +33,7 @@ from harness.atomic import check_out_dir, check_out_file, claim_dir, remove_entr
 from harness.contracts import system_prompt
 from harness.decode import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
+from harness.metrics import fill, pct
 from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, dialect_option, force_option,
                              option, options_of, path_or_none, runtime_option, sandbox_option)
 from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
@@ -375,11 +376,8 @@ def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[li
     return lines, summary
 
 
-def _rate(numerator: int, denominator: int) -> float | None:
-    return round(numerator / denominator, 4) if denominator else None
-
-
 def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict:
+    """The counts over all episodes' trace lines, with their rates (harness.metrics, section agent)."""
     turns = [t for line in lines for t in line["turns"]]
     with_call = [t for t in turns if t["observation"] is not None or t["call"] is not None]
     valid = sum(1 for t in turns if t["valid"])
@@ -394,22 +392,18 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
         row["first_tool_match"] += bool(line["first_tool_match"])
         row["grounded"] += bool(line["grounded"])
         row["naming_path"] += line["grounded"] is not None
-    return {
+    return fill({
         "tasks": len(lines),
         "solved": solved,
-        "solve_rate": _rate(solved, len(lines)),
         "mean_turns": round(len(turns) / len(lines), 2) if lines else None,
         "turns": len(turns),
         "calls": len(with_call),
-        "valid_calls": valid,
-        "valid_call_rate": _rate(valid, len(with_call)),  # over the turns that hold a call (a final answer is none)
+        "valid_calls": valid,  # of the turns that hold a call (a final answer is none)
         "invalid_calls": sum(line["invalid_calls"] for line in lines),
         "first_call_grounded": sum(1 for line in naming if line["grounded"]),
         "tasks_naming_path": len(naming),
-        "grounded_rate": _rate(sum(1 for line in naming if line["grounded"]), len(naming)),
         "first_tool_match": sum(1 for line in expecting if line["first_tool_match"]),
         "tasks_with_expected_first_tool": len(expecting),
-        "first_tool_match_rate": _rate(sum(1 for line in expecting if line["first_tool_match"]), len(expecting)),
         "calls_per_tool": dict(sorted(sum((Counter(line["calls_by_tool"]) for line in lines), Counter()).items())),
         "refused": sum(line["refused"] for line in lines),
         "edits_applied": sum(line["edits_applied"] for line in lines),
@@ -418,13 +412,10 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
         "seconds": round(seconds, 1),
         "tasks_per_minute": round(len(lines) / (seconds / 60), 2) if seconds > 0 else None,
         "isolation": isolation().describe(sandbox),
-    }
+    }, "agent")
 
 
 def format_summary(summary: dict, label: str = "") -> str:
-    def pct(value):
-        return "n/a" if value is None else f"{100 * value:.0f}%"
-
     head = f"{label}: " if label else ""
     return (f"{head}solved {summary['solved']}/{summary['tasks']} ({pct(summary['solve_rate'])}); "
             f"{summary['mean_turns']} turns per task, valid calls {summary['valid_calls']}/{summary['calls']}; "

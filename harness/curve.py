@@ -29,7 +29,8 @@ from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, recipes
 from harness.models import SMOLLM2, check
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of
-from harness.stats import mcnemar_exact, pass_at_k, rate_text, wilson
+from harness.metrics import interval_text, pct
+from harness.stats import mcnemar_exact, pass_at_k, wilson
 
 OUTPUT_NAMES = ("n*", "val-tasks", "base", "curve.json", "curve.md", "curve.png")
 PASS_AT = (1, 5, 10)
@@ -376,10 +377,11 @@ def render_markdown(report: dict) -> str:
         p = "" if row is smallest else f"{paired_p(row, smallest):.2f}"
         pass_at = [row["pass_at"].get(str(k)) for k in PASS_AT]
         lines.append(
-            f"| {row['n'] or 'base'} | {rate_text(greedy['solved'], greedy['tasks'])} | {p} | "
-            + " | ".join("n/a" if v is None else f"{100 * v:.0f}%" for v in pass_at)
-            + f" | {rate_text(greedy['valid_calls'], greedy['calls'])} | {greedy['edits_applied']} "
-            f"| {rate_text(diag['plain_solved'], diag['cases'])} | {rate_text(diag['edit_step_solved'], diag['cases'])} "
+            f"| {row['n'] or 'base'} | {interval_text(greedy, 'agent', 'solve_rate')} | {p} | "
+            + " | ".join(pct(v) for v in pass_at)
+            + f" | {interval_text(greedy, 'agent', 'valid_call_rate')} | {greedy['edits_applied']} "
+            f"| {interval_text(diag, 'diagnostic', 'plain_fix_rate')} "
+            f"| {interval_text(diag, 'diagnostic', 'edit_step_fix_rate')} "
             f"| {row['train_s']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -29,6 +29,7 @@ from harness.options import (MODEL_HELP, adapter_option, add_options, device_opt
                              options_of)
 from harness.contracts import dialects
 from harness.decode import DEFAULT_BATCH_SIZE, generate, load_for_eval, render_prompt
+from harness.metrics import fill, pct
 from harness.prompt import render_instruction
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
 
@@ -186,11 +187,8 @@ def trace_record(task_id: str, task: str, output: str, dialect: str | None = Non
     }
 
 
-def _rate(numerator: int, denominator: int) -> float | None:
-    return round(numerator / denominator, 4) if denominator else None
-
-
 def summarise(records: list[dict]) -> dict:
+    """The counts over all trace records, with their rates (harness.metrics, section first_step)."""
     tasks = len(records)
     with_call = sum(1 for r in records if r["tool_use_count"] > 0)
     with_valid = sum(1 for r in records if any(r["valid"]))
@@ -198,17 +196,14 @@ def summarise(records: list[dict]) -> dict:
     grounded_n = sum(1 for r in naming if r["grounded"])
     calls = [c for r in records for c in r["tool_calls"]]
     valid_calls = sum(sum(r["valid"]) for r in records)
-    return {
+    return fill({
         "tasks": tasks,
         "tasks_with_call": with_call,
         "tasks_with_valid_call": with_valid,
-        "valid_rate": _rate(with_valid, tasks),  # tasks with >= 1 valid call / tasks
         "tasks_naming_path": len(naming),
         "tasks_grounded": grounded_n,
-        "grounded_rate": _rate(grounded_n, len(naming)),  # over the tasks that name a path
         "total_calls": len(calls),
         "valid_calls": valid_calls,
-        "valid_call_rate": _rate(valid_calls, len(calls)),  # valid calls / calls
         "calls_per_tool": dict(sorted(Counter(c["name"] for c in calls).items())),
         "absolute_path_calls": sum(1 for r in records for c in r["tool_calls"]
                                    if absolute_paths(ToolCall(c["name"], c["input"]))),
@@ -218,7 +213,7 @@ def summarise(records: list[dict]) -> dict:
         # prompts longer than the model's context with their reply: not decoded (harness.decode.fits_context)
         "prompts_over_context": sum(1 for r in records if r.get("over_context")),
         **first_tool_summary(records),
-    }
+    }, "first_step")
 
 
 def first_tool_of(record: dict) -> str | None:
@@ -238,14 +233,10 @@ def first_tool_summary(records: list[dict]) -> dict:
         row["naming_path"] += r["grounded"] is not None
         row["first_tool_match"] += r in matched
     return {"tasks_with_expected_first_tool": len(expecting), "first_tool_match": len(matched),
-            "first_tool_match_rate": _rate(len(matched), len(expecting)),
             "per_kind": {kind: dict(row) for kind, row in sorted(kinds.items())}}
 
 
 def format_summary(summary: dict, label: str = "") -> str:
-    def pct(value):
-        return "n/a" if value is None else f"{100 * value:.0f}%"
-
     head = f"{label}: " if label else ""
     return (
         f"{head}{summary['tasks']} tasks: {summary['tasks_with_call']} with a call, "

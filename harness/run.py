@@ -26,6 +26,7 @@ from harness import agent as agent_stage, evaluate as eval_stage  # their defaul
 from harness.atomic import claim_dir, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe
 from harness.export import MODES  # the apr-code datasets a run can train on
+from harness.metrics import FLIP_THRESHOLD, goals, pct
 from harness.models import DTYPES, SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
                              force_option, option, options_of, path_or_none, positive_or_none, read_config,
@@ -38,7 +39,6 @@ from harness.train import TrainConfig
 # the training tasks (docs/recipe.md); what it does not set keeps TrainConfig's defaults.
 RECIPE = default_recipe()
 DEFAULT_EVAL_EVERY = 35  # held-out first-step checks during training (steps-to-flip); each costs ~20 s on 2 cores
-FLIP_THRESHOLD = 0.9  # steps-to-flip: the first eval step with >= 90% of held-out tasks holding a valid call
 # What `flip run` writes into --out; a directory holding anything else is refused unless --force.
 OUTPUT_NAMES = ("datasets", "adapter", "adapter_remapped.safetensors", "adapter.gguf", "merged", "merged.gguf",
                 "traces", "progress.jsonl", "report.json", "report.md", "config.json")
@@ -272,31 +272,6 @@ def agent_phase(options: RunOptions) -> dict:
 # The report
 # ---------------------------------------------------------------------------------------------------------------------
 
-# Each floor: (where the number comes from, the key in that summary, the comparison). The issue's targets, not tuned to.
-GOAL_CHECKS = {
-    "base_tasks_with_call": ("first_step", "base", "tasks_with_call", "==", 0),
-    "student_valid_rate": ("first_step", "student", "valid_rate", ">=", 0.9),
-    "student_grounded_rate": ("first_step", "student", "grounded_rate", ">=", 0.8),
-    "student_first_tool_match_rate": ("first_step", "student", "first_tool_match_rate", ">=", 0.7),
-    "student_outside_path_calls": ("first_step", "student", "absolute_path_calls", "==", 0),
-    "base_agent_solved": ("agent", "base", "solved", "==", 0),
-    "student_agent_solve_rate": ("agent", "student", "solve_rate", ">=", 0.2),
-    "student_agent_refused": ("agent", "student", "refused", "==", 0),
-}
-
-
-def goals(results: dict) -> dict:
-    """Each floor with its measured value; `met` only when every measured one holds (agent floors need the agent)."""
-    rows = {}
-    for name, (stage, who, key, op, floor) in GOAL_CHECKS.items():
-        if stage not in results:
-            continue
-        value = results[stage][who].get(key)
-        met = value is not None and (value == floor if op == "==" else value >= floor)
-        rows[name] = {"floor": f"{op} {floor}", "value": value, "met": met}
-    return {"met": all(r["met"] for r in rows.values()), "checks": rows}
-
-
 def build_report(options: RunOptions, data: Path, export_stats, train_summary: dict, progress: list[dict],
                  artifacts: dict, results: dict) -> dict:
     base, student = results["first_step"]["base"], results["first_step"]["student"]
@@ -324,10 +299,6 @@ def build_report(options: RunOptions, data: Path, export_stats, train_summary: d
     }
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
-
-
 def render_markdown(report: dict) -> str:
     base, student = report["base"], report["student"]
     goal = report["goal"]
@@ -345,7 +316,7 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|",
     ]
     for name, row in goal["checks"].items():
-        value = row["value"] if isinstance(row["value"], int) else _pct(row["value"])
+        value = row["value"] if isinstance(row["value"], int) else pct(row["value"])
         lines.append(f"| {name} | {row['floor']} | {value} | {'yes' if row['met'] else 'NO'} |")
     if report["agent"]:
         lines += agent_section(report["agent"])
@@ -356,16 +327,16 @@ def render_markdown(report: dict) -> str:
         "| | base | student |",
         "|---|---|---|",
         f"| tasks with >= 1 call | {base['tasks_with_call']}/{base['tasks']} | {student['tasks_with_call']}/{student['tasks']} |",
-        f"| tasks with >= 1 valid call | {base['tasks_with_valid_call']} ({_pct(base['valid_rate'])}) | "
-        f"{student['tasks_with_valid_call']} ({_pct(student['valid_rate'])}) |",
+        f"| tasks with >= 1 valid call | {base['tasks_with_valid_call']} ({pct(base['valid_rate'])}) | "
+        f"{student['tasks_with_valid_call']} ({pct(student['valid_rate'])}) |",
         f"| grounded (of tasks naming a path) | {base['tasks_grounded']}/{base['tasks_naming_path']} "
-        f"({_pct(base['grounded_rate'])}) | {student['tasks_grounded']}/{student['tasks_naming_path']} "
-        f"({_pct(student['grounded_rate'])}) |",
-        f"| valid calls / calls | {_pct(base['valid_call_rate'])} | {_pct(student['valid_call_rate'])} |",
+        f"({pct(base['grounded_rate'])}) | {student['tasks_grounded']}/{student['tasks_naming_path']} "
+        f"({pct(student['grounded_rate'])}) |",
+        f"| valid calls / calls | {pct(base['valid_call_rate'])} | {pct(student['valid_call_rate'])} |",
         f"| calls per tool | {base['calls_per_tool'] or '-'} | {student['calls_per_tool'] or '-'} |",
         f"| first tool matches the teacher's | {base['first_tool_match']}/{base['tasks_with_expected_first_tool']} | "
         f"{student['first_tool_match']}/{student['tasks_with_expected_first_tool']} "
-        f"({_pct(student['first_tool_match_rate'])}) |",
+        f"({pct(student['first_tool_match_rate'])}) |",
         f"| calls naming a path outside the workspace (absolute or ..) | {base['absolute_path_calls']} | "
         f"{student['absolute_path_calls']} |",
         f"| outputs that hit the token limit | {base['hit_token_limit']} | {student['hit_token_limit']} |",
@@ -378,14 +349,14 @@ def render_markdown(report: dict) -> str:
           for kind in sorted(set(base["per_kind"]) | set(student["per_kind"]))],
         "",
         f"Steps trained: {report['steps_trained']}. Steps to flip (first eval step with a valid call on >= "
-        f"{_pct(report['flip_threshold'])} of held-out tasks): "
+        f"{pct(report['flip_threshold'])} of held-out tasks): "
         f"{report['steps_to_flip'] if report['steps_to_flip'] is not None else 'never (within this run)'}.",
         "",
     ]
     if report["progress"]:
         lines += ["| step | tasks with a valid call | grounded |", "|---|---|---|"]
-        lines += [f"| {r['step']} | {r['tasks_with_valid_call']} ({_pct(r['valid_rate'])}) | "
-                  f"{r['tasks_grounded']} ({_pct(r['grounded_rate'])}) |" for r in report["progress"]]
+        lines += [f"| {r['step']} | {r['tasks_with_valid_call']} ({pct(r['valid_rate'])}) | "
+                  f"{r['tasks_grounded']} ({pct(r['grounded_rate'])}) |" for r in report["progress"]]
         lines.append("")
     training = report["training"]
     lines += [
@@ -450,10 +421,10 @@ def agent_section(agent: dict) -> list[str]:
         "",
         "| | base | student |",
         "|---|---|---|",
-        f"| solved | {base['solved']}/{base['tasks']} ({_pct(base['solve_rate'])}) | "
-        f"{student['solved']}/{student['tasks']} ({_pct(student['solve_rate'])}) |",
+        f"| solved | {base['solved']}/{base['tasks']} ({pct(base['solve_rate'])}) | "
+        f"{student['solved']}/{student['tasks']} ({pct(student['solve_rate'])}) |",
         row("mean turns", "mean_turns"),
-        row("valid calls / turns with a call", "valid_call_rate", _pct),
+        row("valid calls / turns with a call", "valid_call_rate", pct),
         f"| first tool matches the teacher's | {base['first_tool_match']}/{base['tasks_with_expected_first_tool']} | "
         f"{student['first_tool_match']}/{student['tasks_with_expected_first_tool']} |",
         f"| first call grounded (of tasks naming a path) | {base['first_call_grounded']}/{base['tasks_naming_path']} | "

@@ -1,5 +1,5 @@
-"""The statistics every report uses: a rate with its 95% Wilson interval, the paired exact test that says whether two
-students differ on the same tasks, and the unbiased pass@k.
+"""The statistics every report uses: the 95% Wilson interval of a rate (harness.metrics writes it as text), the
+paired exact test that says whether two students differ on the same tasks, and the unbiased pass@k.
 
 statsmodels computes the interval and the test; pass@k is the three-line estimator of Chen et al. (2021), "Evaluating
 Large Language Models Trained on Code", eq. 1, written here because no installed library exports it.
@@ -19,15 +19,6 @@ def wilson(successes: int, trials: int) -> tuple[float, float] | None:
 
     low, high = proportion_confint(successes, trials, alpha=1 - CONFIDENCE, method="wilson")
     return round(float(low), 4), round(float(high), 4)
-
-
-def rate_text(successes: int, trials: int) -> str:
-    """'k/n (p%, 95% CI lo-hi%)' for a report."""
-    interval = wilson(successes, trials)
-    if interval is None:
-        return f"{successes}/0 (n/a)"
-    low, high = interval
-    return f"{successes}/{trials} ({100 * successes / trials:.0f}%, 95% CI {100 * low:.0f}-{100 * high:.0f}%)"
 
 
 def mcnemar_exact(first: list[bool], second: list[bool]) -> float:

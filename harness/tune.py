@@ -27,6 +27,7 @@ from harness import FlipError
 from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation runs agents as `flip run` does
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, dialects, recipes
+from harness.metrics import metric, pct, rate
 from harness.models import SMOLLM2, check
 from harness.options import (MODEL_HELP, add_options, device_option, dialect_option, force_option, option, options_of,
                              sandbox_option)
@@ -70,6 +71,10 @@ def pooled(rows: list[dict]) -> dict:
     def total(parts: list[dict], key: str) -> int:
         return sum(part[key] for part in parts)
 
+    def pooled_rate(parts: list[dict], section: str, name: str) -> float | None:
+        row = metric(section, name)  # unrounded: a pooled rate only ranks recipes and is shown as a percentage
+        return rate(total(parts, row.numerator), total(parts, row.denominator), digits=None)
+
     valid_calls, calls = total(agents, "valid_calls"), total(agents, "calls")
     stops = sum((Counter(part["stop_reasons"]) for part in agents), Counter())
     tasks = total(firsts, "tasks")
@@ -77,13 +82,13 @@ def pooled(rows: list[dict]) -> dict:
         "recipe": dict(rows[0]["recipe"], train_seeds=[row["train_seed"] for row in rows]),
         "train_s": sum(row["train_s"] for row in rows),
         "agent": {"solved": total(agents, "solved"), "tasks": total(agents, "tasks"), "refused": total(agents, "refused"),
-                  "valid_calls": valid_calls, "calls": calls, "valid_call_rate": valid_calls / calls if calls else None,
+                  "valid_calls": valid_calls, "calls": calls, "valid_call_rate": pooled_rate(agents, "agent", "valid_call_rate"),
                   "stop_reasons": dict(sorted(stops.items()))},
         "first_step": {"first_tool_match": total(firsts, "first_tool_match"),
                        "tasks_with_expected_first_tool": total(firsts, "tasks_with_expected_first_tool"),
                        "absolute_path_calls": total(firsts, "absolute_path_calls"), "tasks": tasks,
                        "tasks_with_valid_call": total(firsts, "tasks_with_valid_call"),
-                       "valid_rate": total(firsts, "tasks_with_valid_call") / tasks if tasks else None},
+                       "valid_rate": pooled_rate(firsts, "first_step", "valid_rate")},
     }
 
 
@@ -209,9 +214,6 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
 
 
 def render_markdown(report: dict) -> str:
-    def pct(value):
-        return "n/a" if value is None else f"{100 * value:.0f}%"
-
     def line(row: dict, label: str) -> str:
         recipe, agent, first = row["recipe"], row["agent"], row["first_step"]
         return (
