@@ -147,14 +147,15 @@ def tune_report() -> dict:
 
 
 def curve_report() -> dict:
-    def row(n: int, solved: int, valid_calls: int, plain: int, edit: int) -> dict:
+    def row(n: int, solved: int, valid_calls: int, plain: int, edit: int, calls: int = 207) -> dict:
         return {"n": n, "train_s": 100.0 * n, "task_ids": ["t1", "t2", "t3"], "greedy_solved_ids": ["t1"][:solved],
-                "greedy": {"tasks": 41, "solved": solved, "valid_calls": valid_calls, "calls": 207, "edits_applied": 3},
+                "greedy": {"tasks": 41, "solved": solved, "valid_calls": valid_calls, "calls": calls,
+                           "edits_applied": 3},
                 "pass_at": {"1": 0.0244, "5": 0.1} if n else {}, "diagnostic": {"cases": 13, "plain_solved": plain,
                                                                                "edit_step_solved": edit}}
 
     return {"base": "smollm2-135m", "recipe": "packed-all-linear", "steps": 300, "validation_tasks": 41, "samples": 10,
-            "temperature": 0.8, "rows": [row(0, 0, 0, 1, 0), row(64, 1, 120, 5, 2), row(250, 1, 207, 7, 3)]}
+            "temperature": 0.8, "rows": [row(0, 0, 0, 1, 0), row(64, 1, 120, 5, 2), row(250, 1, 207, 7, 3, calls=360)]}  # 207/360: 57.5%, where 100*k/n and 100*(k/n) round apart
 
 
 def rendered() -> dict[str, str]:

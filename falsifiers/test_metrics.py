@@ -1,0 +1,146 @@
+"""Falsifiers of contracts/claims/metrics.yaml: one metrics table (harness/metrics.py) that the summaries, the report,
+the goals, tune, curve and the flip falsifier read; the reports render the bytes they rendered before it existed."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from falsifiers import report_inputs
+from harness.metrics import METRICS, fill, goals, metric, pct, rate, rate_text
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "report_golden"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in GOLDEN.iterdir()))
+def test_reports_render_the_bytes_they_rendered_before_the_metrics_table(name):
+    """For the same inputs (falsifiers/report_inputs.py: scripted first steps and agent episodes of the committed
+    held-out tasks, summarised by the real summarise), report.json, report.md, the summary lines, tune.json/tune.md and
+    curve.md are byte for byte what commit 599a05a's code wrote (falsifiers/report_golden/): same keys in the same
+    order, same rates, same floors, same percentages."""
+    assert report_inputs.rendered()[name] == (GOLDEN / name).read_text(encoding="utf-8")
+
+
+def _results(section: str, value) -> dict:
+    """Both sections, every goal's metric at its floor, except `section`'s goals set to `value`."""
+    results = {}
+    for row in METRICS:
+        if row.goal is None:
+            continue
+        part = results.setdefault(row.section, {"base": {}, "student": {}})
+        part[row.who][row.name] = value(row) if row.section == section else row.floor
+    return results
+
+
+@pytest.mark.parametrize("section", ["first_step", "agent"])
+def test_every_goal_is_met_at_its_floor_and_missed_past_it(section):
+    """flip run's goal: a measured value at its floor meets it; a rate below its floor, a count off its exact value, or
+    a value not measured (None) misses it; an agent goal is not checked when the agent did not run."""
+    checked = [row for row in METRICS if row.goal is not None and row.section == section]
+    assert checked, f"no goal in section {section}"
+    at_floor = goals(_results(section, lambda row: row.floor))
+    assert at_floor["met"] and all(check["met"] for check in at_floor["checks"].values()), at_floor
+    for row in checked:
+        for missed in (None, row.floor - 0.01 if row.op == ">=" else row.floor + 1):
+            results = _results(section, lambda other: missed if other is row else other.floor)
+            report = goals(results)
+            assert not report["met"] and not report["checks"][row.goal]["met"], (row.goal, missed, report)
+            assert [name for name, check in report["checks"].items() if not check["met"]] == [row.goal]
+            assert report["checks"][row.goal] == {"floor": f"{row.op} {row.floor}", "value": missed, "met": False}
+    no_agent = goals({"first_step": _results(section, lambda row: row.floor)["first_step"]})
+    assert set(no_agent["checks"]) == {row.goal for row in METRICS if row.goal and row.section == "first_step"}
+
+
+@pytest.mark.helper
+def test_fill_puts_each_rate_after_its_later_count_and_none_over_nothing():
+    summary = fill({"tasks": 4, "tasks_with_call": 3, "tasks_with_valid_call": 3, "tasks_naming_path": 0,
+                    "tasks_grounded": 0, "total_calls": 7, "valid_calls": 5, "extra": 1,
+                    "tasks_with_expected_first_tool": 3, "first_tool_match": 2}, "first_step")
+    assert list(summary) == ["tasks", "tasks_with_call", "tasks_with_valid_call", "valid_rate", "tasks_naming_path",
+                             "tasks_grounded", "grounded_rate", "total_calls", "valid_calls", "valid_call_rate",
+                             "extra", "tasks_with_expected_first_tool", "first_tool_match", "first_tool_match_rate"]
+    assert (summary["valid_rate"], summary["grounded_rate"], summary["valid_call_rate"],
+            summary["first_tool_match_rate"]) == (0.75, None, 0.7143, 0.6667)
+    assert rate(2, 3, digits=None) == 2 / 3 and rate(0, 0) is None
+    assert (pct(None), pct(0.7143), rate_text(0, 0), rate_text(207, 360)) == ("n/a", "71%", "0/0 (n/a)",
+                                                                             "207/360 (58%, 95% CI 52-62%)")
+    with pytest.raises(KeyError, match="no metric"):
+        metric("agent", "no_such_rate")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Where floors and rate names may be written: harness/metrics.py only
+# ---------------------------------------------------------------------------------------------------------------------
+
+ORDERING = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
+def _names_a_rate(node: ast.AST) -> bool:
+    """A `*_rate` key, variable or attribute anywhere in the expression."""
+    for part in ast.walk(node):
+        text = (part.value if isinstance(part, ast.Constant) and isinstance(part.value, str)
+                else part.id if isinstance(part, ast.Name) else part.attr if isinstance(part, ast.Attribute) else "")
+        if text.endswith("_rate"):
+            return True
+    return False
+
+
+def _is_number(node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def _rate_strings(nodes) -> list[str]:
+    return [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and n.value.endswith("_rate")]
+
+
+def floor_literals(source: str) -> list[str]:
+    """What a module writes that only the metrics table may: a rate compared (<, <=, >, >=) with a number anywhere; at
+    module level, a table pairing a rate name with a number (a floor table) or listing two or more rate names."""
+    found = []
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(isinstance(op, ORDERING) for op in node.ops):
+            operands = [node.left, *node.comparators]
+            if any(_names_a_rate(o) for o in operands) and any(_is_number(o) for o in operands):
+                found.append(f"line {node.lineno}: a rate compared with a number")
+    for statement in tree.body:
+        if not isinstance(statement, (ast.Assign, ast.AnnAssign)) or statement.value is None:
+            continue
+        for node in ast.walk(statement.value):
+            if isinstance(node, ast.Dict):
+                pairs = [k for k, v in zip(node.keys, node.values) if k is not None and _rate_strings([k]) and _is_number(v)]
+                names = _rate_strings(node.keys)
+            elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                names = _rate_strings(node.elts)
+                pairs = names if names and any(_is_number(e) for e in node.elts) else []
+            else:
+                continue
+            if pairs:
+                found.append(f"line {node.lineno}: a floor table ({', '.join(_rate_strings(pairs) or pairs)})")
+            elif len(set(names)) > 1:
+                found.append(f"line {node.lineno}: a table of rate names ({', '.join(names)})")
+    return found
+
+
+def test_no_module_but_the_metrics_table_writes_a_floor_or_a_table_of_rate_names():
+    """Every floor and every list of rates is written once, in harness/metrics.py: no other module of harness/ or
+    falsifiers/ compares a rate with a number literal, or holds at module level a table of floors or of rate names."""
+    offenders = {}
+    for path in sorted([*(ROOT / "harness").glob("*.py"), *(ROOT / "falsifiers").glob("*.py")]):
+        if path.name == "metrics.py":
+            continue
+        found = floor_literals(path.read_text(encoding="utf-8"))
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert not offenders, f"floors or rate tables outside harness/metrics.py: {offenders}"
+    # the scan sees what the metrics table replaced (commit 599a05a's run.py and test_flip.py)
+    assert floor_literals('GOALS = {"student_valid_rate": ("first_step", "student", "valid_rate", ">=", 0.9)}')
+    assert floor_literals('FLOORS = {"valid_rate": 0.9, "grounded_rate": 0.7}')
+    assert floor_literals('def f(s):\n    return (s["valid_rate"] or 0) >= 0.9')
+    assert floor_literals('FIELDS = {"tasks", "solve_rate", "grounded_rate"}')
+    assert not floor_literals('def f(s, floor):\n    return s["valid_rate"] >= floor and s["valid_rate"] == 0.5')
