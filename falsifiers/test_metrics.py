@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from falsifiers import report_inputs
-from harness.metrics import METRICS, fill, goals, metric, pct, rate, rate_text
+from harness.metrics import METRICS, fill, goals, metric, pct, rate, rate_text, rates
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "report_golden"
@@ -54,16 +54,25 @@ def test_every_goal_is_met_at_its_floor_and_missed_past_it(section):
 
 
 @pytest.mark.helper
-def test_fill_puts_each_rate_after_its_later_count_and_none_over_nothing():
-    summary = fill({"tasks": 4, "tasks_with_call": 3, "tasks_with_valid_call": 3, "tasks_naming_path": 0,
-                    "tasks_grounded": 0, "total_calls": 7, "valid_calls": 5, "extra": 1,
-                    "tasks_with_expected_first_tool": 3, "first_tool_match": 2}, "first_step")
-    assert list(summary) == ["tasks", "tasks_with_call", "tasks_with_valid_call", "valid_rate", "tasks_naming_path",
-                             "tasks_grounded", "grounded_rate", "total_calls", "valid_calls", "valid_call_rate",
-                             "extra", "tasks_with_expected_first_tool", "first_tool_match", "first_tool_match_rate"]
-    assert (summary["valid_rate"], summary["grounded_rate"], summary["valid_call_rate"],
-            summary["first_tool_match_rate"]) == (0.75, None, 0.7143, 0.6667)
-    assert rate(2, 3, digits=None) == 2 / 3 and rate(0, 0) is None
+@pytest.mark.parametrize("section", ["first_step", "agent"])
+def test_fill_puts_each_rate_after_its_later_count_and_none_over_nothing(section):
+    first_step, agent = report_inputs.first_step()["student"], report_inputs.agent()["student"]
+    summary = first_step if section == "first_step" else agent
+    keys, names = list(summary), {row.name for row in rates(section)}
+    for row in rates(section):
+        anchor = max(keys.index(row.numerator), keys.index(row.denominator))
+        assert set(keys[anchor + 1:keys.index(row.name)]) <= names, f"{row.name} is not right after its counts"
+        assert summary[row.name] == rate(summary[row.numerator], summary[row.denominator])
+    counts = {key: value for key, value in summary.items() if key not in names}
+    assert fill(counts, section) == summary
+    assert fill({**counts, "tasks": 0, "tasks_naming_path": 0}, section)["grounded_rate"] is None
+    with pytest.raises(KeyError, match="does not count"):
+        fill({key: value for key, value in counts.items() if key != "tasks_naming_path"}, section)
+
+
+@pytest.mark.helper
+def test_rates_and_percentages_are_written_one_way():
+    assert (rate(2, 3), rate(2, 3, digits=None), rate(0, 0)) == (0.6667, 2 / 3, None)
     assert (pct(None), pct(0.7143), rate_text(0, 0), rate_text(207, 360)) == ("n/a", "71%", "0/0 (n/a)",
                                                                              "207/360 (58%, 95% CI 52-62%)")
     with pytest.raises(KeyError, match="no metric"):

@@ -90,10 +90,13 @@ def rate(numerator: int, denominator: int, digits: int | None = RATE_DIGITS) -> 
 
 def fill(counts: dict, section: str) -> dict:
     """The summary: `counts` in their order, each rate of the section right after the later of its two counts."""
-    after = {}
+    keys, after = list(counts), {}
     for row in rates(section):
-        last = max(list(counts).index(row.numerator), list(counts).index(row.denominator))
-        after.setdefault(list(counts)[last], []).append(row)
+        missing = [key for key in (row.numerator, row.denominator) if key not in counts]
+        if missing:
+            raise KeyError(f"metric {section}.{row.name} divides {', '.join(missing)}, which the summary does not count")
+        last = max(keys.index(row.numerator), keys.index(row.denominator))
+        after.setdefault(keys[last], []).append(row)
     summary = {}
     for key, value in counts.items():
         summary[key] = value
