@@ -51,7 +51,6 @@ METRICS = (
     Metric("first_step", "grounded_rate", "tasks_grounded", "tasks_naming_path",
            goal="student_grounded_rate", floor=0.8, test_floor=0.7),
     Metric("first_step", "valid_call_rate", "valid_calls", "total_calls"),
-    Metric("first_step", "unclosed_call_rate", "unclosed_calls", "total_calls"),
     Metric("first_step", "first_tool_match_rate", "first_tool_match", "tasks_with_expected_first_tool",
            goal="student_first_tool_match_rate", floor=0.7),
     Metric("first_step", "absolute_path_calls", "absolute_path_calls",

@@ -333,7 +333,6 @@ def render_markdown(report: dict) -> str:
         f"({pct(base['grounded_rate'])}) | {student['tasks_grounded']}/{student['tasks_naming_path']} "
         f"({pct(student['grounded_rate'])}) |",
         f"| valid calls / calls | {pct(base['valid_call_rate'])} | {pct(student['valid_call_rate'])} |",
-        f"| unclosed calls / calls | {pct(base['unclosed_call_rate'])} | {pct(student['unclosed_call_rate'])} |",
         f"| calls per tool | {base['calls_per_tool'] or '-'} | {student['calls_per_tool'] or '-'} |",
         f"| first tool matches the teacher's | {base['first_tool_match']}/{base['tasks_with_expected_first_tool']} | "
         f"{student['first_tool_match']}/{student['tasks_with_expected_first_tool']} "
