@@ -9,7 +9,8 @@ real `summarise` of harness.evaluate and harness.agent and rendered by the real 
       && PYTHONPATH=/tmp/main $WT/.venv/bin/python -m falsifiers.report_inputs $WT/falsifiers/report_golden
 
 so a change to the metrics or the report that changes a byte of report.json, report.md, a summary, tune.md or curve.md
-for the same inputs fails the test. Only what the report reads of RunOptions is given (a namespace), so the test does
+for the same inputs fails the test. A deliberate change (a new metric, a new report line) re-renders them with the
+current code, `python -m falsifiers.report_inputs falsifiers/report_golden`, and its diff is reviewed with the change. Only what the report reads of RunOptions is given (a namespace), so the test does
 not depend on how the options are declared.
 """
 from __future__ import annotations
