@@ -47,7 +47,7 @@ METRICS = (
     Metric("first_step", "valid_rate", "tasks_with_valid_call", "tasks",
            goal="student_valid_rate", floor=0.9, test_floor=0.9),
     # 0.8 is the target, not met yet (make flip: 20/27, 74%); test_flip holds its student (unmerged, 64 reply
-    # tokens) to 0.7, what the default recipe reaches, so a regression fails it while the goal stays the report's
+    # tokens) to 0.7, below what the default recipe reached, so a regression fails it while the goal stays 0.8
     Metric("first_step", "grounded_rate", "tasks_grounded", "tasks_naming_path",
            goal="student_grounded_rate", floor=0.8, test_floor=0.7),
     Metric("first_step", "valid_call_rate", "valid_calls", "total_calls"),
