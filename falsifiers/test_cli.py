@@ -335,6 +335,38 @@ def test_run_config_json_repeats_the_run(tmp_path, tiny_base):
                               "--holdout", holdout, "--base", tiny_base, "--quiet"), key)
 
 
+def test_run_trains_the_recipe_it_names():
+    """A recipe of contracts/recipes.yaml is the training config it builds (TrainConfig.from_recipe, used by flip run,
+    tune and curve): `flip run --recipe NAME` trains NAME's values, an option given explicitly overrides one, the
+    default is the default recipe, and a training value is checked once, by TrainConfig, named by flip run's option."""
+    from harness import FlipError
+    from harness.contracts import recipes
+    from harness.run import RunOptions
+    from harness.train import TrainConfig
+
+    default, table = recipes()
+
+    def trained(recipe: dict, config: TrainConfig) -> None:
+        assert config.max_steps == recipe["steps"] and config.lr == recipe["lr"]
+        assert (config.rank, config.alpha, config.max_length) == (recipe["rank"], recipe["alpha"], recipe["max_length"])
+        assert config.targets == tuple(recipe["targets"])
+        assert (config.pack, config.val_fraction, config.dtype) == (recipe["pack"], recipe["val_fraction"],
+                                                                    recipe["dtype"])
+        assert config.data.name == f"apr_code_sft_{recipe['mode']}.jsonl"
+
+    trained(table[default], _run_options("--out", "r").train_config())
+    for name, recipe in table.items():
+        trained(recipe, _run_options("--out", "r", "--recipe", name).train_config())
+        given = _run_options("--out", "r", "--recipe", name, "--steps", "3", "--lr", "0.01").train_config()
+        assert (given.max_steps, given.lr, given.rank) == (3, 0.01, recipe["rank"])
+        curve = TrainConfig.from_recipe(recipe, data="d.jsonl", base="b", out="o", max_steps=7)
+        assert (curve.max_steps, curve.rank, curve.targets) == (7, recipe["rank"], tuple(recipe["targets"]))
+    with pytest.raises(FlipError, match="'stepz' is not a training option"):
+        TrainConfig.from_recipe({"stepz": 3}, data="d.jsonl", base="b", out="o")
+    with pytest.raises(FlipError, match="--steps must be at least 1"):
+        RunOptions(out="r", steps=0)
+
+
 def test_run_hands_its_dialect_to_every_stage(tmp_path, tiny_base):
     """`flip run --dialect apr-runtime` runs every stage in that dialect: the export writes apr-code's runtime field
     names (file_edit old_string/new_string) with that dialect's system prompt, training takes those calls as calls
