@@ -22,7 +22,7 @@ from pathlib import Path
 
 from harness import FlipError
 from harness import agent as agent_stage, evaluate as eval_stage  # their defaults (neither imports torch)
-from harness.atomic import claim_dir, remove_ours, write_text
+from harness.atomic import claim_dir, forget_outputs, record_outputs, recorded_outputs, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe, recipes
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.models import SMOLLM2
@@ -40,6 +40,8 @@ FLIP_THRESHOLD = 0.9  # steps-to-flip: the first eval step with >= 90% of held-o
 # What `flip run` writes into --out; a directory holding anything else is refused unless --force.
 OUTPUT_NAMES = ("datasets", "adapter", "adapter_remapped.safetensors", "adapter.gguf", "merged", "merged.gguf",
                 "traces", "progress.jsonl", "report.json", "report.md", "config.json")
+# What the stages that --resume does not redo write into --out, recorded in the run's manifest when they finish.
+STAGE_OUTPUTS = {"export": ("datasets",), "train": ("adapter", "progress.jsonl")}
 CONFIG_FILE = "config.json"  # the resolved options; `flip run --config FILE` reads one back to repeat the run
 
 
@@ -101,6 +103,9 @@ class RunOptions:
                                          "task, <id>.ccpa-trace.jsonl: the agents' per-task action parity ('' for none)",
                                          type=path_or_none)
     force: bool = force_option("run")
+    resume: bool = option(False, "continue an interrupted run in this --out, with the same options: a stage whose "
+                                 "outputs are complete (export, train) is not redone, training resumes from its last "
+                                 "checkpoint (--save-every), the later stages run again; an --out with no run starts one")
     timings: dict = field(default_factory=dict)  # wall seconds per phase
     cpu_times: dict = field(default_factory=dict)  # CPU seconds per phase (all threads of this process)
 
@@ -154,8 +159,8 @@ def recipe_defaults(name: str) -> dict:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in recipe.items()}
 
 
-# What config.json holds: every option but those about this process (--force) and the measurements.
-CONFIG_FIELDS = field_names(RunOptions, exclude=("force", "timings", "cpu_times"))
+# What config.json holds: every option but those about this process (--force, --resume) and the measurements.
+CONFIG_FIELDS = field_names(RunOptions, exclude=("force", "resume", "timings", "cpu_times"))
 
 
 def run_config(options: RunOptions) -> str:
@@ -190,6 +195,9 @@ def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
     from harness.export import ExportOptions, export
 
     out = options.out / "datasets"
+    if resumed(options, "export"):
+        return options.train_data(), json.loads((out / "export_stats.json").read_text(encoding="utf-8"))
+    forget_outputs(options.out, "run", STAGE_OUTPUTS["export"])
     # the token budget is counted with the base's own tokenizer: the trainer keeps or drops samples by the same count
     stats = export([options.transcripts], out, ExportOptions(mode="all", max_tokens=options.max_length,
                                                               tokenizer=options.base, seed=options.seed,
@@ -197,7 +205,27 @@ def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
     data = options.train_data()
     if not data.is_file():
         raise FlipError(f"the export wrote no {data.name} (modes: curated, balanced, full)")
+    record_outputs(options.out, "run", STAGE_OUTPUTS["export"])
     return data, stats
+
+
+def resumed(options: RunOptions, stage: str) -> bool:
+    """--resume, and the stage's outputs are complete: recorded in the run's manifest when the stage finished and
+    unedited since. Such a stage is not redone."""
+    done = options.resume and recorded_outputs(options.out, "run", STAGE_OUTPUTS[stage])
+    if done:
+        print(f"flip run: {stage}: complete in {options.out}, not redone (--resume)", file=sys.stderr, flush=True)
+    return done
+
+
+def check_resumable(out: Path, config: str) -> None:
+    """--resume continues the run its config.json describes, with the same options (a fresh --out just starts)."""
+    written = out / CONFIG_FILE
+    if written.is_file() and written.read_text(encoding="utf-8") != config:
+        before, now = json.loads(written.read_text(encoding="utf-8")), json.loads(config)
+        differ = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+        raise FlipError(f"--resume: {written} was written with other options ({', '.join(differ)}); resume with "
+                        f"the same ones (--config {written} --resume), or run into another --out")
 
 
 def check_no_leak(data: Path, prompts: list[dict]) -> int:
@@ -227,17 +255,27 @@ def train_phase(options: RunOptions, prompts: list[dict]) -> tuple[dict, list[di
     from harness.train import OUTPUT_NAMES as TRAIN_OUTPUTS, train
 
     adapter = options.out / "adapter"
-    # A fresh run: the trainer would resume a matching checkpoint, and a resumed run skips the progress evals that
-    # steps-to-flip is read from. Only an adapter directory flip train wrote is removed (else train refuses it).
-    remove_ours(adapter, "train", TRAIN_OUTPUTS)
-    progress: list[dict] = []
+    if resumed(options, "train"):
+        return (json.loads((adapter / "train_summary.json").read_text(encoding="utf-8")),
+                read_progress(options.out / "progress.jsonl"))
+    forget_outputs(options.out, "run", STAGE_OUTPUTS["train"])
+    if options.resume:  # the trainer resumes its checkpoint; the progress evals it made so far are kept
+        rows = {row["step"]: row for row in read_progress(options.out / "progress.jsonl")}
+    else:
+        # A fresh run: the trainer would resume a matching checkpoint, and a resumed run skips the progress evals
+        # that steps-to-flip is read from. Only an adapter directory flip train wrote is removed (else train refuses
+        # it).
+        remove_ours(adapter, "train", TRAIN_OUTPUTS)
+        rows = {}
 
     def on_eval(step, model, tokenizer):
         _, summary = evaluate_loaded(model, tokenizer, prompts, options.progress_tokens, options.eval_batch_size,
                                      dialect=options.dialect)
         row = {"step": step, **{k: summary[k] for k in ("tasks_with_call", "tasks_with_valid_call", "valid_rate",
                                                           "tasks_grounded", "grounded_rate", "seconds")}}
-        progress.append(row)
+        rows[step] = row
+        # written at every eval: an interrupted run keeps the evals its checkpoint will not redo
+        write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for _, r in sorted(rows.items())))
         print(f"flip run: step {step}: {row['tasks_with_valid_call']}/{summary['tasks']} tasks with a valid call, "
               f"grounded {row['tasks_grounded']}/{summary['tasks_naming_path']} ({row['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
@@ -245,8 +283,17 @@ def train_phase(options: RunOptions, prompts: list[dict]) -> tuple[dict, list[di
     config = options.train_config()
     # Without progress evals the trainer's end-of-training call is skipped too: the final eval measures the student.
     summary = train(config, on_eval=on_eval if options.eval_every else None)
+    progress = [row for _, row in sorted(rows.items())]
     write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in progress))
+    record_outputs(options.out, "run", STAGE_OUTPUTS["train"])
     return summary, progress
+
+
+def read_progress(path: Path) -> list[dict]:
+    """progress.jsonl's rows (none when it is absent)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def remap_phase(options: RunOptions) -> dict:
@@ -553,6 +600,8 @@ def run(options: RunOptions) -> dict:
         teacher_traces(options.parity_teacher, load_tasks(options.holdout))  # read and checked before any work
     options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force,
                             inputs=(options.transcripts, options.data, options.holdout, options.base))
+    if options.resume:
+        check_resumable(options.out, config)
     write_text(options.out / CONFIG_FILE, config)
     with phase(options, "export"):
         data, export_stats = export_phase(options)
