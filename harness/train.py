@@ -316,14 +316,14 @@ class Tree:
         self.samples += 1
 
 
-def pack_trees(encoded: list, keys: list[str], max_tokens: int) -> list[Tree]:
+def pack_trees(encoded: list, keys: list[str], pack_tokens: int) -> list[Tree]:
     """One tree per trajectory key (in order of first appearance), a new one whenever the next sample would take it
-    past max_tokens."""
+    past pack_tokens (--pack-tokens: the cap of one tree, not a sample's budget, --max-length)."""
     trees: list[Tree] = []
     open_tree: dict[str, Tree] = {}
     for (ids, labels), key in zip(encoded, keys):
         tree = open_tree.get(key)
-        if tree is None or len(tree.input_ids) + tree.new_tokens(ids) > max_tokens:
+        if tree is None or len(tree.input_ids) + tree.new_tokens(ids) > pack_tokens:
             tree = open_tree[key] = Tree()
             trees.append(tree)
         tree.add(ids, labels)
