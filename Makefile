@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 OUT ?= runs/flip
 
-.PHONY: setup bubblewrap flip test verify verify-all bench mutation clean
+.PHONY: setup bubblewrap flip student test verify verify-all bench mutation clean
 
 setup: bubblewrap $(VENV)/.setup-done
 
@@ -29,6 +29,14 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 
 flip: setup
 	$(VENV)/bin/flip run --out $(OUT)
+
+# The long student (issue 19): `make flip`'s pipeline with a longer recipe, checkpointed every 25 training steps; an
+# interrupted `make student` continues where it stopped when run again (flip run --resume). STUDENT_RECIPE is a
+# placeholder until the learning curve (flip curve, docs/recipe.md) chooses the recipe.
+STUDENT_RECIPE ?= packed-all-linear
+STUDENT_OUT ?= runs/student
+student: setup
+	$(VENV)/bin/flip run --recipe $(STUDENT_RECIPE) --out $(STUDENT_OUT) --resume --save-every 25
 
 test: setup
 	$(PY) -m pytest -m "not gpu and not bench and not mutation" --junitxml=junit.xml $(PYTEST_ARGS)

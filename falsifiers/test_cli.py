@@ -335,6 +335,92 @@ def test_run_config_json_repeats_the_run(tmp_path, tiny_base):
                               "--holdout", holdout, "--base", tiny_base, "--quiet"), key)
 
 
+def test_run_trains_the_recipe_it_names():
+    """A recipe of contracts/recipes.yaml is the training config it builds (TrainConfig.from_recipe, used by flip run,
+    tune and curve): `flip run --recipe NAME` trains NAME's values, an option given explicitly overrides one, the
+    default is the default recipe, and a training value is checked once, by TrainConfig, named by flip run's option."""
+    from harness import FlipError
+    from harness.contracts import recipes
+    from harness.run import RunOptions
+    from harness.train import TrainConfig
+
+    default, table = recipes()
+
+    def trained(recipe: dict, config: TrainConfig) -> None:
+        assert config.max_steps == recipe["steps"] and config.lr == recipe["lr"]
+        assert (config.rank, config.alpha, config.max_length) == (recipe["rank"], recipe["alpha"], recipe["max_length"])
+        assert config.targets == tuple(recipe["targets"])
+        assert (config.pack, config.val_fraction, config.dtype) == (recipe["pack"], recipe["val_fraction"],
+                                                                    recipe["dtype"])
+        assert config.data.name == f"apr_code_sft_{recipe['mode']}.jsonl"
+
+    trained(table[default], _run_options("--out", "r").train_config())
+    for name, recipe in table.items():
+        trained(recipe, _run_options("--out", "r", "--recipe", name).train_config())
+        given = _run_options("--out", "r", "--recipe", name, "--steps", "3", "--lr", "0.01").train_config()
+        assert (given.max_steps, given.lr, given.rank) == (3, 0.01, recipe["rank"])
+        curve = TrainConfig.from_recipe(recipe, data="d.jsonl", base="b", out="o", max_steps=7)
+        assert (curve.max_steps, curve.rank, curve.targets) == (7, recipe["rank"], tuple(recipe["targets"]))
+    with pytest.raises(FlipError, match="'stepz' is not a training option"):
+        TrainConfig.from_recipe({"stepz": 3}, data="d.jsonl", base="b", out="o")
+    with pytest.raises(FlipError, match="--steps must be at least 1"):
+        RunOptions(out="r", steps=0)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_base, monkeypatch):
+    """`flip run --resume` continues an interrupted run in its --out: the finished export is not redone, training
+    continues from its checkpoint, and the adapter, the progress evals and the report's numbers are those of a run
+    that was never interrupted. Other options are refused; a fresh --out with --resume just runs."""
+    import torch
+    from safetensors.torch import load_file
+
+    import harness.evaluate
+
+    holdout = tmp_path / "holdout.jsonl"
+    holdout.write_text('{"id": "t1", "task": "fix the bug in zz_nowhere.py"}\n')
+    argv = ["--base", tiny_base, "--holdout", holdout, "--steps", "4", "--rank", "4", "--targets", "q_proj",
+            "--no-merge", "--no-agent", "--eval-every", "2", "--save-every", "2", "--max-new-tokens", "4",
+            "--progress-tokens", "4", "--quiet"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert flip("run", "--out", whole, *argv, "--resume")[0] == 1  # ran to its report (a tiny student misses goals)
+
+    real, calls = harness.evaluate.evaluate_loaded, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the progress eval at step 4, after the checkpoint of step 2
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(harness.evaluate, "evaluate_loaded", interrupted)
+    assert flip("run", "--out", split, *argv)[0] == 130
+    monkeypatch.setattr(harness.evaluate, "evaluate_loaded", real)
+    assert not (split / "report.json").exists()
+    stats = split / "datasets" / "export_stats.json"
+    exported = stats.stat().st_ino
+    code, err = flip("run", "--out", split, *argv, "--resume")
+    assert code == 1, err
+    assert "export: complete" in err and stats.stat().st_ino == exported, "the finished export was redone"
+    assert json.loads((split / "adapter" / "train_summary.json").read_text())["resumed_from"] == 2
+    one, two = load_file(whole / "adapter" / "adapter_model.safetensors"), load_file(
+        split / "adapter" / "adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-7)
+
+    def numbers(out):
+        report = json.loads((out / "report.json").read_text())
+        progress = [{k: v for k, v in row.items() if k != "seconds"} for row in report["progress"]]
+        firsts = {who: {k: v for k, v in report[who].items() if k not in ("seconds", "tasks_per_minute", "adapter")}
+                  for who in ("base", "student")}  # the adapter's path names its run directory
+        return progress, firsts, report["steps_trained"], report["steps_to_flip"]
+
+    assert numbers(split) == numbers(whole)
+    assert [row["step"] for row in numbers(split)[0]] == [2, 4]
+    code, err = flip("run", "--out", split, *argv, "--resume", "--steps", "5")
+    _one_line_error(code, err, "--resume", "steps")
+
+
 def test_run_hands_its_dialect_to_every_stage(tmp_path, tiny_base):
     """`flip run --dialect apr-runtime` runs every stage in that dialect: the export writes apr-code's runtime field
     names (file_edit old_string/new_string) with that dialect's system prompt, training takes those calls as calls

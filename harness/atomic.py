@@ -206,6 +206,28 @@ def claim_dir(path: str | os.PathLike, command: str, names, force: bool = False,
     return path
 
 
+def record_outputs(path: Path, command: str, names) -> None:
+    """Record the entries `names` of a directory this command claimed as written, as they are now (a resumed run
+    trusts what is recorded and unedited: recorded_outputs)."""
+    entries = _recorded(_manifest(path))
+    entries.update({name: _stamp(path / name) for name in names if os.path.lexists(path / name)})
+    _write_manifest(path, command, entries)
+
+
+def forget_outputs(path: Path, command: str, names) -> None:
+    """Stop recording `names` (about to be rewritten): a half-written output is never taken for a finished one."""
+    entries = {name: stamp for name, stamp in _recorded(_manifest(path)).items() if name not in names}
+    _write_manifest(path, command, entries)
+
+
+def recorded_outputs(path: Path, command: str, names) -> bool:
+    """Every one of `names` is recorded in this command's manifest of `path`, still there and not edited since."""
+    manifest = _manifest(path)
+    recorded = _recorded(manifest) if manifest.get("command") == command else {}
+    return all(name in recorded and os.path.lexists(path / name) and not _edited(path / name, recorded[name])
+               for name in names)
+
+
 def remove_stale(path: Path, command: str, names, keep) -> list[str]:
     """In a directory that is ours, remove the entries an earlier run recorded writing that this run did not write
     (e.g. another mode's dataset), then record this run's entries (`keep`). A file that merely matches our names was

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 def parse_command(argv: list[str]):
     """(the command's module, its arguments). A command whose module has config_defaults takes --config FILE: the
     file's options become the parser's defaults and the command line is parsed again, so options given explicitly
-    override the file's (argparse applies a default only to an option not given)."""
+    override the file's (argparse applies a default only to an option not given). One whose module has
+    recipe_defaults takes --recipe NAME the same way."""
     name, rest = argv[0], argv[1:]
     module_name, text = COMMANDS[name]
     module = importlib.import_module(module_name)
@@ -87,6 +88,11 @@ def parse_command(argv: list[str]):
     args = parser.parse_args(rest)
     if getattr(args, "config", None) is not None:
         parser.set_defaults(**module.config_defaults(args.config))
+        args = parser.parse_args(rest)
+    if hasattr(module, "recipe_defaults") and args.recipe != parser.get_default("recipe"):
+        # --recipe NAME (other than the default, or than the --config file's): its values become the defaults, over
+        # the file's; options given explicitly still override them
+        parser.set_defaults(**module.recipe_defaults(args.recipe))
         args = parser.parse_args(rest)
     return module, args
 

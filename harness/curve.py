@@ -273,11 +273,8 @@ def train_student(n: int, ids: list[str], tasks: Path, out: Path, val_dir: Path,
 
     check_not_held_out(data, load_prompts(val_dir))
     if not (work / "adapter" / "adapter_config.json").is_file():
-        train(TrainConfig(data=data, base=options.base, out=work / "adapter", rank=recipe["rank"],
-                          alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],
-                          max_steps=options.steps, max_length=recipe["max_length"], pack=recipe["pack"],
-                          val_fraction=recipe["val_fraction"], dtype=recipe["dtype"], device=options.device,
-                          seed=options.seed))
+        train(TrainConfig.from_recipe(recipe, data=data, base=options.base, out=work / "adapter",
+                                      max_steps=options.steps, device=options.device, seed=options.seed))
     return work / "adapter"
 
 

@@ -14,35 +14,46 @@ The goal is checked, not assumed: the report states each floor with the measured
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
 from harness import FlipError
 from harness import agent as agent_stage, evaluate as eval_stage  # their defaults (neither imports torch)
-from harness.atomic import claim_dir, remove_ours, write_text
-from harness.contracts import FIXTURES, default_recipe
+from harness.atomic import claim_dir, forget_outputs, record_outputs, recorded_outputs, remove_ours, write_text
+from harness.contracts import FIXTURES, default_recipe, recipes
 from harness.export import MODES  # the apr-code datasets a run can train on
 from harness.metrics import FLIP_THRESHOLD, goals, pct
-from harness.models import DTYPES, SMOLLM2
+from harness.models import SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
                              force_option, option, options_of, path_or_none, positive_or_none, read_config,
                              sandbox_option)
-from harness.remap import MAX_ALPHA
 from harness.sandbox import check_sandbox
-from harness.train import TrainConfig
+from harness.train import RECIPE_FIELD_NAMES, TrainConfig
 
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
 # the training tasks (docs/recipe.md); what it does not set keeps TrainConfig's defaults.
-RECIPE = default_recipe()
+RECIPE_NAME, RECIPE = recipes()[0], default_recipe()
 DEFAULT_EVAL_EVERY = 35  # held-out first-step checks during training (steps-to-flip); each costs ~20 s on 2 cores
 # What `flip run` writes into --out; a directory holding anything else is refused unless --force.
 OUTPUT_NAMES = ("datasets", "adapter", "adapter_remapped.safetensors", "adapter.gguf", "merged", "merged.gguf",
                 "traces", "progress.jsonl", "report.json", "report.md", "config.json")
+# What the stages that --resume does not redo write into --out, recorded in the run's manifest when they finish.
+STAGE_OUTPUTS = {"export": ("datasets",), "train": ("adapter", "progress.jsonl")}
 CONFIG_FILE = "config.json"  # the resolved options; `flip run --config FILE` reads one back to repeat the run
+
+
+def train_option(name: str, help: str | None = None, default=MISSING):
+    """A flip run option that is a TrainConfig field (a recipe's `steps` is max_steps), declared once, in TrainConfig:
+    its type, choices and help are TrainConfig's (or `help`, where a run gives it more to do); its default is the
+    default recipe's value, else TrainConfig's (or `default`)."""
+    spec = TrainConfig.__dataclass_fields__[RECIPE_FIELD_NAMES.get(name, name)]
+    if default is MISSING:
+        default = RECIPE.get(name, spec.default)
+    return option(tuple(default) if isinstance(default, list) else default, help or spec.metadata["help"],
+                  **spec.metadata["argparse"])
 
 
 @dataclass
@@ -54,20 +65,25 @@ class RunOptions:
     transcripts: Path = option(FIXTURES / "transcripts", "transcripts to export")
     holdout: Path = option(FIXTURES / "holdout" / "workspaces", 'held-out task folders (prompt.txt, task.json, '
                            'workspace/), or a {"id", "task"} JSONL (first step only, no agent)')
+    recipe: str = option(RECIPE_NAME, "the training recipe of contracts/recipes.yaml: its values are the defaults of "
+                         "the training options below (shown: the default recipe's)", choices=tuple(recipes()[1]))
     mode: str = option(RECIPE["mode"], "which exported dataset to train on", choices=MODES)
     dialect: str = dialect_option()  # exported, trained, evaluated and run as an agent in it
-    steps: int = option(RECIPE["steps"], "optimizer steps")
-    lr: float = option(RECIPE["lr"], "peak learning rate")
-    rank: int = option(RECIPE["rank"], "LoRA rank r")
-    alpha: int = option(RECIPE["alpha"], "LoRA alpha")
-    targets: tuple[str, ...] = option(tuple(RECIPE["targets"]), "comma-separated LoRA target modules")
-    batch_size: int = option(TrainConfig.batch_size, "samples per micro-batch")
-    grad_accum: int = option(TrainConfig.grad_accum, "micro-batches per optimizer step")
-    seed: int = option(TrainConfig.seed, "seed of export sampling, data order and LoRA's initialisation")
-    max_length: int = option(RECIPE["max_length"], "token budget of a sample")
-    pack: bool = option(RECIPE["pack"], "train each trajectory's samples as prefix trees (flip train --pack)")
-    val_fraction: float = option(RECIPE["val_fraction"], "of training trajectories, for the validation loss only")
-    dtype: str = option(RECIPE["dtype"], "of the frozen base in training (flip train --dtype)", choices=DTYPES)
+    # The training options: TrainConfig's fields, declared there with their help and checks (train_option).
+    steps: int = train_option("steps", "optimizer steps")
+    lr: float = train_option("lr")
+    rank: int = train_option("rank")
+    alpha: int = train_option("alpha")
+    targets: tuple[str, ...] = train_option("targets")
+    batch_size: int = train_option("batch_size")
+    grad_accum: int = train_option("grad_accum")
+    seed: int = train_option("seed", "seed of export sampling, data order and LoRA's initialisation")
+    max_length: int = train_option("max_length", "token budget of a sample (export and training)")
+    pack: bool = train_option("pack")
+    val_fraction: float = train_option("val_fraction")
+    dtype: str = train_option("dtype")
+    save_every: int | None = train_option("save_every", "checkpoint the training every N steps, so that --resume "
+                                          "continues it (0: no checkpoint before the end)", default=None)
     eval_every: int | None = option(DEFAULT_EVAL_EVERY, "steps between held-out evals during training (0: none, "
                                     "no steps-to-flip)", type=positive_or_none)
     max_new_tokens: int = option(eval_stage.DEFAULT_MAX_NEW_TOKENS, "final evals")
@@ -87,6 +103,9 @@ class RunOptions:
                                          "task, <id>.ccpa-trace.jsonl: the agents' per-task action parity ('' for none)",
                                          type=path_or_none)
     force: bool = force_option("run")
+    resume: bool = option(False, "continue an interrupted run in this --out, with the same options: a stage whose "
+                                 "outputs are complete (export, train) is not redone, training resumes from its last "
+                                 "checkpoint (--save-every), the later stages run again; an --out with no run starts one")
     timings: dict = field(default_factory=dict)  # wall seconds per phase
     cpu_times: dict = field(default_factory=dict)  # CPU seconds per phase (all threads of this process)
 
@@ -98,22 +117,50 @@ class RunOptions:
         self.data = Path(self.data) if self.data is not None else None
         self.parity_teacher = Path(self.parity_teacher) if self.parity_teacher else None
         self.targets = tuple(self.targets)
-        for name in ("steps", "rank", "alpha", "batch_size", "grad_accum", "max_length", "max_new_tokens",
-                     "progress_tokens", "eval_batch_size", "max_turns", "agent_tokens"):
+        for name in ("max_new_tokens", "progress_tokens", "eval_batch_size", "max_turns", "agent_tokens"):
             if getattr(self, name) < 1:
                 raise FlipError(f"--{name.replace('_', '-')} must be at least 1")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise FlipError(f"--lr must be a positive number, not {self.lr}")
-        if self.alpha > MAX_ALPHA:
-            raise FlipError(f"--alpha must be at most {MAX_ALPHA}, not {self.alpha}")
         if self.agent_tokens >= self.max_length:
             raise FlipError("--agent-tokens must be smaller than --max-length (the prompt needs room too)")
         if self.mode not in MODES:
             raise FlipError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        self.train_config()  # the training options are checked by TrainConfig, before any work
+
+    def train_data(self) -> Path:
+        """The jsonl training reads: --data, or the export's dataset of --mode."""
+        return self.data if self.data is not None else self.out / "datasets" / f"apr_code_sft_{self.mode}.jsonl"
+
+    def train_config(self) -> TrainConfig:
+        """The training stage's config: this run's recipe fields (TrainConfig.from_recipe, as flip tune and flip curve
+        build theirs) and its other training options. A refused value is named by its flip run option."""
+        recipe = {name: getattr(self, name) for name in RECIPE_OPTIONS}
+        try:
+            return TrainConfig.from_recipe(recipe, data=self.train_data(), base=self.base, out=self.out / "adapter",
+                                           batch_size=self.batch_size, grad_accum=self.grad_accum, seed=self.seed,
+                                           device=self.device, eval_every=self.eval_every, save_every=self.save_every)
+        except FlipError as err:
+            message = str(err)
+            for run_name, train_name in RECIPE_FIELD_NAMES.items():
+                message = message.replace(_flag(train_name), _flag(run_name))
+            raise FlipError(message) from None
 
 
-# What config.json holds: every option but those about this process (--force) and the measurements.
-CONFIG_FIELDS = field_names(RunOptions, exclude=("force", "timings", "cpu_times"))
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# The options of a run that a recipe sets (contracts/recipes.yaml, every_recipe included): the same names there.
+RECIPE_OPTIONS = ("mode", "steps", "lr", "rank", "alpha", "targets", "max_length", "pack", "val_fraction", "dtype")
+
+
+def recipe_defaults(name: str) -> dict:
+    """--recipe NAME: that recipe's values as the parser's defaults (harness.cli; options given explicitly win)."""
+    recipe = recipes()[1][name]
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in recipe.items()}
+
+
+# What config.json holds: every option but those about this process (--force, --resume) and the measurements.
+CONFIG_FIELDS = field_names(RunOptions, exclude=("force", "resume", "timings", "cpu_times"))
 
 
 def run_config(options: RunOptions) -> str:
@@ -148,14 +195,37 @@ def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
     from harness.export import ExportOptions, export
 
     out = options.out / "datasets"
+    if resumed(options, "export"):
+        return options.train_data(), json.loads((out / "export_stats.json").read_text(encoding="utf-8"))
+    forget_outputs(options.out, "run", STAGE_OUTPUTS["export"])
     # the token budget is counted with the base's own tokenizer: the trainer keeps or drops samples by the same count
     stats = export([options.transcripts], out, ExportOptions(mode="all", max_tokens=options.max_length,
                                                               tokenizer=options.base, seed=options.seed,
                                                               dialect=options.dialect, progress=False))
-    data = out / f"apr_code_sft_{options.mode}.jsonl"
+    data = options.train_data()
     if not data.is_file():
         raise FlipError(f"the export wrote no {data.name} (modes: curated, balanced, full)")
+    record_outputs(options.out, "run", STAGE_OUTPUTS["export"])
     return data, stats
+
+
+def resumed(options: RunOptions, stage: str) -> bool:
+    """--resume, and the stage's outputs are complete: recorded in the run's manifest when the stage finished and
+    unedited since. Such a stage is not redone."""
+    done = options.resume and recorded_outputs(options.out, "run", STAGE_OUTPUTS[stage])
+    if done:
+        print(f"flip run: {stage}: complete in {options.out}, not redone (--resume)", file=sys.stderr, flush=True)
+    return done
+
+
+def check_resumable(out: Path, config: str) -> None:
+    """--resume continues the run its config.json describes, with the same options (a fresh --out just starts)."""
+    written = out / CONFIG_FILE
+    if written.is_file() and written.read_text(encoding="utf-8") != config:
+        before, now = json.loads(written.read_text(encoding="utf-8")), json.loads(config)
+        differ = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+        raise FlipError(f"--resume: {written} was written with other options ({', '.join(differ)}); resume with "
+                        f"the same ones (--config {written} --resume), or run into another --out")
 
 
 def check_no_leak(data: Path, prompts: list[dict]) -> int:
@@ -179,36 +249,51 @@ def flip_step(progress: list[dict], threshold: float = FLIP_THRESHOLD) -> int | 
     return next((row["step"] for row in progress if (row["valid_rate"] or 0) >= threshold), None)
 
 
-def train_phase(options: RunOptions, data: Path, prompts: list[dict]) -> tuple[dict, list[dict]]:
+def train_phase(options: RunOptions, prompts: list[dict]) -> tuple[dict, list[dict]]:
     """Train into DIR/adapter, evaluating the held-out tasks on the training model every eval_every steps."""
     from harness.evaluate import evaluate_loaded
-    from harness.train import OUTPUT_NAMES as TRAIN_OUTPUTS, TrainConfig, train
+    from harness.train import OUTPUT_NAMES as TRAIN_OUTPUTS, train
 
     adapter = options.out / "adapter"
-    # A fresh run: the trainer would resume a matching checkpoint, and a resumed run skips the progress evals that
-    # steps-to-flip is read from. Only an adapter directory flip train wrote is removed (else train refuses it).
-    remove_ours(adapter, "train", TRAIN_OUTPUTS)
-    progress: list[dict] = []
+    if resumed(options, "train"):
+        return (json.loads((adapter / "train_summary.json").read_text(encoding="utf-8")),
+                read_progress(options.out / "progress.jsonl"))
+    forget_outputs(options.out, "run", STAGE_OUTPUTS["train"])
+    if options.resume:  # the trainer resumes its checkpoint; the progress evals it made so far are kept
+        rows = {row["step"]: row for row in read_progress(options.out / "progress.jsonl")}
+    else:
+        # A fresh run: the trainer would resume a matching checkpoint, and a resumed run skips the progress evals
+        # that steps-to-flip is read from. Only an adapter directory flip train wrote is removed (else train refuses
+        # it).
+        remove_ours(adapter, "train", TRAIN_OUTPUTS)
+        rows = {}
 
     def on_eval(step, model, tokenizer):
         _, summary = evaluate_loaded(model, tokenizer, prompts, options.progress_tokens, options.eval_batch_size,
                                      dialect=options.dialect)
         row = {"step": step, **{k: summary[k] for k in ("tasks_with_call", "tasks_with_valid_call", "valid_rate",
                                                           "tasks_grounded", "grounded_rate", "seconds")}}
-        progress.append(row)
+        rows[step] = row
+        # written at every eval: an interrupted run keeps the evals its checkpoint will not redo
+        write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for _, r in sorted(rows.items())))
         print(f"flip run: step {step}: {row['tasks_with_valid_call']}/{summary['tasks']} tasks with a valid call, "
               f"grounded {row['tasks_grounded']}/{summary['tasks_naming_path']} ({row['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
 
-    config = TrainConfig(data=data, base=options.base, out=adapter, rank=options.rank, alpha=options.alpha,
-                         targets=options.targets, lr=options.lr, max_steps=options.steps,
-                         batch_size=options.batch_size, grad_accum=options.grad_accum, seed=options.seed,
-                         max_length=options.max_length, pack=options.pack, val_fraction=options.val_fraction,
-                         dtype=options.dtype, device=options.device, eval_every=options.eval_every, save_every=None)
+    config = options.train_config()
     # Without progress evals the trainer's end-of-training call is skipped too: the final eval measures the student.
     summary = train(config, on_eval=on_eval if options.eval_every else None)
+    progress = [row for _, row in sorted(rows.items())]
     write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in progress))
+    record_outputs(options.out, "run", STAGE_OUTPUTS["train"])
     return summary, progress
+
+
+def read_progress(path: Path) -> list[dict]:
+    """progress.jsonl's rows (none when it is absent)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def remap_phase(options: RunOptions) -> dict:
@@ -486,12 +571,14 @@ def run(options: RunOptions) -> dict:
         teacher_traces(options.parity_teacher, load_tasks(options.holdout))  # read and checked before any work
     options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force,
                             inputs=(options.transcripts, options.data, options.holdout, options.base))
+    if options.resume:
+        check_resumable(options.out, config)
     write_text(options.out / CONFIG_FILE, config)
     with phase(options, "export"):
         data, export_stats = export_phase(options)
         check_no_leak(data, prompts)
     with phase(options, "train"):
-        train_summary, progress = train_phase(options, data, prompts)
+        train_summary, progress = train_phase(options, prompts)
     artifacts = {"adapter": "adapter/"}
     with phase(options, "remap"):
         remap = remap_phase(options)

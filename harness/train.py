@@ -44,6 +44,11 @@ OUTPUT_NAMES = ("adapter_model.safetensors", "adapter_config.json", CHECKPOINT, 
                 "train_summary.json", ".adapter.*")
 
 
+# A recipe (contracts/recipes.yaml) names its fields like flip run's options; where that differs from TrainConfig:
+RECIPE_FIELD_NAMES = {"steps": "max_steps"}
+RECIPE_DATA_KEYS = ("mode",)  # which exported dataset a recipe trains on: chosen by the caller, not by TrainConfig
+
+
 @dataclass
 class TrainConfig:
     data: Path = option(help="SFT jsonl (instruction, response, system, metadata)")
@@ -51,14 +56,14 @@ class TrainConfig:
     out: Path = option(help="output directory (adapter, metrics, checkpoint)")
     rank: int = option(16, "LoRA rank r")
     alpha: int = option(32, "LoRA alpha (the update is scaled by alpha / r)")
-    targets: tuple[str, ...] = option(("q_proj", "v_proj"), "comma-separated module names")
+    targets: tuple[str, ...] = option(("q_proj", "v_proj"), "comma-separated LoRA target module names")
     lr: float = option(2e-4, "peak learning rate (AdamW; warmup, then cosine to 0)")
     epochs: int = option(3, "passes over the training samples (unless --max-steps)")
     max_steps: int | None = option(None, "optimizer steps (at least 1); overrides epochs", type=int)
-    batch_size: int = option(1, "per process")
+    batch_size: int = option(1, "samples per micro-batch (per process)")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     seed: int = option(42, "seed of the data order, the split and LoRA's initialisation")
-    val_fraction: float = option(0.2, "of trajectories")
+    val_fraction: float = option(0.2, "of training trajectories, held out for the validation loss")
     # Every validation sample costs a full forward pass at each eval: the whole split of the default export (~300
     # samples) took about 3 minutes per eval on 2 cores, more than the steps between evals.
     val_samples: int | None = option(
@@ -106,6 +111,22 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise FlipError(f"--{name.replace('_', '-')} must be a positive number, not {value}")
+
+    @classmethod
+    def from_recipe(cls, recipe: dict, **given) -> TrainConfig:
+        """A recipe of contracts/recipes.yaml as the config it trains: its training fields (`steps` is max_steps; its
+        `mode` picks the dataset, not a training option), then `given` (data, base, out, overrides). Every recipe
+        value is checked here, by __post_init__, like a command-line value."""
+        known = set(cls.__dataclass_fields__)
+        values = {}
+        for key, value in recipe.items():
+            if key in RECIPE_DATA_KEYS:
+                continue
+            name = RECIPE_FIELD_NAMES.get(key, key)
+            if name not in known:
+                raise FlipError(f"recipe key {key!r} is not a training option (flip train --help lists them)")
+            values[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**{**values, **given})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -295,14 +316,14 @@ class Tree:
         self.samples += 1
 
 
-def pack_trees(encoded: list, keys: list[str], max_tokens: int) -> list[Tree]:
+def pack_trees(encoded: list, keys: list[str], pack_tokens: int) -> list[Tree]:
     """One tree per trajectory key (in order of first appearance), a new one whenever the next sample would take it
-    past max_tokens."""
+    past pack_tokens (--pack-tokens: the cap of one tree, not a sample's budget, --max-length)."""
     trees: list[Tree] = []
     open_tree: dict[str, Tree] = {}
     for (ids, labels), key in zip(encoded, keys):
         tree = open_tree.get(key)
-        if tree is None or len(tree.input_ids) + tree.new_tokens(ids) > max_tokens:
+        if tree is None or len(tree.input_ids) + tree.new_tokens(ids) > pack_tokens:
             tree = open_tree[key] = Tree()
             trees.append(tree)
         tree.add(ids, labels)

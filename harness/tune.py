@@ -131,11 +131,8 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     data = datasets / f"apr_code_sft_{recipe['mode']}.jsonl"
     prompts = load_prompts(val_dir)
     check_no_leak(data, prompts)
-    config = TrainConfig(data=data, base=base, out=work / "adapter", rank=recipe["rank"],
-                         alpha=recipe["alpha"], targets=tuple(recipe["targets"]), lr=recipe["lr"],
-                         max_steps=recipe["steps"], max_length=recipe["max_length"], pack=recipe["pack"],
-                         val_fraction=recipe["val_fraction"], dtype=recipe["dtype"], device=device, save_every=None,
-                         seed=train_seed)
+    config = TrainConfig.from_recipe(recipe, data=data, base=base, out=work / "adapter", device=device,
+                                     save_every=None, seed=train_seed)
     clock = time.perf_counter()
     summary = train(config)
     train_s = time.perf_counter() - clock
