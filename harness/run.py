@@ -199,7 +199,7 @@ def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
         return options.train_data(), json.loads((out / "export_stats.json").read_text(encoding="utf-8"))
     forget_outputs(options.out, "run", STAGE_OUTPUTS["export"])
     # the token budget is counted with the base's own tokenizer: the trainer keeps or drops samples by the same count
-    stats = export([options.transcripts], out, ExportOptions(mode="all", max_tokens=options.max_length,
+    stats = export([options.transcripts], out, ExportOptions(mode="all", max_length=options.max_length,
                                                               tokenizer=options.base, seed=options.seed,
                                                               dialect=options.dialect, progress=False))
     data = options.train_data()
@@ -336,7 +336,7 @@ def agent_phase(options: RunOptions) -> dict:
 
     traces = options.out / "traces"
     agent_options = dict(max_turns=options.max_turns, max_new_tokens=options.agent_tokens,
-                         max_tokens=options.max_length, batch_size=options.eval_batch_size,
+                         max_length=options.max_length, batch_size=options.eval_batch_size,
                          sandbox=options.sandbox, dialect=options.dialect, parity_teacher=options.parity_teacher)
     base = agent(options.base, options.holdout, traces / "agent_base.jsonl", device=options.device,
                  options=AgentOptions(**agent_options), label="base agent")
