@@ -141,7 +141,7 @@ def test_packed_trees_train_more_samples_per_second(benchmark, tmp_path):
                                read_jsonl, trajectory_of, tree_loss_sum)
 
     tasks = sorted(p for p in (FIXTURES / "transcripts").iterdir() if p.is_dir())[:3]
-    export(tasks, tmp_path / "data", ExportOptions(mode="full", max_tokens=1024, progress=False))
+    export(tasks, tmp_path / "data", ExportOptions(mode="full", max_length=1024, progress=False))
     samples = [sample for _, sample in read_jsonl(tmp_path / "data" / "apr_code_sft_full.jsonl", "dataset")]
     config = TrainConfig(data=tmp_path / "data" / "apr_code_sft_full.jsonl", base="smollm2-135m", out=tmp_path / "o",
                          targets=("q_proj", "v_proj"), device="cpu")
@@ -197,7 +197,7 @@ def test_bfloat16_base_trains_more_samples_per_second(benchmark, tmp_path):
     from harness.train import TrainConfig, build_model, collate, encode, loss_sum, read_jsonl
 
     tasks = sorted(p for p in (FIXTURES / "transcripts").iterdir() if p.is_dir())[:2]
-    export(tasks, tmp_path / "data", ExportOptions(mode="full", max_tokens=1024, progress=False))
+    export(tasks, tmp_path / "data", ExportOptions(mode="full", max_length=1024, progress=False))
     data = tmp_path / "data" / "apr_code_sft_full.jsonl"
     samples = [sample for _, sample in read_jsonl(data, "dataset")]
 

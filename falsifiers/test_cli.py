@@ -172,8 +172,8 @@ def test_empty_exports_exit_1_and_windows_recordings_become_relative(tmp_path):
         ("Read", {"file_path": "C:\\tmp\\ws\\b.py"},
          "<tool_use_error>File does not exist. Note: your current working directory is C:\\tmp\\ws.</tool_use_error>"),
         ("Bash", {"command": "cd C:\\tmp\\ws && pytest"}, "ok")], task="fix C:\\tmp\\ws\\src\\a.py")
-    code, err = flip("export", tmp_path / "win", "--out", tmp_path / "o4", "--max-tokens", "5", "--quiet")
-    assert code == 1 and "did not fit --max-tokens 5" in err
+    code, err = flip("export", tmp_path / "win", "--out", tmp_path / "o4", "--max-length", "5", "--quiet")
+    assert code == 1 and "did not fit --max-length 5" in err
     assert flip("export", tmp_path / "win", "--out", tmp_path / "o5", "--quiet")[0] == 0
     samples = _samples(tmp_path / "o5" / "apr_code_sft_full.jsonl")
     assert json.loads(samples[0]["response"].split("\n")[1])["input"] == {"path": "src/a.py"}
@@ -183,6 +183,36 @@ def test_empty_exports_exit_1_and_windows_recordings_become_relative(tmp_path):
     # command rule refuses `&&`; contracts/apr_runtime.yaml)
     assert '\\"command\\": \\"pytest\\"' in text and "cd " not in text
     assert "your current working directory is the project directory.</tool_use_error>" in text
+
+
+def test_the_old_name_max_tokens_still_sets_max_length(tmp_path):
+    """--max-tokens, the old name of the sample's token budget in flip export and flip agent, still works (users'
+    scripts): the same outputs byte for byte as --max-length, a deprecation note on stderr, and no line in --help."""
+    from export_helpers import _outputs
+    from harness.cli import parse_command
+
+    long = "\n".join(f"line {n}: value = compute({n})" for n in range(60))
+    edit = {"file_path": "/w/a.py", "old_string": "x", "new_string": "y"}
+    _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a.py"}, long),
+                                                  ("Read", {"file_path": "/w/b.py"}, long), ("Edit", edit, "ok")],
+            task="fix a.py")
+    outputs = {}
+    for name, budget in (("old", ["--max-tokens", "400"]), ("new", ["--max-length", "400"]), ("default", [])):
+        code, err = flip("export", tmp_path / "in", "--out", tmp_path / name, *budget, "--quiet")
+        assert code == 0, err
+        assert ("--max-tokens is deprecated; it is --max-length now" in err) == (name == "old"), err
+        outputs[name] = _outputs(tmp_path / name)
+    assert outputs["old"] == outputs["new"] != outputs["default"]  # the budget was applied, by either name
+    assert json.loads(outputs["old"]["export_stats.json"])["options"]["max_tokens"] == 400  # the file's key stays
+    for command, required in (("export", ["in", "--out", "o"]), ("agent", ["--model", "m", "--tasks", "t", "--out", "o"])):
+        with contextlib.redirect_stderr(io.StringIO()):
+            _, old = parse_command([command, *required, "--max-tokens", "700"])
+            _, new = parse_command([command, *required, "--max-length", "700"])
+        assert vars(old) == vars(new) and new.max_length == 700 and "max_tokens" not in vars(new)
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown), pytest.raises(SystemExit):
+            parse_command([command, "--help"])
+        assert "--max-length" in shown.getvalue() and "--max-tokens" not in shown.getvalue()
 
 
 def test_outputs_are_never_read_back_and_stale_modes_are_removed(tmp_path):

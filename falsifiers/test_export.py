@@ -105,7 +105,7 @@ def test_no_planted_secret_or_recording_path_survives(recs):
         _write_all(recs, tmp / "in")
         for target in ("apr-code", "messages"):
             out = tmp / f"out-{target}"
-            _export([tmp / "in"], out, mode="all", target=target, max_tokens=4096)
+            _export([tmp / "in"], out, mode="all", target=target, max_length=4096)
             text = b"".join(_outputs(out).values()).decode("utf-8")
             for rec in recs:
                 for secret in rec.secrets:
@@ -115,15 +115,15 @@ def test_no_planted_secret_or_recording_path_survives(recs):
 
 @SETTINGS
 @given(st.lists(gen.damaged(gen.transcripts(big=3000)), min_size=1, max_size=2), st.sampled_from([330, 420, 700]))
-def test_every_sample_fits_the_token_budget(recs, max_tokens):
+def test_every_sample_fits_the_token_budget(recs, max_length):
     tok = counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _write_all(recs, tmp / "in")
-        stats = _export([tmp / "in"], tmp / "out", mode="full", max_tokens=max_tokens, max_result_chars=600)
+        stats = _export([tmp / "in"], tmp / "out", mode="full", max_length=max_length, max_result_chars=600)
         samples = _samples(tmp / "out" / "apr_code_sft_full.jsonl")
         for sample in samples:
-            assert tok.count(_chatml(sample)) <= max_tokens
+            assert tok.count(_chatml(sample)) <= max_length
         assert stats["candidates"] == len(samples) + stats["duplicates"]["full"] + \
             stats["truncated"]["samples_dropped_too_long"]
 

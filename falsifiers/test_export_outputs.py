@@ -49,9 +49,9 @@ def test_cli_writes_what_the_library_writes_and_summarises_its_counts(tmp_path, 
     from tokenizers.models import BPE
 
     Tokenizer(BPE(vocab={"[UNK]": 0}, merges=[], unk_token="[UNK]")).save(str(tmp_path / "chars.json"))
-    options = dict(mode="balanced", target="messages", max_tokens=1500, per_tool=1, seed=7, max_result_chars=100,
+    options = dict(mode="balanced", target="messages", max_length=1500, per_tool=1, seed=7, max_result_chars=100,
                    tokenizer=str(tmp_path / "chars.json"))
-    argv = ["--mode", "balanced", "--target", "messages", "--max-tokens", "1500", "--per-tool", "1", "--seed", "7",
+    argv = ["--mode", "balanced", "--target", "messages", "--max-length", "1500", "--per-tool", "1", "--seed", "7",
             "--max-result-chars", "100", "--tokenizer", str(tmp_path / "chars.json"), "--quiet"]
     assert main(["export", str(tmp_path / "in"), "--out", str(tmp_path / "cli2"), *argv]) == 0
     _export([tmp_path / "in"], tmp_path / "lib2", **options)

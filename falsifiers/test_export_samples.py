@@ -100,7 +100,7 @@ def test_instruction_is_task_then_observations_then_request(tmp_path):
 def test_oldest_observations_dropped_first_with_a_marker(tmp_path):
     calls = [("Bash", {"command": f"echo {i}"}, f"output {i} " + "word " * 150) for i in range(8)]
     _stream(tmp_path / "in" / "t.ndjson", "/w", calls, task="the task")
-    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_tokens=900)
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_length=900)
     last = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")[-1]
     samples = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
     dropped = [int(s["instruction"].split("\n\n[")[1].split()[0]) for s in samples if "\n\n[" in s["instruction"]]
@@ -125,7 +125,7 @@ def test_long_results_and_tasks_keep_head_and_tail_around_a_counted_marker(tmp_p
     task = " ".join(f"w{i}" for i in range(900))
     _stream(tmp_path / "in" / "t.ndjson", "/w", [("Bash", {"command": "ls"}, result), ("Read", {"file_path": "/w/a"}, "A"),
                                                  ("Glob", {"pattern": "*.py"}, "a.py")], task=task)
-    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_result_chars=90, max_tokens=600)
+    stats = _export([tmp_path / "in"], tmp_path / "out", mode="full", max_result_chars=90, max_length=600)
     first, second, third = _samples(tmp_path / "out" / "apr_code_sft_full.jsonl")
     keep = len(task)
     while render_instruction(_cut_oracle(task, keep)) != first["instruction"] and keep > 32:
@@ -148,19 +148,19 @@ def test_long_results_and_tasks_keep_head_and_tail_around_a_counted_marker(tmp_p
     exact, long = "x" * 2000, "".join(f"{i:05d}" for i in range(4000))
     _stream(tmp_path / "in4" / "t.ndjson", "/w", [("Bash", {"command": "a"}, exact), ("Bash", {"command": "b"}, long),
                                                   ("Read", {"file_path": "/w/a"}, "A")], task="t")
-    stats = _export([tmp_path / "in4"], tmp_path / "out4", mode="full", max_tokens=20000)
+    stats = _export([tmp_path / "in4"], tmp_path / "out4", mode="full", max_length=20000)
     last = _samples(tmp_path / "out4" / "apr_code_sft_full.jsonl")[2]["instruction"]
     assert f"Result:\n{exact}\n\n" in last and f"Result:\n{_cut_oracle(long, 2000)}\n\n" in last
     assert stats["truncated"]["results_shortened"] == 1
 
     _stream(tmp_path / "in3" / "t.ndjson", "/w", [("Write", {"file_path": "/w/a", "content": "x " * 400}, "ok")],
             task=task)
-    stats = _export([tmp_path / "in3"], tmp_path / "out3", mode="full", max_tokens=300)
+    stats = _export([tmp_path / "in3"], tmp_path / "out3", mode="full", max_length=300)
     assert stats["samples"]["full"] == 0 and stats["truncated"]["samples_dropped_too_long"] == 1
     assert stats["truncated"]["tasks_shortened"] == 0
 
 
-@pytest.mark.parametrize("option, bad, good", [("max_tokens", 0, 1), ("per_tool", 0, 1),
+@pytest.mark.parametrize("option, bad, good", [("max_length", 0, 1), ("per_tool", 0, 1),
                                                 ("max_result_chars", 63, 64)])
 def test_out_of_range_options_are_refused_before_anything_is_written(tmp_path, option, bad, good):
     _stream(tmp_path / "in" / "t.ndjson", "/w", [("Read", {"file_path": "/w/a"}, "A")], task="t")
@@ -181,8 +181,8 @@ def test_the_budget_is_counted_with_the_chosen_tokenizer(tmp_path):
     chars.save(str(tmp_path / "chars.json"))
     calls = [("Bash", {"command": f"echo {i}"}, "word " * 100) for i in range(6)]
     _stream(tmp_path / "in" / "t.ndjson", "/w", calls, task="the task")
-    default = _export([tmp_path / "in"], tmp_path / "smollm2", mode="full", max_tokens=2500)
-    per_char = _export([tmp_path / "in"], tmp_path / "chars", mode="full", max_tokens=2500,
+    default = _export([tmp_path / "in"], tmp_path / "smollm2", mode="full", max_length=2500)
+    per_char = _export([tmp_path / "in"], tmp_path / "chars", mode="full", max_length=2500,
                        tokenizer=str(tmp_path / "chars.json"))
     assert default["truncated"]["observations_dropped"] == 0 < per_char["truncated"]["observations_dropped"]
     count = counter(str(tmp_path / "chars.json"))

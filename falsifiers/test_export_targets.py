@@ -81,13 +81,13 @@ def test_conversations_hold_each_trajectory_as_the_full_samples_show_it(tmp_path
     for task, path in (("bank-overdraft", "parallel-read"), ("binary-search-bound", "test-first"),
                        ("caesar-wrap", "todo-read-edit-test"), ("celsius-convert", "grep-content")):
         shutil.copytree(FIXTURE_TRANSCRIPTS / task / path, source / task / path)
-    stats = _export([source], tmp_path / "out", mode="all", target="messages", max_tokens=4096)
+    stats = _export([source], tmp_path / "out", mode="all", target="messages", max_length=4096)
     chats = _samples(tmp_path / "out" / "messages_conversations.jsonl")
     full = _samples(tmp_path / "out" / "messages_full.jsonl")
     by_step = {(s["metadata"]["trajectory"], s["metadata"]["step"]): s for s in full}
     assert stats["samples"]["conversations"] == len(chats) > 3
     shutil.copytree(FIXTURE_TRANSCRIPTS / "caesar-wrap" / "todo-read-edit-test", source / "resumed-copy")
-    again = _export([source], tmp_path / "again", mode="conversations", target="messages", max_tokens=4096)
+    again = _export([source], tmp_path / "again", mode="conversations", target="messages", max_length=4096)
     assert _samples(tmp_path / "again" / "messages_conversations.jsonl") == chats
     assert again["duplicates"]["conversations"] == stats["duplicates"]["conversations"] + 1
     for chat in chats:

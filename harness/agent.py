@@ -111,7 +111,8 @@ class AgentOptions:
                                                "of its task, DIR/<id>.ccpa-trace.jsonl (fixtures/holdout/teacher for "
                                                "the held-out tasks)", type=path_or_none)
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "tokens per reply")
-    max_tokens: int = option(SAMPLE_TOKENS, "token budget of prompt + reply, as the trainer's --max-length")
+    max_length: int = option(SAMPLE_TOKENS, "token budget of prompt + reply, as the trainer's --max-length",
+                             old_names=("max_tokens",))
     # The live tasks decode together; finished rows leave the batch.
     batch_size: int = option(DEFAULT_BATCH_SIZE, "prompts per generate() call")
     test_timeout: float = option(DEFAULT_TEST_TIMEOUT, "seconds for a task's test command")
@@ -332,7 +333,7 @@ def run_agent(tasks: list[AgentTask], policy, options: AgentOptions) -> tuple[li
     check_sandbox(options.sandbox)
     started = time.perf_counter()
     teachers = ccpa.teacher_traces(options.parity_teacher, tasks) if options.parity_teacher is not None else None
-    budget = Budget(policy.counter, options.max_tokens - options.max_new_tokens, system_prompt(options.dialect))
+    budget = Budget(policy.counter, options.max_length - options.max_new_tokens, system_prompt(options.dialect))
     episodes = [open_episode(task, options) for task in tasks]
     records: dict[str, dict] = {}
     timings = Counter()
@@ -490,8 +491,8 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     if args.max_turns < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise FlipError("--max-turns, --max-new-tokens and --batch-size must be at least 1")
-    if args.max_tokens <= args.max_new_tokens:
-        raise FlipError("--max-tokens must be larger than --max-new-tokens (the prompt needs room too)")
+    if args.max_length <= args.max_new_tokens:
+        raise FlipError("--max-length must be larger than --max-new-tokens (the prompt needs room too)")
     if not (args.test_timeout > 0 and args.shell_timeout > 0):
         raise FlipError("--test-timeout and --shell-timeout must be positive")
     if not (0 <= args.temperature < float("inf")):

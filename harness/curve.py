@@ -267,7 +267,7 @@ def train_student(n: int, ids: list[str], tasks: Path, out: Path, val_dir: Path,
     datasets = work / "datasets"
     if not (datasets / f"apr_code_sft_{recipe['mode']}.jsonl").is_file():
         export([tasks / "transcripts" / task_id for task_id in ids], datasets,
-               ExportOptions(mode="all", max_tokens=recipe["max_length"], tokenizer=options.base, progress=False))
+               ExportOptions(mode="all", max_length=recipe["max_length"], tokenizer=options.base, progress=False))
     data = datasets / f"apr_code_sft_{recipe['mode']}.jsonl"
     from harness.evaluate import load_prompts
 

@@ -7,7 +7,7 @@ teacher call through contracts/tool_map.json -> one candidate sample per remappa
 N per tool) -> duplicates (same instruction and response) are dropped -> JSONL written atomically. With --target
 messages, mode `conversations` writes each trajectory whole instead, as one chat (system, the task, each call as an
 assistant `tool_calls` turn and its result as a `tool` turn, the final answer), for trainers that train on whole
-conversations; it is not fitted to --max-tokens (a trainer's max_length cuts it).
+conversations; it is not fitted to --max-length (a trainer's max_length cuts it).
 
 With --jobs N the per-file work (everything up to the candidates and the file's counts) runs in N worker processes;
 the main process takes each file's result in the sorted file order and alone picks, deduplicates and writes, so the
@@ -129,7 +129,8 @@ class ExportOptions:
                               "target", choices=EVERY_MODE + ("all",))
     target: str = option("apr-code", "apr-code: apr_code_sft_<mode>.jsonl; messages: messages_<mode>.jsonl (HF chat)",
                          choices=TARGETS)
-    max_tokens: int = option(SAMPLE_TOKENS, "token budget of the whole sample, in the tokenizer's turn format")
+    max_length: int = option(SAMPLE_TOKENS, "token budget of the whole sample, in the tokenizer's turn format",
+                             old_names=("max_tokens",))
     tokenizer: str | None = option(None, f"tokenizer.json, HF dir, .gguf or model reference; the default is {SMOLLM2}")
     per_tool: int = option(40, "balanced mode: samples per apr-code tool")
     seed: int = option(42, "seed of balanced mode's per-tool sampling")
@@ -220,7 +221,8 @@ class Stats:
                 "repaired_surrogates": lines.repaired_surrogates,
                 "repaired_bytes": lines.repaired_bytes,
             },
-            "options": {"mode": options.mode, "target": options.target, "max_tokens": options.max_tokens,
+            # "max_tokens": the option's old name, kept as this file's key (a format other tools and old runs read)
+            "options": {"mode": options.mode, "target": options.target, "max_tokens": options.max_length,
                         "tokenizer": options.tokenizer or SMOLLM2, "per_tool": options.per_tool,
                         "seed": options.seed, "max_result_chars": options.max_result_chars, "dialect": options.dialect},
         }
@@ -584,8 +586,8 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
         raise FlipError("--mode conversations writes chats: it needs --target messages")
     if options.mode not in TARGET_MODES[options.target] + ("all",):
         raise FlipError(f"unknown mode {options.mode!r}")
-    if options.max_tokens < 1 or options.per_tool < 1 or options.max_result_chars < 64:
-        raise FlipError("--max-tokens and --per-tool must be positive, --max-result-chars at least 64")
+    if options.max_length < 1 or options.per_tool < 1 or options.max_result_chars < 64:
+        raise FlipError("--max-length and --per-tool must be positive, --max-result-chars at least 64")
     if options.jobs < 1:
         raise FlipError(f"--jobs must be at least 1, not {options.jobs}")
     files = discover(paths)
@@ -596,7 +598,7 @@ def export(paths, out: str | os.PathLike, options: ExportOptions | None = None, 
     out = claim_dir(out, "export", OUTPUT_NAMES, options.force, inputs=(*paths, options.tokenizer))
     modes = TARGET_MODES[options.target] if options.mode == "all" else (options.mode,)
     stats = Stats()
-    work = FileWork(Budget(counter, options.max_tokens, system_prompt(options.dialect)), options, modes)
+    work = FileWork(Budget(counter, options.max_length, system_prompt(options.dialect)), options, modes)
     writers = Writers(out, options, modes, stats)
     ok = False
     try:
@@ -811,7 +813,7 @@ def main(args) -> int:
         print(summary_table(stats), file=sys.stderr)
     if not any(stats["samples"].values()) and not cli.allow_empty:
         why = ("no transcript was found" if not stats["files"] else
-               f"{stats['truncated']['samples_dropped_too_long']} samples did not fit --max-tokens {options.max_tokens}"
+               f"{stats['truncated']['samples_dropped_too_long']} samples did not fit --max-length {options.max_length}"
                if stats["truncated"]["samples_dropped_too_long"] else "the transcripts hold no remappable call")
         print(f"flip export: wrote no sample: {why} (--allow-empty makes this exit 0)", file=sys.stderr)
         return 1

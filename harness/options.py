@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import types
 import typing
 from dataclasses import MISSING, field, fields
@@ -81,10 +82,12 @@ def field_names(cls, exclude=()) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.name not in exclude)
 
 
-def option(default=MISSING, help: str = "", **argparse_kwargs):
+def option(default=MISSING, help: str = "", *, old_names: tuple[str, ...] = (), **argparse_kwargs):
     """A dataclass field that is also a command-line option. argparse_kwargs override what add_options derives (a
-    `type` that parses 0 as None, `choices`, `required`...)."""
-    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
+    `type` that parses 0 as None, `choices`, `required`...). old_names: the names an option that takes a value had
+    before (field names, e.g. "max_tokens"); users' scripts still pass them, so they still parse, hidden from --help
+    and noted on stderr as deprecated."""
+    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs, "old_names": old_names})
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -170,12 +173,34 @@ def _argument(spec, kind) -> dict:
     return {**kwargs, **spec.metadata["argparse"]}
 
 
+def flag(name: str) -> str:
+    """The command-line option of a field name: max_length -> --max-length."""
+    return "--" + name.replace("_", "-")
+
+
+class _OldName(argparse.Action):
+    """An option's deprecated name: sets the option's own field, and says on stderr which name to use now."""
+
+    def __init__(self, option_strings, dest, new_name: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_name = new_name
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated; it is {self.new_name} now", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_options(parser, cls) -> None:
-    """One --kebab-case option per field of `cls` declared with option(), in declaration order."""
+    """One --kebab-case option per field of `cls` declared with option(), in declaration order, and its old names."""
     hints = typing.get_type_hints(cls)
     for spec in fields(cls):
         if "help" in spec.metadata:
-            parser.add_argument("--" + spec.name.replace("_", "-"), **_argument(spec, hints[spec.name]))
+            argument = _argument(spec, hints[spec.name])
+            parser.add_argument(flag(spec.name), **argument)
+            for old in spec.metadata["old_names"]:
+                # the option's own parsing; no default of its own (the new name's applies) and no line in --help
+                parser.add_argument(flag(old), action=_OldName, new_name=flag(spec.name), dest=spec.name,
+                                    type=argument.get("type"), default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def options_of(cls, args, **extra):

@@ -29,7 +29,7 @@ NEXT_ACTION = "Reply with the next tool call."
 NO_RESULT = "(no result recorded)"
 # Token budget of one whole sample (system, prompt and reply): what export fits a sample into, the longest sample
 # training keeps, and the most an agent's prompt plus reply may take, so the student is never asked beyond what it
-# was trained on. One number for all three (export --max-tokens, train --max-length, agent --max-tokens).
+# was trained on. One number, one name for all three: --max-length of export, train and agent.
 SAMPLE_TOKENS = 1024
 # Margin (tokens per joined piece) under which a sample's summed piece counts are trusted without counting the
 # whole sample again: BPE may split a "\n\n" between two pieces one token differently than inside one piece.
@@ -212,12 +212,12 @@ def _cut(text: str, limit: int, original: int) -> str:
 # ------------------------------------------------------------------------------------------ token budgeting
 
 class Budget:
-    """Fits samples into `max_tokens` of the rendered sample, counting each piece once. The turn format is the
+    """Fits samples into `max_length` tokens of the rendered sample, counting each piece once. The turn format is the
     counter's tokenizer's family (`counter.family()`), else ChatML."""
 
-    def __init__(self, counter, max_tokens: int, system: str):
+    def __init__(self, counter, max_length: int, system: str):
         self.counter = counter
-        self.max_tokens = max_tokens
+        self.max_length = max_length
         self.system = system
         self.turn = counter.family().turn if hasattr(counter, "family") else default_turn()
         self.fixed = counter.count(self.turn.opening(system)) + counter.count(
@@ -273,12 +273,12 @@ def fit_instruction(budget: Budget, task: str | None, task_tokens: int, steps: l
     shortened; None when even the bare request cannot fit (the sample is dropped)."""
     step = steps[index]
     base = budget.fixed + step.response_tokens
-    if base > budget.max_tokens:
+    if base > budget.max_length:
         truncated["samples_dropped_too_long"] += 1
         return None
     task_cost = task_tokens + 2 if task else 0
     # Keep the newest observations that fit by their counted pieces.
-    room = budget.max_tokens - base - task_cost
+    room = budget.max_length - base - task_cost
     first = index
     used = 0
     while first > 0:
@@ -291,9 +291,9 @@ def fit_instruction(budget: Budget, task: str | None, task_tokens: int, steps: l
         observations = [s.observation for s in steps[first:index]]
         instruction = render_instruction(task, observations, omitted=first)
         estimate = base + task_cost + used + (12 if first else 0)
-        if estimate + PIECE_SLACK * (index - first + 3) <= budget.max_tokens:
+        if estimate + PIECE_SLACK * (index - first + 3) <= budget.max_length:
             break  # comfortably inside: the exact count cannot exceed the budget
-        if budget.exact(instruction, step.response) <= budget.max_tokens:
+        if budget.exact(instruction, step.response) <= budget.max_length:
             break
         if first == index:
             return _shortened_task(budget, task, step, index, truncated)
@@ -312,7 +312,7 @@ def _shortened_task(budget: Budget, task: str | None, step: Step, index: int, tr
         while keep > 32:
             keep = keep * 3 // 4
             instruction = render_instruction(_cut(task, keep, len(task)), (), omitted=index)
-            if budget.exact(instruction, step.response) <= budget.max_tokens:
+            if budget.exact(instruction, step.response) <= budget.max_length:
                 truncated["tasks_shortened"] += 1
                 if index:
                     truncated["samples_with_observations_dropped"] += 1

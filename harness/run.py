@@ -24,7 +24,7 @@ from harness import FlipError
 from harness import agent as agent_stage, evaluate as eval_stage  # their defaults (neither imports torch)
 from harness.atomic import claim_dir, forget_outputs, record_outputs, recorded_outputs, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe, recipes
-from harness.export import MODES  # the apr-code datasets a run can train on
+from harness.export import MODES, ExportOptions  # MODES: the apr-code datasets a run can train on
 from harness.metrics import FLIP_THRESHOLD, goals, pct
 from harness.models import SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
@@ -168,6 +168,48 @@ def run_config(options: RunOptions) -> str:
     return config_text(options, CONFIG_FIELDS)
 
 
+@dataclass
+class Stages:
+    """Each stage's own options and output directory in one run, built once (plan_stages) when the run directory is
+    claimed: a phase takes its section from here rather than unpacking the run's options field by field."""
+    out: Path  # the run directory, claimed once by run()
+    export: ExportOptions | None  # None: --data names the training set, nothing is exported
+    train: TrainConfig
+    eval: dict  # evaluate()'s options, the same for base and student
+    agent: agent_stage.AgentOptions | None  # None: no agents (--no-agent, or held-out prompts without workspaces)
+    datasets: Path
+    adapter: Path
+    merged: Path | None  # None: --no-merge, the student is the base with the adapter
+    traces: Path
+
+    def student(self, base: str) -> tuple[str, Path | None]:
+        """(model, adapter) of the student: the merged model, or the base with the adapter when nothing is merged."""
+        return (str(self.merged), None) if self.merged is not None else (base, self.adapter)
+
+
+def plan_stages(options: RunOptions) -> Stages:
+    """Every stage's options and directory in the run directory (options.out, once run() claimed it), made once from
+    the run's options, which were checked when RunOptions was made, before any work. The layout is OUTPUT_NAMES'."""
+    out, train = options.out, options.train_config()
+    export_options = None
+    if options.data is None:
+        # the token budget is counted with the base's own tokenizer: the trainer keeps or drops samples by the same
+        # count
+        export_options = ExportOptions(mode="all", max_length=options.max_length, tokenizer=options.base,
+                                       seed=options.seed, dialect=options.dialect, progress=False)
+    agent_options = None
+    if options.agent and options.holdout.is_dir():
+        agent_options = agent_stage.AgentOptions(
+            max_turns=options.max_turns, max_new_tokens=options.agent_tokens, max_length=options.max_length,
+            batch_size=options.eval_batch_size, sandbox=options.sandbox, dialect=options.dialect,
+            parity_teacher=options.parity_teacher)
+    return Stages(out=out, export=export_options, train=train,
+                  eval=dict(device=options.device, max_new_tokens=options.max_new_tokens,
+                            batch_size=options.eval_batch_size, dialect=options.dialect),
+                  agent=agent_options, datasets=out / "datasets", adapter=out / "adapter",
+                  merged=out / "merged" if options.merge else None, traces=out / "traces")
+
+
 @contextmanager
 def phase(options: RunOptions, name: str):
     """Times one phase into options.timings and says on stderr what is running."""
@@ -186,26 +228,22 @@ def phase(options: RunOptions, name: str):
 # Phases
 # ---------------------------------------------------------------------------------------------------------------------
 
-def export_phase(options: RunOptions) -> tuple[Path, dict | None]:
+def export_phase(options: RunOptions, stages: Stages) -> tuple[Path, dict | None]:
     """(the training jsonl, export stats or None when --data was given)."""
-    if options.data is not None:
-        if not options.data.is_file():
-            raise FlipError(f"--data {options.data} not found")
-        return options.data, None
-    from harness.export import ExportOptions, export
+    data = stages.train.data
+    if stages.export is None:
+        if not data.is_file():
+            raise FlipError(f"--data {data} not found")
+        return data, None
+    from harness.export import STATS_FILE, export
 
-    out = options.out / "datasets"
     if resumed(options, "export"):
-        return options.train_data(), json.loads((out / "export_stats.json").read_text(encoding="utf-8"))
-    forget_outputs(options.out, "run", STAGE_OUTPUTS["export"])
-    # the token budget is counted with the base's own tokenizer: the trainer keeps or drops samples by the same count
-    stats = export([options.transcripts], out, ExportOptions(mode="all", max_tokens=options.max_length,
-                                                              tokenizer=options.base, seed=options.seed,
-                                                              dialect=options.dialect, progress=False))
-    data = options.train_data()
+        return data, json.loads((stages.datasets / STATS_FILE).read_text(encoding="utf-8"))
+    forget_outputs(stages.out, "run", STAGE_OUTPUTS["export"])
+    stats = export([options.transcripts], stages.datasets, stages.export)
     if not data.is_file():
         raise FlipError(f"the export wrote no {data.name} (modes: curated, balanced, full)")
-    record_outputs(options.out, "run", STAGE_OUTPUTS["export"])
+    record_outputs(stages.out, "run", STAGE_OUTPUTS["export"])
     return data, stats
 
 
@@ -249,18 +287,18 @@ def flip_step(progress: list[dict], threshold: float = FLIP_THRESHOLD) -> int | 
     return next((row["step"] for row in progress if (row["valid_rate"] or 0) >= threshold), None)
 
 
-def train_phase(options: RunOptions, prompts: list[dict]) -> tuple[dict, list[dict]]:
+def train_phase(options: RunOptions, stages: Stages, prompts: list[dict]) -> tuple[dict, list[dict]]:
     """Train into DIR/adapter, evaluating the held-out tasks on the training model every eval_every steps."""
     from harness.evaluate import evaluate_loaded
     from harness.train import OUTPUT_NAMES as TRAIN_OUTPUTS, train
 
-    adapter = options.out / "adapter"
+    adapter, progress_file = stages.adapter, stages.out / "progress.jsonl"
     if resumed(options, "train"):
         return (json.loads((adapter / "train_summary.json").read_text(encoding="utf-8")),
-                read_progress(options.out / "progress.jsonl"))
-    forget_outputs(options.out, "run", STAGE_OUTPUTS["train"])
+                read_progress(progress_file))
+    forget_outputs(stages.out, "run", STAGE_OUTPUTS["train"])
     if options.resume:  # the trainer resumes its checkpoint; the progress evals it made so far are kept
-        rows = {row["step"]: row for row in read_progress(options.out / "progress.jsonl")}
+        rows = {row["step"]: row for row in read_progress(progress_file)}
     else:
         # A fresh run: the trainer would resume a matching checkpoint, and a resumed run skips the progress evals
         # that steps-to-flip is read from. Only an adapter directory flip train wrote is removed (else train refuses
@@ -275,17 +313,16 @@ def train_phase(options: RunOptions, prompts: list[dict]) -> tuple[dict, list[di
                                                           "tasks_grounded", "grounded_rate", "seconds")}}
         rows[step] = row
         # written at every eval: an interrupted run keeps the evals its checkpoint will not redo
-        write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for _, r in sorted(rows.items())))
+        write_text(progress_file, "".join(json.dumps(r) + "\n" for _, r in sorted(rows.items())))
         print(f"flip run: step {step}: {row['tasks_with_valid_call']}/{summary['tasks']} tasks with a valid call, "
               f"grounded {row['tasks_grounded']}/{summary['tasks_naming_path']} ({row['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
 
-    config = options.train_config()
     # Without progress evals the trainer's end-of-training call is skipped too: the final eval measures the student.
-    summary = train(config, on_eval=on_eval if options.eval_every else None)
+    summary = train(stages.train, on_eval=on_eval if stages.train.eval_every else None)
     progress = [row for _, row in sorted(rows.items())]
-    write_text(options.out / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in progress))
-    record_outputs(options.out, "run", STAGE_OUTPUTS["train"])
+    write_text(progress_file, "".join(json.dumps(r) + "\n" for r in progress))
+    record_outputs(stages.out, "run", STAGE_OUTPUTS["train"])
     return summary, progress
 
 
@@ -296,53 +333,40 @@ def read_progress(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def remap_phase(options: RunOptions) -> dict:
+def remap_phase(options: RunOptions, stages: Stages) -> dict:
     from harness.remap import remap_to_apr
 
-    return remap_to_apr(options.out / "adapter", options.out / "adapter_remapped.safetensors",
-                        gguf_file=options.out / "adapter.gguf", base=options.base)
+    return remap_to_apr(stages.adapter, stages.out / "adapter_remapped.safetensors",
+                        gguf_file=stages.out / "adapter.gguf", base=options.base)
 
 
-def merge_phase(options: RunOptions) -> dict:
+def merge_phase(options: RunOptions, stages: Stages) -> dict:
     from harness.merge import merge
 
-    return merge(options.base, options.out / "adapter", options.out / "merged",
-                 gguf_file=options.out / "merged.gguf")
+    return merge(options.base, stages.adapter, stages.merged, gguf_file=stages.out / "merged.gguf")
 
 
-def eval_phase(options: RunOptions, prompts: list[dict]) -> dict:
+def eval_phase(options: RunOptions, stages: Stages, prompts: list[dict]) -> dict:
     """Base and student on the held-out tasks, with the same prompts, decoding and token budget."""
     from harness.evaluate import evaluate
 
-    traces = options.out / "traces"
-    common = dict(device=options.device, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size,
-                  dialect=options.dialect)
+    traces, common = stages.traces, stages.eval
     base = evaluate(options.base, prompts, traces / "base.jsonl", label="base", **common)
-    model, adapter = student_model(options)
+    model, adapter = stages.student(options.base)
     student = evaluate(model, prompts, traces / "student.jsonl", adapter=adapter, label="student", **common)
     return {"base": base, "student": student}
 
 
-def student_model(options: RunOptions) -> tuple[str, Path | None]:
-    """(model, adapter) of the student: the merged model, or the base with the adapter when the merge is skipped."""
-    if options.merge:
-        return str(options.out / "merged"), None
-    return options.base, options.out / "adapter"
-
-
-def agent_phase(options: RunOptions) -> dict:
+def agent_phase(options: RunOptions, stages: Stages) -> dict:
     """Base and student as apr-code agents on the held-out workspaces, with the same turns, budget and runtime."""
-    from harness.agent import AgentOptions, agent
+    from harness.agent import agent
 
-    traces = options.out / "traces"
-    agent_options = dict(max_turns=options.max_turns, max_new_tokens=options.agent_tokens,
-                         max_tokens=options.max_length, batch_size=options.eval_batch_size,
-                         sandbox=options.sandbox, dialect=options.dialect, parity_teacher=options.parity_teacher)
+    traces = stages.traces
     base = agent(options.base, options.holdout, traces / "agent_base.jsonl", device=options.device,
-                 options=AgentOptions(**agent_options), label="base agent")
-    model, adapter = student_model(options)
+                 options=stages.agent, label="base agent")
+    model, adapter = stages.student(options.base)
     student = agent(model, options.holdout, traces / "agent_student.jsonl", adapter=adapter, device=options.device,
-                    options=AgentOptions(**agent_options), label="student agent")
+                    options=stages.agent, label="student agent")
     lines = [json.loads(line) for line in (traces / "agent_student.jsonl").read_text(encoding="utf-8").splitlines()]
     base_lines = [json.loads(line) for line in (traces / "agent_base.jsonl").read_text(encoding="utf-8").splitlines()]
     return {"base": base, "student": student, "max_turns": options.max_turns,
@@ -574,25 +598,26 @@ def run(options: RunOptions) -> dict:
     if options.resume:
         check_resumable(options.out, config)
     write_text(options.out / CONFIG_FILE, config)
+    stages = plan_stages(options)
     with phase(options, "export"):
-        data, export_stats = export_phase(options)
+        data, export_stats = export_phase(options, stages)
         check_no_leak(data, prompts)
     with phase(options, "train"):
-        train_summary, progress = train_phase(options, prompts)
+        train_summary, progress = train_phase(options, stages, prompts)
     artifacts = {"adapter": "adapter/"}
     with phase(options, "remap"):
-        remap = remap_phase(options)
+        remap = remap_phase(options, stages)
         artifacts.update(remapped="adapter_remapped.safetensors", adapter_gguf=Path(remap["gguf"]).name)
-    if options.merge:
+    if stages.merged is not None:
         with phase(options, "merge"):
-            merged = merge_phase(options)
+            merged = merge_phase(options, stages)
             artifacts.update(merged="merged/", merged_gguf=Path(merged["paths"]["gguf"]).name
                              if merged["paths"]["gguf"] else None)
     with phase(options, "eval"):
-        results = {"first_step": eval_phase(options, prompts)}
-    if options.agent and options.holdout.is_dir():
+        results = {"first_step": eval_phase(options, stages, prompts)}
+    if stages.agent is not None:
         with phase(options, "agent"):
-            results["agent"] = agent_phase(options)
+            results["agent"] = agent_phase(options, stages)
     options.timings["total"] = round(time.perf_counter() - start, 1)
     options.cpu_times["total"] = round(time.process_time() - cpu, 1)
     report = build_report(options, data, export_stats, train_summary, progress, artifacts, results)

@@ -126,7 +126,7 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     datasets = out / f"datasets-{recipe['max_length']}"
     if not (datasets / f"apr_code_sft_{recipe['mode']}.jsonl").is_file():
         export([TRANSCRIPTS / task_id for task_id in train_ids], datasets,
-               ExportOptions(mode="all", max_tokens=recipe["max_length"], tokenizer=base, progress=False,
+               ExportOptions(mode="all", max_length=recipe["max_length"], tokenizer=base, progress=False,
                              dialect=dialect or dialects()[0]))
     data = datasets / f"apr_code_sft_{recipe['mode']}.jsonl"
     prompts = load_prompts(val_dir)
@@ -140,7 +140,7 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     first_step = evaluate(base, prompts, work / "first_step.jsonl", adapter=work / "adapter", device=device,
                           label=f"{name} first step", dialect=dialect)
     agent_summary = agent(base, val_dir, work / "agent.jsonl", adapter=work / "adapter", device=device,
-                          options=AgentOptions(max_turns=max_turns, max_tokens=recipe["max_length"],
+                          options=AgentOptions(max_turns=max_turns, max_length=recipe["max_length"],
                                                sandbox=sandbox, dialect=dialect),
                           label=f"{name} agent")
     row = {"recipe": dict(recipe, name=name), "base": base, "dialect": dialect, "train_seed": train_seed,
