@@ -95,3 +95,27 @@ def test_enclosing_function_and_plain_answer():
     assert enclosing_function(source, "    y = x + 1") == "def f(x):\n    y = x + 1\n\n    return y\n"
     assert enclosing_function(source, "import os") is None
     assert plain_answer("def f(x):\n    return x\n\n# Bug: next\n") == "def f(x):\n    return x\n"
+
+
+def _curve_report(base: str, solved: list[str], tasks: list[str]) -> dict:
+    row = {"n": 0, "greedy": {"solved": len(solved), "tasks": len(tasks)}, "pass_at": {}, "task_ids": tasks,
+           "greedy_solved_ids": solved}
+    return {"base": base, "rows": [row, dict(row, n=160)]}
+
+
+def test_compared_curves_share_one_figure_and_their_validation_tasks(tmp_path):
+    """`flip curve --compare DIR` draws the other base's finished curve beside this one (one line per base), and
+    refuses a curve measured on other validation tasks: two bases are compared on the same tasks or not at all."""
+    from harness.curve import compared_reports, plot
+
+    tasks = ["a", "b", "c"]
+    other = tmp_path / "gemma"
+    other.mkdir()
+    (other / "curve.json").write_text(json.dumps(_curve_report("gemma3-270m", ["a"], tasks)))
+    reports = compared_reports(_curve_report("smollm2-135m", [], tasks), (other,))
+    labels = plot(reports, tmp_path / "curve.png")
+    assert labels == ["smollm2-135m solved (greedy)", "gemma3-270m solved (greedy)"]
+    assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+    (other / "curve.json").write_text(json.dumps(_curve_report("gemma3-270m", ["a"], ["a", "b", "d"])))
+    with pytest.raises(FlipError, match="other validation tasks"):
+        compared_reports(_curve_report("smollm2-135m", [], tasks), (other,))

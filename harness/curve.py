@@ -299,6 +299,8 @@ class CurveOptions:
     seed: int = option(42, "seed of the training order and of training")
     device: str = device_option()
     force: bool = option(False, "write into a non-empty --out holding files flip curve did not write (nothing is deleted)")
+    compare: tuple[Path, ...] = option((), "comma-separated finished curve directories of other bases, drawn beside "
+                                           "this one in curve.png (same validation tasks)")
 
 
 def parse_sizes(text: str, available: int) -> list[int]:
@@ -351,7 +353,7 @@ def curve(options: CurveOptions) -> dict:
               "temperature": options.temperature, "seed": options.seed, "rows": rows}
     write_text(out / "curve.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "curve.md", render_markdown(report))
-    plot(report, out / "curve.png")
+    plot(compared_reports(report, options.compare), out / "curve.png")
     return report
 
 
@@ -392,34 +394,52 @@ def paired_p(row: dict, other: dict) -> float:
     return mcnemar_exact([t in mine for t in tasks], [t in theirs for t in tasks])
 
 
-def plot(report: dict, path: Path) -> None:
-    """Solved (greedy) and pass@5 against N, with the Wilson interval of the greedy rate."""
+def plot(reports: list[dict], path: Path) -> list[str]:
+    """Solved (greedy, with its Wilson interval) and pass@5 against N, one line of each per base; the labels drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["rows"]
-    xs = [max(row["n"], 1) for row in rows]
-    rates = [row["greedy"]["solved"] / row["greedy"]["tasks"] for row in rows]
-    intervals = [wilson(row["greedy"]["solved"], row["greedy"]["tasks"]) for row in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(xs, rates, yerr=[[r - lo for r, (lo, _) in zip(rates, intervals)],
-                                 [hi - r for r, (_, hi) in zip(rates, intervals)]],
-                marker="o", capsize=3, label=f"{report['base']} solved (greedy)")
-    if all("5" in row["pass_at"] for row in rows):
-        ax.plot(xs, [row["pass_at"]["5"] for row in rows], marker="s", linestyle="--", label=f"{report['base']} pass@5")
+    for report in reports:
+        rows = report["rows"]
+        xs = [max(row["n"], 1) for row in rows]
+        rates = [row["greedy"]["solved"] / row["greedy"]["tasks"] for row in rows]
+        intervals = [wilson(row["greedy"]["solved"], row["greedy"]["tasks"]) for row in rows]
+        ax.errorbar(xs, rates, yerr=[[r - lo for r, (lo, _) in zip(rates, intervals)],
+                                     [hi - r for r, (_, hi) in zip(rates, intervals)]],
+                    marker="o", capsize=3, label=f"{report['base']} solved (greedy)")
+        if all("5" in row["pass_at"] for row in rows):
+            ax.plot(xs, [row["pass_at"]["5"] for row in rows], marker="s", linestyle="--",
+                    label=f"{report['base']} pass@5")
     ax.set_xscale("log")
     ax.set_xlabel("distinct training tasks (base at 1)")
     ax.set_ylabel("validation tasks solved")
     ax.set_ylim(0, 1)
     ax.legend()
     fig.tight_layout()
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
     tmp.replace(path)
+    return labels
+
+
+def compared_reports(report: dict, others: tuple[Path, ...]) -> list[dict]:
+    """This curve and the finished curves of other bases named by --compare, measured on the same validation tasks."""
+    reports = [report]
+    for other in others:
+        try:
+            theirs = json.loads((Path(other) / "curve.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise FlipError(f"--compare {other}: no finished curve there ({err})") from None
+        if theirs["rows"][0]["task_ids"] != report["rows"][0]["task_ids"]:
+            raise FlipError(f"--compare {other}: measured on other validation tasks than this curve")
+        reports.append(theirs)
+    return reports
 
 
 def add_arguments(parser) -> None:
