@@ -88,3 +88,33 @@ def test_bad_tune_options_are_refused_before_any_work(tmp_path):
     (out / "recipe-a-seed42" / "row.json").write_text(json.dumps({"base": "/models/qwen"}))
     with pytest.raises(FlipError, match=r"recipe-a-seed42.row\.json"):
         check_same_base(out, "smollm2-135m")
+
+
+def _seeded(name: str, seed: int, solved: list[str], matched: list[str], refused: int = 0) -> dict:
+    row = _row(name, solved=len(solved), first_tool=len(matched), refused=refused, seed=seed)
+    row["per_task"] = {"solved": solved, "first_tool_match": matched}
+    return row
+
+
+def test_the_default_recipe_is_kept_when_the_better_one_is_within_the_noise():
+    """flip tune replaces the current default only when a paired exact test (McNemar, on the same validation tasks and
+    training seeds) says the candidate is better beyond noise: 3 solves against 0 (p = 0.25) keeps the default; 7
+    against 0 (p = 0.016) replaces it; a default that climbs out of the workspace is replaced by a clean candidate."""
+    from harness.tune import choose
+
+    tasks = [f"t{i}" for i in range(18)]
+    default = [_seeded("default", s, [], ["t0"]) for s in (1, 2)]
+    lucky = [_seeded("lucky", 1, ["t1", "t2"], ["t0"]), _seeded("lucky", 2, ["t3"], ["t0"])]
+    rows = default + lucky
+    pools = [pooled(default), pooled(lucky)]
+    assert max(pools, key=score)["recipe"]["name"] == "lucky"  # best by score ...
+    kept = choose(pools, rows, tasks, "default")
+    assert kept["chosen"] == "default" and "p = 0.250" in kept["reason"]  # ... but 3 to 0 is noise
+    strong = [_seeded("strong", 1, tasks[:4], ["t0"]), _seeded("strong", 2, tasks[:3], ["t0"])]
+    chosen = choose([pools[0], pooled(strong)], default + strong, tasks, "default")
+    assert chosen["chosen"] == "strong" and "p = 0.016" in chosen["reason"]
+    # equal solves: the first tools decide, by the same test
+    tools = [_seeded("tools", s, [], tasks[:9]) for s in (1, 2)]
+    assert choose([pools[0], pooled(tools)], default + tools, tasks, "default")["chosen"] == "tools"
+    out = [_seeded("default", s, [], ["t0"], refused=1) for s in (1, 2)]
+    assert choose([pooled(out), pooled(lucky)], out + lucky, tasks, "default")["chosen"] == "lucky"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from math import comb
 
 CONFIDENCE = 0.95
+SIGNIFICANCE = 1 - CONFIDENCE  # a paired test's p below it is a difference; above it, noise
 
 
 def wilson(successes: int, trials: int) -> tuple[float, float] | None:

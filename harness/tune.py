@@ -32,6 +32,7 @@ from harness.models import SMOLLM2, check
 from harness.options import (MODEL_HELP, add_options, device_option, dialect_option, force_option, option, options_of,
                              sandbox_option)
 from harness.sandbox import check_sandbox
+from harness.stats import SIGNIFICANCE, mcnemar_exact
 from harness.train import TrainConfig
 
 TASKS = FIXTURES / "tasks"
@@ -62,6 +63,58 @@ def score(row: dict) -> tuple:
     agent = row["agent"]
     return (-outside_calls(row), agent["solved"], row["first_step"]["first_tool_match"], agent["valid_call_rate"] or 0,
             -row["recipe"]["steps"])
+
+
+# What the noise rule tests, in score's order after the outside calls: each a per-task outcome of every run.
+PAIRED_OUTCOMES = ("solved", "first_tool_match")
+
+
+def per_task_outcomes(work: Path) -> dict:
+    """The validation tasks each paired outcome holds for in one run: agent solves, and first tools matching the
+    teacher's (from the run's traces, so a row written before these were recorded gets them too)."""
+    from harness.evaluate import first_tool_of
+
+    def records(name: str) -> list[dict]:
+        return [json.loads(line) for line in (work / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    return {"solved": sorted(line["id"] for line in records("agent.jsonl") if line["solved"]),
+            "first_tool_match": sorted(r["id"] for r in records("first_step.jsonl")
+                                       if r.get("expected_first_tool") and first_tool_of(r) == r["expected_first_tool"])}
+
+
+def paired(rows: list[dict], tasks: list[str], outcome: str) -> list[bool]:
+    """One recipe's outcome on every (training seed, validation task), in one order."""
+    by_seed = {row["train_seed"]: set(row["per_task"][outcome]) for row in rows}
+    return [task in by_seed[seed] for seed in sorted(by_seed) for task in tasks]
+
+
+def choose(pools: list[dict], rows: list[dict], tasks: list[str], default: str) -> dict:
+    """The recipe to adopt: the best by score, unless the current default is among the candidates and the best does not
+    beat it by more than noise. A candidate replaces the default when it has no call outside the workspace and the
+    default has one, or when McNemar's exact test on the first paired outcome where the two differ (solves, then
+    first tools matching) gives p below SIGNIFICANCE in its favour; a smaller difference keeps the default."""
+    best = max(pools, key=score)
+    name = best["recipe"]["name"]
+    by_name = {pool["recipe"]["name"]: pool for pool in pools}
+    if name == default or default not in by_name:
+        return {"chosen": name, "reason": "best by score" if default not in by_name else "the default is the best"}
+    if outside_calls(by_name[default]) and not outside_calls(best):
+        return {"chosen": name, "reason": f"the default {default} named a path outside the workspace"}
+    runs = {recipe: [row for row in rows if row["recipe"]["name"] == recipe] for recipe in (name, default)}
+    seeds = [sorted(row["train_seed"] for row in runs[recipe]) for recipe in (name, default)]
+    if seeds[0] != seeds[1]:
+        raise FlipError(f"recipes {name} and {default} ran on other training seeds: they cannot be compared task by task")
+    for outcome in PAIRED_OUTCOMES:
+        mine, theirs = paired(runs[name], tasks, outcome), paired(runs[default], tasks, outcome)
+        if sum(mine) == sum(theirs):
+            continue
+        p = mcnemar_exact(mine, theirs)
+        if sum(mine) > sum(theirs) and p < SIGNIFICANCE:
+            return {"chosen": name, "reason": f"{outcome} {sum(mine)} vs {sum(theirs)}, McNemar p = {p:.3f}"}
+        return {"chosen": default, "reason": f"{name} against the default on {outcome}: {sum(mine)} vs {sum(theirs)}, "
+                                             f"McNemar p = {p:.3f}, not beyond noise: the default stays"}
+    return {"chosen": default, "reason": f"{name} differs from the default only in the valid-call rate or steps: "
+                                         "the default stays"}
 
 
 def pooled(rows: list[dict]) -> dict:
@@ -146,6 +199,7 @@ def evaluate_recipe(name: str, recipe: dict, out: Path, train_ids: list[str], va
     row = {"recipe": dict(recipe, name=name), "base": base, "dialect": dialect, "train_seed": train_seed,
            "train_s": round(train_s, 1),
            "final_train_loss": summary["final_train_loss"], "first_step": first_step, "agent": agent_summary,
+           "per_task": per_task_outcomes(work),
            "seconds": round(time.perf_counter() - started, 1)}
     write_text(work / "row.json", json.dumps(row, indent=2) + "\n")
     return row
@@ -201,9 +255,13 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
                                         train_seed, sandbox, dialect))
         rows += runs
         pools.append(pooled(runs))
-    chosen = max(pools, key=score)["recipe"]["name"]
+    for row in rows:
+        row.setdefault("per_task", per_task_outcomes(out / f"recipe-{row['recipe']['name']}-seed{row['train_seed']}"))
+    choice = choose(pools, rows, val_ids, default)
+    chosen = choice["chosen"]
     report = {"base": base, "dialect": dialect or dialects()[0], "seed": seed, "train_seeds": list(train_seeds), "validation_tasks": val_ids,
               "train_tasks": len(train_ids), "max_turns": max_turns, "current_default": default, "chosen": chosen,
+              "choice": choice["reason"],
               "pooled": pools, "rows": rows}
     write_text(out / "tune.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "tune.md", render_markdown(report))
@@ -226,7 +284,8 @@ def render_markdown(report: dict) -> str:
         f"seed {report['seed']}), "
         f"{report['train_tasks']} training tasks; agents run up to {report['max_turns']} turns; each recipe trained "
         f"with seed(s) {', '.join(map(str, report['train_seeds']))}, chosen on its runs pooled. Chosen: "
-        f"**{report['chosen']}** (the default in contracts/recipes.yaml is {report['current_default']}).",
+        f"**{report['chosen']}** (the default in contracts/recipes.yaml is {report['current_default']})."
+        + (f" Why: {report['choice']}." if report.get("choice") else ""),
         "",
         "| recipe (training seed) | mode | pack | steps | lr | targets | max length | train s | outside calls "
         "| val solved | first tool | first-step valid | agent valid calls | stops |",
