@@ -30,13 +30,24 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 flip: setup
 	$(VENV)/bin/flip run --out $(OUT)
 
-# The long student (issue 19): `make flip`'s pipeline with a longer recipe, checkpointed every 25 training steps; an
-# interrupted `make student` continues where it stopped when run again (flip run --resume). STUDENT_RECIPE is a
-# placeholder until the learning curve (flip curve, docs/recipe.md) chooses the recipe.
+# The long student (issue 19): `make flip`'s pipeline, trained on STUDENT_N distinct generated tasks (the first
+# STUDENT_N of flip curve's training order of TASKS, so it repeats a learning-curve row's data) instead of the
+# fixtures, checkpointed every 25 training steps; an interrupted `make student` continues where it stopped when run
+# again (flip run --resume; the task generator resumes from its cache). The values are the learning curve's choice
+# (flip curve, docs/recipe.md, "The long student").
+TASKS ?= runs/tasks
+TASKS_N ?= 2000
 STUDENT_RECIPE ?= packed-all-linear
+STUDENT_N ?= 1000
+STUDENT_STEPS ?= 1000
 STUDENT_OUT ?= runs/student
-student: setup
-	$(VENV)/bin/flip run --recipe $(STUDENT_RECIPE) --out $(STUDENT_OUT) --resume --save-every 25
+
+$(TASKS)/manifest.json: | setup
+	$(PY) -m fixtures.taskgen --n $(TASKS_N) --seed 1 --out $(TASKS) --jobs 2
+
+student: setup $(TASKS)/manifest.json
+	$(VENV)/bin/flip run --recipe $(STUDENT_RECIPE) --train-tasks $(TASKS) --train-n $(STUDENT_N) \
+	  --steps $(STUDENT_STEPS) --out $(STUDENT_OUT) --resume --save-every 25
 
 test: setup
 	$(PY) -m pytest -m "not gpu and not bench and not mutation" --junitxml=junit.xml $(PYTEST_ARGS)

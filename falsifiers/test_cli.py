@@ -451,6 +451,56 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_b
     _one_line_error(code, err, "--resume", "steps")
 
 
+@pytest.fixture(scope="module")
+def generated_set(tmp_path_factory) -> Path:
+    """A small verified generated task set (fixtures/taskgen.py), as flip curve and flip run --train-tasks read."""
+    from fixtures import taskgen
+
+    base = tmp_path_factory.mktemp("generated")
+    taskgen.generate(10, 1, base / "out", jobs=1, cache=base / "cache")
+    return base / "out"
+
+
+def test_run_trains_on_the_tasks_of_a_curve_row(tmp_path, tiny_base, generated_set):
+    """`flip run --train-tasks GEN --train-n N` exports exactly the N generated tasks flip curve's row N trains on (the
+    first N of its seeded training order), never a validation task nor the fixtures; a bad set or N is one line,
+    exit 2, before anything is written."""
+    from harness.tasks import read_manifest, training_order
+
+    split = read_manifest(generated_set)
+    n = 3
+    chosen = training_order(split["train"], 42)[:n]
+    assert chosen != sorted(split["train"])[:n], "the seeded order should differ from the sorted ids here"
+    prompt = {task_id: (generated_set / "tasks" / task_id / "prompt.txt").read_text(encoding="utf-8").strip()
+              for task_id in split["train"] + split["validation"]}
+    holdout = tmp_path / "holdout.jsonl"
+    holdout.write_text('{"id": "t1", "task": "fix the bug in zz_nowhere.py"}\n')
+    common = ["--base", tiny_base, "--holdout", holdout, "--steps", "1", "--rank", "4", "--targets", "q_proj",
+              "--no-merge", "--no-agent", "--eval-every", "0", "--max-new-tokens", "4", "--quiet"]
+    out = tmp_path / "run"
+    code, err = flip("run", "--out", out, "--train-tasks", generated_set, "--train-n", n, *common)
+    assert code in (0, 1), err  # 1: a one-step tiny student misses the goals
+    instructions = [json.loads(line)["instruction"]
+                    for line in (out / "datasets" / "apr_code_sft_full.jsonl").read_text().splitlines()]
+    trained = {task_id for task_id, text in prompt.items() if any(text in ins for ins in instructions)}
+    assert set(chosen) <= trained, "a task of the curve row is missing from the export"
+    others = {task_id for task_id in trained - set(chosen) if prompt[task_id] not in {prompt[c] for c in chosen}}
+    assert not others, f"exported tasks outside the curve row: {sorted(others)}"
+    assert json.loads((out / "datasets" / "export_stats.json").read_text())["files"] == n
+    assert json.loads((out / "config.json").read_text())["train_n"] == n
+
+    gen = ["--train-tasks", generated_set]
+    for argv, message in (([*gen, "--train-n", "0"], "--train-n must be between 1 and"),
+                          ([*gen, "--train-n", "9999"], "--train-n must be between 1 and"),
+                          (["--train-tasks", tmp_path], "no generated task set there"),
+                          (["--train-n", "2"], "--train-n needs --train-tasks"),
+                          ([*gen, "--data", holdout], "--train-tasks and --data")):
+        refused = tmp_path / "refused"
+        code, err = flip("run", "--out", refused, *argv, *common)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert not refused.exists()
+
+
 def test_run_hands_its_dialect_to_every_stage(tmp_path, tiny_base):
     """`flip run --dialect apr-runtime` runs every stage in that dialect: the export writes apr-code's runtime field
     names (file_edit old_string/new_string) with that dialect's system prompt, training takes those calls as calls

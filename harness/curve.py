@@ -18,7 +18,6 @@ Every stage's output stays under DIR/n<N>/; an interrupted curve resumes at the 
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from harness.models import SMOLLM2, check
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of
 from harness.metrics import interval_text, pct
 from harness.stats import mcnemar_exact, pass_at_k, wilson
+from harness.tasks import read_manifest, training_order
 
 OUTPUT_NAMES = ("n*", "val-tasks", "base", "curve.json", "curve.md", "curve.png")
 PASS_AT = (1, 5, 10)
@@ -41,24 +41,6 @@ PLAIN_MAX_NEW_TOKENS = 200
 # ---------------------------------------------------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------------------------------------------------
-
-def read_manifest(tasks: Path) -> dict:
-    path = tasks / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        split = manifest["split"]
-        train, validation = list(split["train"]), list(split["validation"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise FlipError(f"--tasks {tasks}: no generated task set there ({path}: {err})") from None
-    return {"train": train, "validation": validation, "seed": manifest.get("seed")}
-
-
-def training_order(train_ids: list[str], seed: int) -> list[str]:
-    """One seeded order of the training ids: the first N of it are the curve's N tasks, nested across N."""
-    order = sorted(train_ids)
-    random.Random(seed).shuffle(order)
-    return order
-
 
 def distinct_prompts(tasks: Path, val_ids: list[str], train_ids: list[str]) -> list[str]:
     """The validation ids, sorted, without those whose prompt is word for word a training task's (a generic "the tests

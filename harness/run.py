@@ -63,6 +63,10 @@ class RunOptions:
     base: str = option(SMOLLM2, MODEL_HELP)
     data: Path | None = option(None, "train on this SFT jsonl instead of exporting the fixtures")
     transcripts: Path = option(FIXTURES / "transcripts", "transcripts to export")
+    train_tasks: Path | None = option(None, "a generated task set (fixtures/taskgen.py, what flip curve reads): export "
+                                      "the first --train-n tasks of its training order (flip curve's) instead of "
+                                      "--transcripts", type=path_or_none)
+    train_n: int | None = option(None, "how many of --train-tasks' training tasks (default: all of them)", type=int)
     holdout: Path = option(FIXTURES / "holdout" / "workspaces", 'held-out task folders (prompt.txt, task.json, '
                            'workspace/), or a {"id", "task"} JSONL (first step only, no agent)')
     recipe: str = option(RECIPE_NAME, "the training recipe of contracts/recipes.yaml: its values are the defaults of "
@@ -115,6 +119,11 @@ class RunOptions:
         self.out = Path(self.out)
         self.transcripts, self.holdout = Path(self.transcripts), Path(self.holdout)
         self.data = Path(self.data) if self.data is not None else None
+        self.train_tasks = Path(self.train_tasks) if self.train_tasks else None
+        if self.train_n is not None and self.train_tasks is None:
+            raise FlipError("--train-n needs --train-tasks")
+        if self.train_tasks is not None and self.data is not None:
+            raise FlipError("--train-tasks and --data: give one (--data skips the export)")
         self.parity_teacher = Path(self.parity_teacher) if self.parity_teacher else None
         self.targets = tuple(self.targets)
         for name in ("max_new_tokens", "progress_tokens", "eval_batch_size", "max_turns", "agent_tokens"):
@@ -125,6 +134,14 @@ class RunOptions:
         if self.mode not in MODES:
             raise FlipError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         self.train_config()  # the training options are checked by TrainConfig, before any work
+
+    def export_inputs(self) -> list[Path]:
+        """What the export reads: --train-tasks' first --train-n training transcripts, else --transcripts."""
+        if self.train_tasks is None:
+            return [self.transcripts]
+        from harness.tasks import training_transcripts
+
+        return training_transcripts(self.train_tasks, self.train_n, self.seed)
 
     def train_data(self) -> Path:
         """The jsonl training reads: --data, or the export's dataset of --mode."""
@@ -240,7 +257,7 @@ def export_phase(options: RunOptions, stages: Stages) -> tuple[Path, dict | None
     if resumed(options, "export"):
         return data, json.loads((stages.datasets / STATS_FILE).read_text(encoding="utf-8"))
     forget_outputs(stages.out, "run", STAGE_OUTPUTS["export"])
-    stats = export([options.transcripts], stages.datasets, stages.export)
+    stats = export(options.export_inputs(), stages.datasets, stages.export)
     if not data.is_file():
         raise FlipError(f"the export wrote no {data.name} (modes: curated, balanced, full)")
     record_outputs(stages.out, "run", STAGE_OUTPUTS["export"])
@@ -586,6 +603,8 @@ def run(options: RunOptions) -> dict:
         check_sandbox(options.sandbox)
     if options.data is None and not options.transcripts.exists():
         raise FlipError(f"--transcripts {options.transcripts}: no such file or directory")
+    if options.train_tasks is not None:
+        options.export_inputs()  # the generated set and its --train-n are checked before any work
     if options.data is not None and not options.data.is_file():
         raise FlipError(f"--data {options.data} not found")
     if options.agent and options.holdout.is_dir() and options.parity_teacher is not None:
@@ -594,7 +613,8 @@ def run(options: RunOptions) -> dict:
 
         teacher_traces(options.parity_teacher, load_tasks(options.holdout))  # read and checked before any work
     options.out = claim_dir(options.out, "run", OUTPUT_NAMES, options.force,
-                            inputs=(options.transcripts, options.data, options.holdout, options.base))
+                            inputs=(options.transcripts, options.train_tasks, options.data, options.holdout,
+                                    options.base))
     if options.resume:
         check_resumable(options.out, config)
     write_text(options.out / CONFIG_FILE, config)

@@ -4,12 +4,16 @@
     DIR/<id>/workspace/     the project files
     DIR/<id>/task.json      {"test": "<shell command, run in the workspace, exit 0 = solved>", ...}
 
+and the generated task sets of fixtures/taskgen.py (GEN/tasks/ in that format, GEN/transcripts/<id>/, GEN/manifest.json
+with the train/validation split) that curve and `flip run --train-tasks` train on.
+
 Below harness.evaluate and harness.agent, which both load tasks; it imports neither.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,3 +94,35 @@ def load_tasks(directory: str | os.PathLike) -> list[AgentTask]:
     if not tasks:
         raise FlipError(f"--tasks {directory} holds no task folder (<id>/prompt.txt, task.json, workspace/)")
     return tasks
+
+
+def read_manifest(tasks: Path, flag: str = "--tasks") -> dict:
+    """A generated task set's split: {"train": ids, "validation": ids, "seed": the generator's seed}."""
+    path = tasks / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        split = manifest["split"]
+        train, validation = list(split["train"]), list(split["validation"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise FlipError(f"{flag} {tasks}: no generated task set there ({path}: {err})") from None
+    return {"train": train, "validation": validation, "seed": manifest.get("seed")}
+
+
+def training_order(train_ids: list[str], seed: int) -> list[str]:
+    """One seeded order of the training ids: the first N of it are the curve's N tasks, nested across N."""
+    order = sorted(train_ids)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def training_transcripts(tasks: Path, n: int | None, seed: int, flag: str = "--train-tasks") -> list[Path]:
+    """The transcript folders of the first n tasks (all when n is None) of a generated set's training order: the
+    tasks a curve student of size n trained on, so a student trained from them repeats a curve row's data."""
+    train = read_manifest(tasks, flag)["train"]
+    if n is not None and not 1 <= n <= len(train):
+        raise FlipError(f"--train-n must be between 1 and {len(train)} (the training tasks of {tasks}), not {n}")
+    folders = [tasks / "transcripts" / task_id for task_id in training_order(train, seed)[:n]]
+    missing = next((folder for folder in folders if not folder.is_dir()), None)
+    if missing is not None:
+        raise FlipError(f"{flag} {tasks}: {missing} is missing (an incomplete generated task set)")
+    return folders
