@@ -3,6 +3,7 @@ held-out text reaches a student's training data)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from itertools import combinations
 from math import sqrt
 
@@ -85,6 +86,48 @@ def test_curve_refuses_training_data_holding_held_out_text(tmp_path):
         check_not_held_out(leaked, validation)
     with pytest.raises(FlipError, match="never train on the eval set"):
         check_not_held_out(clean, [{"id": "v2", "task": "Fix the bug in util.py."}])
+
+
+def _generated_set(root: Path, ids: list[str], fix_ids: set[str]) -> Path:
+    """A generated task set's layout (manifest split, tasks/<id>/task.json and workspace) without transcripts."""
+    for task_id in ids:
+        folder = root / "tasks" / task_id
+        (folder / "workspace").mkdir(parents=True)
+        (folder / "workspace" / "m.py").write_text(f"def {task_id}(x):\n    return x + 2\n")
+        spec = {"kind": "fix" if task_id in fix_ids else "search", "lang": "python", "file": "m.py", "test": "true",
+                "edits": [{"old": "    return x + 2", "new": "    return x + 1"}], "summary": f"fixed {task_id}"}
+        (folder / "task.json").write_text(json.dumps(spec))
+    (root / "manifest.json").write_text(json.dumps({"seed": 1, "split": {"train": ids, "validation": []}}))
+    return root
+
+
+def test_worked_examples_stay_out_of_every_size_and_rows_resume_only_as_made(tmp_path):
+    """The diagnostic's worked examples are the last fix tasks of the training order, whatever --sizes says; a size
+    that would train on one is refused before anything is written; a finished row made with another base, recipe,
+    steps or examples is refused rather than mixed into the curve."""
+    from harness.curve import CurveOptions, curve, resumed_row, worked_examples
+    from harness.tasks import training_order
+
+    ids = [f"t{i}" for i in range(12)]
+    tasks = _generated_set(tmp_path / "gen", ids, fix_ids={"t1", "t4", "t6", "t8", "t9", "t11"})
+    order = training_order(ids, 42)
+    examples, chosen = worked_examples(tasks / "tasks", order)
+    fixes_from_end = [task_id for task_id in reversed(order) if task_id in {"t1", "t4", "t6", "t8", "t9", "t11"}]
+    assert chosen == fixes_from_end[:3] and [bug for bug, _, _ in examples] == [f"fixed {i}" for i in chosen]
+    limit = min(order.index(task_id) for task_id in chosen)
+    with pytest.raises(FlipError, match="the diagnostic's worked examples"):
+        curve(CurveOptions(tasks=tasks, out=tmp_path / "curve", sizes=f"1,{limit + 1}"))
+    assert not (tmp_path / "curve").exists()
+
+    made = {"n": 40, "base": "smollm2-135m", "recipe": "packed-all-linear", "steps": 160, "examples": chosen}
+    row = tmp_path / "row.json"
+    row.write_text(json.dumps({**made, "greedy": {}}))
+    assert resumed_row(row, made)["greedy"] == {}
+    for key, other in (("steps", 1000), ("base", "gemma3-270m"), ("recipe", "full-qv"), ("examples", ["t0"])):
+        with pytest.raises(FlipError, match=f"was made with {key}"):
+            resumed_row(row, {**made, key: other})
+    row.write_text(json.dumps({key: value for key, value in made.items() if key != "examples"}))
+    assert resumed_row(row, made)["steps"] == 160  # a row from before the examples were recorded
 
 
 @pytest.mark.helper

@@ -128,8 +128,8 @@ def plain_answer(completion: str) -> str:
     return completion.split("\n# ")[0].split("\n\n\n")[0].rstrip() + "\n"
 
 
-def diagnostic_cases(val_dir: Path, train_tasks: Path, train_ids: list[str]) -> tuple[list[dict], list[tuple]]:
-    """(the validation fix cases, three worked examples from training tasks)."""
+def diagnostic_cases(val_dir: Path) -> list[dict]:
+    """The validation tasks that fix one line of a Python function: the diagnostic's cases."""
     from harness.tasks import load_tasks
 
     cases = []
@@ -138,16 +138,24 @@ def diagnostic_cases(val_dir: Path, train_tasks: Path, train_ids: list[str]) -> 
         pair = fix and plain_example(task.workspace, fix, task.spec.get("summary", ""))
         if pair:
             cases.append({"task": task, "fix": fix, "before": pair[0], "summary": task.spec.get("summary", "")})
-    examples = []
-    for task_id in train_ids:
+    return cases
+
+
+def worked_examples(train_tasks: Path, order: list[str]) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """The plain prompt's worked examples (bug, before, after) and their task ids: the last fix tasks of the training
+    order, so they do not depend on --sizes (a curve can grow without changing them) and no N below their position
+    in the order trains on them (curve() refuses a size that would)."""
+    examples, ids = [], []
+    for task_id in reversed(order):
         spec = json.loads((train_tasks / task_id / "task.json").read_text(encoding="utf-8"))
         fix = single_line_fix(spec)
         pair = fix and plain_example(train_tasks / task_id / "workspace", fix, spec.get("summary", ""))
         if pair and spec.get("summary"):
             examples.append((spec["summary"], *pair))
+            ids.append(task_id)
         if len(examples) == FEW_SHOT:
             break
-    return cases, examples
+    return examples, ids
 
 
 def run_plain(model, tokenizer, cases: list[dict], examples: list[tuple]) -> list[bool]:
@@ -293,13 +301,17 @@ def parse_sizes(text: str, available: int) -> list[int]:
     if not sizes or sizes[0] < 1:
         raise FlipError(f"--sizes {text!r}: every size must be at least 1")
     if sizes[-1] > available:
-        raise FlipError(f"--sizes asks for {sizes[-1]} tasks; the task set has {available} training tasks")
+        raise FlipError(f"--sizes asks for {sizes[-1]} tasks; the task set has {available} training tasks (the last "
+                        f"fix tasks of the training order are the diagnostic's worked examples, never trained on)")
     return sizes
 
 
 def curve(options: CurveOptions) -> dict:
     manifest = read_manifest(Path(options.tasks))
-    sizes = parse_sizes(options.sizes, len(manifest["train"]))
+    tasks = Path(options.tasks)
+    order = training_order(manifest["train"], options.seed)
+    examples, example_ids = worked_examples(tasks / "tasks", order)
+    sizes = parse_sizes(options.sizes, min(map(order.index, example_ids), default=len(order)))
     if options.recipe not in recipes()[1]:
         raise FlipError(f"--recipe {options.recipe}: not in contracts/recipes.yaml")
     if (options.steps < 1 or options.samples < 0 or options.max_turns < 1 or options.val_tasks < 0
@@ -307,36 +319,45 @@ def curve(options: CurveOptions) -> dict:
         raise FlipError("--steps and --max-turns must be at least 1, --samples and --val-tasks at least 0, "
                         "--temperature a finite number above 0")
     check(options.base)
-    tasks = Path(options.tasks)
     out = claim_dir(options.out, "curve", OUTPUT_NAMES, options.force)
     val_ids = distinct_prompts(tasks, manifest["validation"], manifest["train"])[:options.val_tasks]
     val_dir = link_validation(out, tasks, val_ids, options.fixture_val)
-    order = training_order(manifest["train"], options.seed)
-    cases, examples = diagnostic_cases(val_dir, tasks / "tasks", order[sizes[-1]:])  # examples outside every N
+    cases = diagnostic_cases(val_dir)
     rows = []
     for n in [0, *sizes]:  # N = 0 is the base itself
         work = out / ("base" if n == 0 else f"n{n}")
+        made = {"n": n, "base": options.base, "recipe": options.recipe, "steps": options.steps if n else 0,
+                "examples": example_ids}
         if (work / "row.json").is_file():
-            rows.append(json.loads((work / "row.json").read_text(encoding="utf-8")))
+            rows.append(resumed_row(work / "row.json", made))
             continue
         work.mkdir(exist_ok=True)
         print(f"flip curve: {options.base}, N = {n} ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
         adapter = train_student(n, order[:n], tasks, out, val_dir, options) if n else None
         trained = time.perf_counter()
-        row = {"n": n, "base": options.base, "recipe": options.recipe, "steps": options.steps if n else 0,
-               "train_s": round(trained - started, 1),
+        row = {**made, "train_s": round(trained - started, 1),
                **measure(options.base, adapter, val_dir, work, cases, examples, options),
                "measure_s": round(time.perf_counter() - trained, 1)}
         write_text(work / "row.json", json.dumps(row, indent=2) + "\n")
         rows.append(row)
     report = {"tasks": str(tasks), "base": options.base, "recipe": options.recipe, "steps": options.steps,
               "validation_tasks": rows[0]["greedy"]["tasks"], "samples": options.samples,
-              "temperature": options.temperature, "seed": options.seed, "rows": rows}
+              "temperature": options.temperature, "seed": options.seed, "examples": example_ids, "rows": rows}
     write_text(out / "curve.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "curve.md", render_markdown(report))
     plot(compared_reports(report, options.compare), out / "curve.png")
     return report
+
+
+def resumed_row(path: Path, made: dict) -> dict:
+    """A finished row of this curve, kept when it was made as this run would make it (same base, recipe, steps and
+    worked examples; a row from before the examples were recorded is kept on the rest); else one line, exit 2."""
+    row = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in made.items():
+        if key in row and row[key] != value:
+            raise FlipError(f"{path} was made with {key} {row[key]}, not {value}: another --out keeps both curves")
+    return row
 
 
 def render_markdown(report: dict) -> str:
