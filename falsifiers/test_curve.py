@@ -143,7 +143,7 @@ def test_enclosing_function_and_plain_answer():
 def _curve_report(base: str, solved: list[str], tasks: list[str]) -> dict:
     row = {"n": 0, "greedy": {"solved": len(solved), "tasks": len(tasks)}, "pass_at": {}, "task_ids": tasks,
            "greedy_solved_ids": solved}
-    return {"base": base, "rows": [row, dict(row, n=160)]}
+    return {"base": base, "steps": 160, "rows": [row, dict(row, n=160)]}
 
 
 def test_compared_curves_share_one_figure_and_their_validation_tasks(tmp_path):
@@ -157,7 +157,7 @@ def test_compared_curves_share_one_figure_and_their_validation_tasks(tmp_path):
     (other / "curve.json").write_text(json.dumps(_curve_report("gemma3-270m", ["a"], tasks)))
     reports = compared_reports(_curve_report("smollm2-135m", [], tasks), (other,))
     labels = plot(reports, tmp_path / "curve.png")
-    assert labels == ["smollm2-135m solved (greedy)", "gemma3-270m solved (greedy)"]
+    assert labels == ["smollm2-135m, 160 steps: solved (greedy)", "gemma3-270m, 160 steps: solved (greedy)"]
     assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
     (other / "curve.json").write_text(json.dumps(_curve_report("gemma3-270m", ["a"], ["a", "b", "d"])))
     with pytest.raises(FlipError, match="other validation tasks"):

@@ -398,7 +398,8 @@ def paired_p(row: dict, other: dict) -> float:
 
 
 def plot(reports: list[dict], path: Path) -> list[str]:
-    """Solved (greedy, with its Wilson interval) and pass@5 against N, one line of each per base; the labels drawn."""
+    """Solved (greedy, with its Wilson interval) and pass@5 against N, one line of each per curve (base and steps);
+    the labels drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,16 +407,16 @@ def plot(reports: list[dict], path: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for report in reports:
-        rows = report["rows"]
+        rows, name = report["rows"], f"{report['base']}, {report['steps']} steps"
         xs = [max(row["n"], 1) for row in rows]
         rates = [row["greedy"]["solved"] / row["greedy"]["tasks"] for row in rows]
         intervals = [wilson(row["greedy"]["solved"], row["greedy"]["tasks"]) for row in rows]
         ax.errorbar(xs, rates, yerr=[[r - lo for r, (lo, _) in zip(rates, intervals)],
                                      [hi - r for r, (_, hi) in zip(rates, intervals)]],
-                    marker="o", capsize=3, label=f"{report['base']} solved (greedy)")
+                    marker="o", capsize=3, label=f"{name}: solved (greedy)")
         if all("5" in row["pass_at"] for row in rows):
             ax.plot(xs, [row["pass_at"]["5"] for row in rows], marker="s", linestyle="--",
-                    label=f"{report['base']} pass@5")
+                    label=f"{name}: pass@5")
     ax.set_xscale("log")
     ax.set_xlabel("distinct training tasks (base at 1)")
     ax.set_ylabel("validation tasks solved")
