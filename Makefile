@@ -34,7 +34,7 @@ flip: setup
 # STUDENT_N of flip curve's training order of TASKS, so it repeats a learning-curve row's data) instead of the
 # fixtures, checkpointed every 25 training steps; an interrupted `make student` continues where it stopped when run
 # again (flip run --resume; the task generator resumes from its cache). The values are the learning curve's choice
-# (flip curve, docs/recipe.md, "The long student").
+# (flip curve, docs/recipe.md, "The long student's recipe"): SmolLM2, N = 1,000 seen once, the best validation row.
 TASKS ?= runs/tasks
 TASKS_N ?= 2000
 STUDENT_RECIPE ?= packed-all-linear
