@@ -9,8 +9,10 @@ claim for another base (on a GPU runner: the device is `auto`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,8 @@ HOLDOUT = FIXTURES / "holdout" / "workspaces"
 # full count) that need not reach them; it sets its own here (JSON, by rate name). The flip itself (the base no call,
 # the student a valid one, no path outside the workspace) is asserted whatever they are.
 FLOORS = {**floors_for_tests(), **json.loads(os.environ.get("FLIP_TEST_FLOORS", "{}"))}
+# The long student, committed as a bf16 adapter with the record of how it was made (students/README.md).
+STUDENT = Path(__file__).resolve().parent.parent / "students" / "smollm2-135m-n1000"
 
 
 @pytest.mark.flip
@@ -70,3 +74,25 @@ def test_the_base_solves_no_held_out_task_as_an_agent(tmp_path):
     summary = agent(BASE, HOLDOUT, tmp_path / "agent_base.jsonl", options=AgentOptions(progress=False))
     print("base as an agent:", json.dumps({k: summary[k] for k in ("solved", "tasks", "calls", "stop_reasons")}))
     assert summary["tasks"] >= 30 and summary["solved"] == 0, summary
+
+
+@pytest.mark.student
+@pytest.mark.agent
+@pytest.mark.slow
+def test_the_committed_student_solves_held_out_tasks_as_an_agent(tmp_path):
+    """The committed long student, greedy, every held-out task with the full turn budget, as `flip agent` runs it:
+    it solves at least its floor of them (harness/metrics.py), and the runtime refuses none of its calls (a path
+    outside the workspace is refused). The adapter is the one its record names (sha256), so a changed or truncated file fails here first."""
+    from harness.agent import AgentOptions, agent
+
+    record = json.loads((STUDENT / "student.json").read_text())
+    weights = (STUDENT / "adapter_model.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == record["adapter_sha256"], "the committed adapter is not the recorded one"
+    summary = agent(record["base"], HOLDOUT, tmp_path / "agent_student.jsonl", adapter=STUDENT,
+                    options=AgentOptions(progress=False))
+    shown = {k: summary[k] for k in ("solved", "tasks", "valid_calls", "calls", "edits_applied", "stop_reasons")}
+    print("committed student as an agent:", json.dumps(shown))
+    assert summary["tasks"] >= 30
+    for key, floor in floors_for_tests("agent").items():
+        assert (summary[key] or 0) >= floor, f"the committed student's {key} {summary[key]} is below {floor}: {shown}"
+    assert summary["refused"] == 0, shown

@@ -457,7 +457,8 @@ def agent(model: str, tasks_dir, out, adapter=None, device: str = "auto", option
     started = ccpa.timestamp()
     records, summary = run_agent(tasks, policy, options)
     summary = {"model": str(model), "adapter": str(adapter) if adapter else None, "tasks_dir": str(tasks_dir),
-               "dialect": options.dialect, "runtime": options.runtime, **summary}
+               "dialect": options.dialect, "runtime": options.runtime, "temperature": options.temperature,
+               "sample_seed": options.sample_seed if options.temperature > 0 else None, **summary}
     write_trace(records, summary, out)
     if options.ccpa_trace is not None:
         ccpa.write_traces(records, tasks, options.ccpa_trace, str(model), started, policy.counter.count, force)

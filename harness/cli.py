@@ -28,6 +28,7 @@ COMMANDS = {
     "tune": ("harness.tune", "choose the training recipe on a validation split of the training tasks"),
     "curve": ("harness.curve", "the learning curve: students on N distinct generated tasks, as agents on validation"),
     "parity": ("harness.parity", "CCPA's action parity score of student traces against teacher traces"),
+    "passk": ("harness.passk", "pass@k of sampled flip agent runs of one model on the same tasks, with intervals"),
 }
 
 

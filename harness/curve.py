@@ -29,11 +29,10 @@ from harness.contracts import FIXTURES, recipes
 from harness.models import SMOLLM2, check
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of
 from harness.metrics import interval_text, pct
-from harness.stats import mcnemar_exact, pass_at_k, wilson
+from harness.stats import PASS_AT, mcnemar_exact, pass_at_k, wilson
 from harness.tasks import read_manifest, training_order
 
 OUTPUT_NAMES = ("n*", "val-tasks", "base", "curve.json", "curve.md", "curve.png")
-PASS_AT = (1, 5, 10)
 FEW_SHOT = 3  # worked examples in the plain Before/After prompt
 PLAIN_MAX_NEW_TOKENS = 200
 

@@ -33,7 +33,9 @@ class Metric:
     who: str = "student"  # whose summary the goal checks: "base" or "student"
     op: str = ">="
     floor: float | int | None = None  # flip run's goal (the issue's targets, not tuned to)
-    test_floor: float | None = None  # the test-sized student's floor in falsifiers/test_flip.py (None: not asserted)
+    # the floor falsifiers/test_flip.py holds its students to (None: not asserted): the test-sized student's first step,
+    # the committed long student's agent episodes (students/)
+    test_floor: float | None = None
 
     def __post_init__(self):
         if self.op not in OPERATORS or (self.goal is None) != (self.floor is None):
@@ -57,7 +59,9 @@ METRICS = (
            goal="student_outside_path_calls", op="==", floor=0),
     # as agents (flip agent): whole tasks, up to max_turns turns
     Metric("agent", "solved", "solved", goal="base_agent_solved", who="base", op="==", floor=0),
-    Metric("agent", "solve_rate", "solved", "tasks", goal="student_agent_solve_rate", floor=0.2),
+    # the committed long student (students/smollm2-135m-n1000) solved 1 of the 38 held-out tasks greedily: the test
+    # holds it to that one task (1/38 > 0.026), a regression floor, while the goal stays the issue's 20%, not met
+    Metric("agent", "solve_rate", "solved", "tasks", goal="student_agent_solve_rate", floor=0.2, test_floor=0.026),
     Metric("agent", "valid_call_rate", "valid_calls", "calls"),  # over the turns that hold a call
     # the first step's grounding again, of the agent's first call; its count keeps the agent summary's own key
     Metric("agent", "grounded_rate", "first_call_grounded", "tasks_naming_path"),
@@ -143,6 +147,6 @@ def goals(results: dict) -> dict:
     return {"met": all(check["met"] for check in checks.values()), "checks": checks}
 
 
-def floors_for_tests() -> dict[str, float]:
-    """The first-step floors of falsifiers/test_flip.py's student, by rate name."""
-    return {row.name: row.test_floor for row in METRICS if row.test_floor is not None}
+def floors_for_tests(section: str = "first_step") -> dict[str, float]:
+    """The floors falsifiers/test_flip.py holds a student to in one summary section, by rate name."""
+    return {row.name: row.test_floor for row in METRICS if row.section == section and row.test_floor is not None}

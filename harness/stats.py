@@ -10,6 +10,7 @@ from math import comb
 
 CONFIDENCE = 0.95
 SIGNIFICANCE = 1 - CONFIDENCE  # a paired test's p below it is a difference; above it, noise
+PASS_AT = (1, 5, 10)  # the k of every pass@k report (flip curve, flip passk), each where enough runs were sampled
 
 
 def wilson(successes: int, trials: int) -> tuple[float, float] | None:
