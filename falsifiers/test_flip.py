@@ -91,6 +91,8 @@ def test_the_committed_student_solves_held_out_tasks_as_an_agent(tmp_path):
     summary = agent(record["base"], HOLDOUT, tmp_path / "agent_student.jsonl", adapter=STUDENT,
                     options=AgentOptions(progress=False))
     shown = {k: summary[k] for k in ("solved", "tasks", "valid_calls", "calls", "edits_applied", "stop_reasons")}
+    lines = [json.loads(line) for line in (tmp_path / "agent_student.jsonl").read_text().splitlines()]
+    shown["solved_tasks"] = [line["id"] for line in lines if line["solved"]]
     print("committed student as an agent:", json.dumps(shown))
     assert summary["tasks"] >= 30
     for key, floor in floors_for_tests("agent").items():
