@@ -96,6 +96,7 @@ def test_runs_that_cannot_be_pooled_are_refused_in_one_line(runs, tmp_path, caps
         "other tasks": ([runs[0], tmp_path / "fewer.jsonl"], "different tasks"),
         "not a trace": ([runs[0], HOLDOUT / TASKS[0].id / "prompt.txt"], "not a flip agent trace"),
         "k above the runs": ([runs[0], runs[1], "--k", "3"], "exceeds"),
+        "--out over a run's summary": ([runs[0], runs[1], "--out", runs[1].with_name("run1.summary.json")], "--out"),
     }
     for name, (argv, says) in cases.items():
         code, _, err = passk(capsys, *argv)

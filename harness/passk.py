@@ -168,7 +168,10 @@ def main(args) -> int:
     cli = options_of(PassKCliOptions, args)
     paths = [Path(trace) for trace in args.traces]
     ks = parse_ks(cli.k, len(paths))
-    out = check_out_file(cli.out, "--out", inputs=tuple(paths)) if cli.out else None
+    from harness.evaluate import summary_file
+
+    inputs = (*paths, *(summary_file(path) for path in paths))  # --out must not replace a trace or its summary
+    out = check_out_file(cli.out, "--out", inputs=inputs) if cli.out else None
     report = pass_at_report([load_run(path) for path in paths], ks)
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     if out is not None:
