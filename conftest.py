@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent
 MARKERS = {
     "flip": "the flip claim: trains a real student and compares it with its base (pytest -m flip)",
     "agent": "base and student as agents on the held-out workspaces (pytest -m agent)",
-    "student": "the committed long student (students/) as an agent on the held-out workspaces: make test-student, CI",
+    "student": "the committed long student (fixtures/students/) as an agent on the held-out workspaces: make test-student, CI",
     "gpu": "needs CUDA; skipped when none is present",
     "slow": "takes more than ~30 s on 2 CPU cores",
     "mutation": "mutation verification: every declared mutant must make its falsifier fail",

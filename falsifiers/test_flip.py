@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -28,8 +27,8 @@ HOLDOUT = FIXTURES / "holdout" / "workspaces"
 # full count) that need not reach them; it sets its own here (JSON, by rate name). The flip itself (the base no call,
 # the student a valid one, no path outside the workspace) is asserted whatever they are.
 FLOORS = {**floors_for_tests(), **json.loads(os.environ.get("FLIP_TEST_FLOORS", "{}"))}
-# The long student, committed as a bf16 adapter with the record of how it was made (students/README.md).
-STUDENT = Path(__file__).resolve().parent.parent / "students" / "smollm2-135m-n1000"
+# The long student, committed as a bf16 adapter with the record of how it was made (fixtures/students/README.md).
+STUDENT = FIXTURES / "students" / "smollm2-135m-n1000"
 
 
 @pytest.mark.flip

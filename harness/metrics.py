@@ -34,7 +34,7 @@ class Metric:
     op: str = ">="
     floor: float | int | None = None  # flip run's goal (the targets, not tuned to)
     # the floor falsifiers/test_flip.py holds its students to (None: not asserted): the test-sized student's first step,
-    # the committed long student's agent episodes (students/)
+    # the committed long student's agent episodes (fixtures/students/)
     test_floor: float | None = None
 
     def __post_init__(self):
@@ -59,7 +59,7 @@ METRICS = (
            goal="student_outside_path_calls", op="==", floor=0),
     # as agents (flip agent): whole tasks, up to max_turns turns
     Metric("agent", "solved", "solved", goal="base_agent_solved", who="base", op="==", floor=0),
-    # the committed long student (students/smollm2-135m-n1000) solved 1 of the 38 held-out tasks greedily: the test
+    # the committed long student (fixtures/students/smollm2-135m-n1000) solved 1 of the 38 held-out tasks greedily: the test
     # holds it to that one task (1/38 > 0.026), a regression floor, while the goal stays the 20%, not met
     Metric("agent", "solve_rate", "solved", "tasks", goal="student_agent_solve_rate", floor=0.2, test_floor=0.026),
     Metric("agent", "valid_call_rate", "valid_calls", "calls"),  # over the turns that hold a call
