@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 import pytest
 
@@ -81,19 +82,26 @@ def test_the_base_solves_no_held_out_task_as_an_agent(tmp_path):
 def test_the_committed_student_solves_held_out_tasks_as_an_agent(tmp_path):
     """The committed long student, greedy, every held-out task with the full turn budget, as `flip agent` runs it:
     it solves at least its floor of them (harness/metrics.py), and the runtime refuses none of its calls (a path
-    outside the workspace is refused). The adapter is the one its record names (sha256), so a changed or truncated file fails here first."""
+    outside the workspace is refused). The adapter is the one its record names (sha256), so a changed or truncated
+    file fails here first. FLIP_TEST_STUDENT_TASKS (comma-separated held-out task ids) runs only those tasks: the
+    mutant's quick look (minutes, not the full pass), which `make test-student` never sets."""
     from harness.agent import AgentOptions, agent
 
     record = json.loads((STUDENT / "student.json").read_text())
     weights = (STUDENT / "adapter_model.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == record["adapter_sha256"], "the committed adapter is not the recorded one"
-    summary = agent(record["base"], HOLDOUT, tmp_path / "agent_student.jsonl", adapter=STUDENT,
+    tasks = HOLDOUT
+    if os.environ.get("FLIP_TEST_STUDENT_TASKS"):  # the mutant's quick look: these held-out tasks only
+        tasks = tmp_path / "tasks"
+        for task in os.environ["FLIP_TEST_STUDENT_TASKS"].split(","):
+            shutil.copytree(HOLDOUT / task, tasks / task, symlinks=True)
+    summary = agent(record["base"], tasks, tmp_path / "agent_student.jsonl", adapter=STUDENT,
                     options=AgentOptions(progress=False))
     shown = {k: summary[k] for k in ("solved", "tasks", "valid_calls", "calls", "edits_applied", "stop_reasons")}
     lines = [json.loads(line) for line in (tmp_path / "agent_student.jsonl").read_text().splitlines()]
     shown["solved_tasks"] = [line["id"] for line in lines if line["solved"]]
     print("committed student as an agent:", json.dumps(shown))
-    assert summary["tasks"] >= 30
+    assert summary["tasks"] >= (1 if tasks != HOLDOUT else 30)
     for key, floor in floors_for_tests("agent").items():
         assert (summary[key] or 0) >= floor, f"the committed student's {key} {summary[key]} is below {floor}: {shown}"
     assert summary["refused"] == 0, shown
