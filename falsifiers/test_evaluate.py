@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import FlipError
 from harness.evaluate import (
@@ -258,6 +260,29 @@ def test_batched_decoding_equals_decoding_each_prompt_alone(tmp_path, arch):
         stopped = generate(model, tokenizer, texts, 12, batch_size, stop_strings=(stop,))
         assert [r["output"] for r in stopped] == cut, batch_size
         assert sum(r["hit_token_limit"] for r in stopped) < len(texts), "no row left its batch early"
+
+
+@given(lengths=st.lists(st.integers(1, 900), max_size=60), batch_size=st.integers(1, 48),
+       max_padding=st.sampled_from([0.0, 0.2, 0.5]))
+@settings(max_examples=300, deadline=None)
+def test_length_batches_bound_each_batchs_padding(lengths, batch_size, max_padding):
+    """Every prompt is in exactly one batch; a batch holds at most batch_size prompts, shortest first, and its pad
+    tokens (each row padded to its longest) are at most max_padding of the tokens it prefills; a batch is closed only
+    when the next prompt would break one of those bounds (so prompts of one length fill batches to batch_size)."""
+    from harness.decode import length_batches
+
+    batches = length_batches(lengths, batch_size, max_padding)
+    assert sorted(p for batch in batches for p in batch) == list(range(len(lengths)))
+    order = [lengths[p] for batch in batches for p in batch]
+    assert order == sorted(lengths)
+    for batch, following in zip(batches, batches[1:] + [None]):
+        rows = [lengths[p] for p in batch]
+        assert 1 <= len(batch) <= batch_size
+        assert sum(max(rows) - n for n in rows) <= max_padding * max(rows) * len(rows)
+        if following is not None:
+            grown = rows + [lengths[following[0]]]
+            fits = len(grown) <= batch_size and sum(max(grown) - n for n in grown) <= max_padding * max(grown) * len(grown)
+            assert not fits, (rows, grown)
 
 
 def test_a_prompt_past_the_models_context_is_counted_not_decoded(tmp_path):

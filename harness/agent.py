@@ -294,15 +294,12 @@ class ModelPolicy:
         from harness.decode import generate, render_prompt
 
         texts = [render_prompt(self.tokenizer, instruction, self.options.dialect) for instruction in instructions]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
-        generated = generate(self.model, self.tokenizer, [texts[i] for i in order], self.options.max_new_tokens,
-                             self.options.batch_size, stop_strings=(CLOSE,), temperature=self.options.temperature,
+        # generate batches prompts of similar length together (harness.decode.length_batches)
+        generated = generate(self.model, self.tokenizer, texts, self.options.max_new_tokens, self.options.batch_size,
+                             stop_strings=(CLOSE,), temperature=self.options.temperature,
                              seed=self.options.sample_seed + self.turn)
         self.turn += 1  # a fresh draw each turn, the same draws on every rerun
-        outputs = [""] * len(texts)
-        for index, result in zip(order, generated):
-            outputs[index] = result["output"]
-        return outputs
+        return [result["output"] for result in generated]
 
 
 class OraclePolicy:

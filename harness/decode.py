@@ -16,6 +16,12 @@ from harness.contracts import system_prompt
 # 38 rows than for 8 (the weights are read once per step): the base's 38 first steps at 128 tokens took 50 s in batches
 # of 8, 40 s of 16, 26 s in one.
 DEFAULT_BATCH_SIZE = 40
+# A batch's pad tokens: at most this share of the prompt tokens it prefills past the shared prefix. Decoding wants large
+# batches (a step reads the weights once for all rows); prefilling wants rows of one length (a pad token costs what a
+# prompt token does). An agent's later turns mix prompts of very different lengths (one file read against three), so
+# one batch of all of them spends much of its prefill on padding; prompts of similar length (every first step) still
+# share one batch. The bench is falsifiers/test_bench_decode.py.
+MAX_PADDING = 0.2
 
 
 def chat_messages(instruction: str, dialect: str | None = None) -> list[dict]:
@@ -67,21 +73,38 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     was_training = model.training
     model.eval()
     fits = [index for index, text in enumerate(texts) if fits_context(model, tokenizer, text, max_new_tokens)]
-    decoded: list[dict] = []
+    results = [{"output": "", "new_tokens": 0, "hit_token_limit": False, "over_context": True} for _ in texts]
+    ids = tokenizer([texts[index] for index in fits], add_special_tokens=False)["input_ids"] if fits else []
+    shared = shared_prefix_length(ids)
     bar = progress_bar(progress is not None, total=len(texts), desc=progress, unit="prompt", leave=False)
     try:
-        for start in range(0, len(fits), max(1, batch_size)):
-            batch = [texts[index] for index in fits[start:start + batch_size]]
-            decoded += _decode_batch(model, tokenizer, batch, max_new_tokens, stops, stop_strings, device, pick)
+        for batch in length_batches([len(row) - shared for row in ids], batch_size):
+            indices = [fits[position] for position in batch]
+            decoded = _decode_batch(model, tokenizer, [texts[index] for index in indices], max_new_tokens, stops,
+                                    stop_strings, device, pick)
+            for index, result in zip(indices, decoded):
+                results[index] = {**result, "over_context": False}
             bar.update(len(batch))
     finally:
         bar.close()
         if was_training:
             model.train()
-    results = [{"output": "", "new_tokens": 0, "hit_token_limit": False, "over_context": True} for _ in texts]
-    for index, result in zip(fits, decoded):
-        results[index] = {**result, "over_context": False}
     return results
+
+
+def length_batches(lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """The positions of `lengths` in batches of at most `batch_size`, shortest first: a batch takes the next longer
+    prompt while its pad tokens (every row padded to its longest) stay within `max_padding` of its padded tokens."""
+    batches: list[list[int]] = []
+    for position in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        batch = batches[-1] if batches else []
+        width, rows = lengths[position], len(batch) + 1
+        padding = sum(width - lengths[i] for i in batch)
+        if batch and rows <= max(1, batch_size) and padding <= max_padding * width * rows:
+            batch.append(position)
+        else:
+            batches.append([position])
+    return batches
 
 
 def fits_context(model, tokenizer, text: str, max_new_tokens: int) -> bool:
