@@ -36,7 +36,9 @@ from harness.train import RECIPE_FIELD_NAMES, TrainConfig
 # The training recipe is data: the default of contracts/recipes.yaml, chosen by `flip tune` on a validation split of
 # the training tasks (docs/recipe.md); what it does not set keeps TrainConfig's defaults.
 RECIPE_NAME, RECIPE = recipes()[0], default_recipe()
-DEFAULT_EVAL_EVERY = 35  # held-out first-step checks during training (steps-to-flip); each costs ~20 s on 2 cores
+# held-out first-step checks during training (steps-to-flip): twice in the default 140 steps; each costs ~15-20 s on
+# 2 cores, and make flip has 15 minutes
+DEFAULT_EVAL_EVERY = 70
 # What `flip run` writes into --out; a directory holding anything else is refused unless --force.
 OUTPUT_NAMES = ("datasets", "adapter", "adapter_remapped.safetensors", "adapter.gguf", "merged", "merged.gguf",
                 "traces", "progress.jsonl", "report.json", "report.md", "config.json")
