@@ -285,6 +285,32 @@ def test_length_batches_bound_each_batchs_padding(lengths, batch_size, max_paddi
             assert not fits, (rows, grown)
 
 
+def test_prompts_that_differ_in_a_short_task_share_one_batch(tmp_path, monkeypatch):
+    """Prompts with one long shared turn and tasks of 1 to 12 tokens (every first step's shape) decode in one batch:
+    the shared prefix counts in a batch's length, so a short task's few tokens are no reason for a second whole
+    decode; prompts twice as long as the others get their own batch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import harness.decode as decode
+    from falsifiers.test_remap import tiny_base
+
+    directory = tiny_base(tmp_path, "llama")
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    batches = []
+    original = decode._decode_batch
+    monkeypatch.setattr(decode, "_decode_batch", lambda m, t, texts, *rest: batches.append(len(texts)) or
+                        original(m, t, texts, *rest))
+    shared = "system: " + "rules " * 8  # the tiny tokenizer's context is 128 tokens, about 5 to a word
+    texts = [shared + "task " + "w " * n for n in range(1, 9)]
+    decode.generate(model, tokenizer, texts, 2, 40)
+    assert batches == [len(texts)]
+    batches.clear()
+    decode.generate(model, tokenizer, texts + [shared + "long " * 12 + str(n) for n in range(3)], 2, 40)
+    assert batches == [len(texts), 3]
+
+
 def test_a_prompt_past_the_models_context_is_counted_not_decoded(tmp_path):
     """A prompt whose tokens and reply exceed the model's context (max_position_embeddings) is not decoded into
     garbage: its output is empty and over_context true in the trace, the summary counts it, and the prompts that fit

@@ -16,11 +16,13 @@ from harness.contracts import system_prompt
 # 38 rows than for 8 (the weights are read once per step): the base's 38 first steps at 128 tokens took 50 s in batches
 # of 8, 40 s of 16, 26 s in one.
 DEFAULT_BATCH_SIZE = 40
-# A batch's pad tokens: at most this share of the prompt tokens it prefills past the shared prefix. Decoding wants large
-# batches (a step reads the weights once for all rows); prefilling wants rows of one length (a pad token costs what a
-# prompt token does). An agent's later turns mix prompts of very different lengths (one file read against three), so
-# one batch of all of them spends much of its prefill on padding; prompts of similar length (every first step) still
-# share one batch. The bench is falsifiers/test_bench_decode.py.
+# A batch's pad tokens: at most this share of its padded prompt tokens (the shared prefix included). Decoding wants large
+# batches (a step reads the weights once for all rows, and each extra batch is a whole extra decode); prefilling wants
+# rows of one length (a pad token costs what a prompt token does). An agent's later turns mix prompts of very different
+# lengths (one file read against three), so one batch of all of them spends much of its prefill on padding; prompts
+# that differ only in a short task (every first step) stay in one batch. Measured against the prompts' own tokens only,
+# a first step's 38 prompts split in two and the base's 256-token replies decoded twice: the prefix counts.
+# The bench is falsifiers/test_bench_decode.py.
 MAX_PADDING = 0.2
 
 
@@ -75,10 +77,9 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     fits = [index for index, text in enumerate(texts) if fits_context(model, tokenizer, text, max_new_tokens)]
     results = [{"output": "", "new_tokens": 0, "hit_token_limit": False, "over_context": True} for _ in texts]
     ids = tokenizer([texts[index] for index in fits], add_special_tokens=False)["input_ids"] if fits else []
-    shared = shared_prefix_length(ids)
     bar = progress_bar(progress is not None, total=len(texts), desc=progress, unit="prompt", leave=False)
     try:
-        for batch in length_batches([len(row) - shared for row in ids], batch_size):
+        for batch in length_batches([len(row) for row in ids], batch_size):
             indices = [fits[position] for position in batch]
             decoded = _decode_batch(model, tokenizer, [texts[index] for index in indices], max_new_tokens, stops,
                                     stop_strings, device, pick)
