@@ -1,6 +1,7 @@
 """Benchmarks of the batched greedy decoder (`make bench`): the batch's shared prompt prefix prefilled once
-(harness.decode._prefill) against every row prefilled whole, and prompts batched by length (harness.decode.length_batches)
-against one padded batch of all of them.
+(harness.decode._prefill) against every row prefilled whole, prompts batched by length (harness.decode.length_batches)
+against one padded batch of all of them, and an agent's next turn with the prompt cache (harness.decode.PromptCache)
+against prefilling whole conversations again.
 
 Agent-shaped prompts: the bundled smollm2-135m's chat template, the apr-code system turn (238 tokens) and a task with
 three file observations (~820 tokens in all, a little over an agent's longest: 1024 less the reply's 256). One
@@ -27,13 +28,14 @@ def cpu_seconds(run) -> tuple[float, list[str]]:
     return time.process_time() - start, outputs
 
 
-def agent_prompts(tokenizer, n: int, reads=lambda i: 3) -> list[str]:
+def agent_prompts(tokenizer, n: int, reads=lambda i: 3, more: int = 0) -> list[str]:
+    """n agent prompts, prompt i after reads(i) + `more` file reads."""
     from harness.decode import render_prompt
 
     prompts = []
     for i in range(n):
         observations = [render_observation("file_read", {"path": f"pkg/mod_{i}_{j}.py"}, SOURCE, False)
-                        for j in range(reads(i))]
+                        for j in range(reads(i) + more)]
         task = f"helper_{i} in pkg/mod_{i}_0.py returns the wrong value for negative numbers; fix it (case {i})."
         prompts.append(render_prompt(tokenizer, render_instruction(task, observations)))
     return prompts
@@ -105,3 +107,40 @@ def test_length_batches_against_one_padded_batch(benchmark, monkeypatch):
     benchmark.pedantic(lambda: None, rounds=1)
     assert bucketed_outputs == padded_outputs
     assert ratio >= LENGTH_FLOOR
+
+
+CACHE_FLOOR = 1.2
+
+
+def test_prompt_cache_against_whole_conversations(benchmark):
+    """An agent's next turn: 24 conversations that read 0 to 2 files read one more (about 330 to 820 tokens), 16 new
+    tokens each. With the prompt cache holding each conversation's last prompt (its priming decode not counted: in an
+    agent run it is the previous turn) against prefilling every prompt whole; the same outputs either way."""
+    import torch
+
+    import harness.decode as decode
+
+    model, tokenizer = decode.load_for_eval("smollm2-135m", device="cpu")
+    before = agent_prompts(tokenizer, 24, reads=lambda i: i % 3)
+    texts = agent_prompts(tokenizer, 24, reads=lambda i: i % 3, more=1)
+    keys = [f"episode-{i}" for i in range(len(texts))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cache = decode.PromptCache()
+        decode.generate(model, tokenizer, before, 1, 40, keys=keys, prompt_cache=cache)
+        cached, cached_outputs = cpu_seconds(lambda: decode.generate(model, tokenizer, texts, 16, 40, keys=keys,
+                                                                     prompt_cache=cache))
+        whole, whole_outputs = cpu_seconds(lambda: decode.generate(model, tokenizer, texts, 16, 40))
+    finally:
+        torch.set_num_threads(threads)
+    ratio = whole / cached
+    lengths = sorted(len(tokenizer(text)["input_ids"]) for text in texts)
+    benchmark.extra_info.update({"prompts": len(texts), "prompt_tokens": [lengths[0], lengths[-1]],
+                                 "speedup": round(ratio, 2), "prompt_cache_cpu_s": round(cached, 2),
+                                 "whole_cpu_s": round(whole, 2)})
+    print(f"\n24 next turns of {lengths[0]}-{lengths[-1]} tokens, 16 new tokens: prompt cache {cached:.1f} CPU s, "
+          f"whole prompts {whole:.1f} CPU s: {ratio:.2f}x")
+    benchmark.pedantic(lambda: None, rounds=1)
+    assert cached_outputs == whole_outputs
+    assert ratio >= CACHE_FLOOR

@@ -311,6 +311,48 @@ def test_prompts_that_differ_in_a_short_task_share_one_batch(tmp_path, monkeypat
     assert batches == [len(texts), 3]
 
 
+def test_a_conversations_next_turn_prefills_only_what_is_new(tmp_path):
+    """With the prompt cache, a conversation's next prompt prefills only the tokens after the longest prefix it shares
+    with that conversation's last prompt (rows reusing prefixes of different lengths in one batch), replies exactly as
+    prefilling whole prompts does, and the cache keeps only the conversations of the last call."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import harness.decode as decode
+    from falsifiers.test_remap import tiny_base
+
+    directory = tiny_base(tmp_path, "llama")
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    shared = "system: " + "rules " * 6  # the tiny tokenizer's context is 128 tokens, about 5 to a word
+    first = [shared + "task " + "w " * n + "next" for n in range(1, 6)]
+    second = [shared + "task " + "w " * n + "seen " + "x " * (3 - n % 3) + "next" for n in range(1, 6)]
+    keys = [f"episode-{n}" for n in range(1, 6)]
+    widths = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                    with_kwargs=True)
+    cache = decode.PromptCache()
+    decode.generate(model, tokenizer, first, 3, 40, keys=keys, prompt_cache=cache)
+    widths.clear()
+    cached = decode.generate(model, tokenizer, second, 3, 40, keys=keys, prompt_cache=cache)
+    prefilled = max(widths)  # the decode steps' width is 1
+    whole = decode.generate(model, tokenizer, second, 3, 40)
+    assert [r["output"] for r in cached] == [r["output"] for r in whole]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in first]
+    ids_next = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in second]
+
+    def common(a, b):
+        n = 0
+        while n < min(len(a), len(b) - 1) and a[n] == b[n]:
+            n += 1
+        return n
+    new = [len(b) - common(a, b) for a, b in zip(ids, ids_next)]
+    assert len(set(len(b) - n for b, n in zip(ids_next, new))) > 1  # the rows reuse prefixes of different lengths
+    assert prefilled == max(new) < max(len(b) for b in ids_next) - decode.shared_prefix_length(ids_next)
+    decode.generate(model, tokenizer, second[:2], 1, 40, keys=keys[:2], prompt_cache=cache)
+    assert sorted(cache.entries) == keys[:2]
+
+
 def test_a_prompt_past_the_models_context_is_counted_not_decoded(tmp_path):
     """A prompt whose tokens and reply exceed the model's context (max_position_embeddings) is not decoded into
     garbage: its output is empty and over_context true in the trace, the summary counts it, and the prompts that fit

@@ -286,9 +286,12 @@ class ModelPolicy:
     def __init__(self, model, tokenizer, options: AgentOptions):
         from harness.tokens import TokenCounter
 
+        from harness.decode import PromptCache
+
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.counter = TokenCounter.of(tokenizer)
         self.turn = 0
+        self.prompt_cache = PromptCache()  # each episode's last prompt: its next turn prefills only what is new
 
     def __call__(self, episodes: list[Episode], instructions: list[str]) -> list[str]:
         from harness.decode import generate, render_prompt
@@ -297,7 +300,8 @@ class ModelPolicy:
         # generate batches prompts of similar length together (harness.decode.length_batches)
         generated = generate(self.model, self.tokenizer, texts, self.options.max_new_tokens, self.options.batch_size,
                              stop_strings=(CLOSE,), temperature=self.options.temperature,
-                             seed=self.options.sample_seed + self.turn)
+                             seed=self.options.sample_seed + self.turn,
+                             keys=[episode.task.id for episode in episodes], prompt_cache=self.prompt_cache)
         self.turn += 1  # a fresh draw each turn, the same draws on every rerun
         return [result["output"] for result in generated]
 

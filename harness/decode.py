@@ -54,7 +54,7 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE,
              stop_strings: tuple[str, ...] = (), progress: str | None = None, temperature: float = 0.0,
-             seed: int = 0) -> list[dict]:
+             seed: int = 0, keys: list[str] | None = None, prompt_cache: PromptCache | None = None) -> list[dict]:
     """Greedy completions (or, with `temperature` > 0, samples from the softmax at that temperature, drawn from a
     generator seeded with `seed`, so a sampled run repeats exactly) of chat-rendered prompts, `batch_size` at a time
     with left padding (every row's generation starts right after its own prompt). Returns {"output", "new_tokens",
@@ -68,7 +68,11 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     every row until the slowest one ends: on a CPU one unclosed reply made a whole batch of agent turns decode to the
     token limit, most of an agent run's time. The tokens every prompt of a batch starts with (the chat template's system
     turn: about 240 of an agent prompt's ~700) are computed once per batch, not once per row (_prefill). `progress`: a
-    progress bar over the prompts with this label (stderr; --quiet disables every tqdm bar)."""
+    progress bar over the prompts with this label (stderr; --quiet disables every tqdm bar).
+
+    `prompt_cache` with `keys` (one per text: its conversation): each prompt's keys and values are kept under its key,
+    and a later prompt of the same conversation that starts with the same tokens prefills only the rest (PromptCache).
+    The cache then holds exactly the conversations of `keys`."""
     stops = set(stop_token_ids(tokenizer))
     device = next(model.parameters()).device
     pick = _sampler(temperature, seed, device)
@@ -76,13 +80,20 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     model.eval()
     fits = [index for index, text in enumerate(texts) if fits_context(model, tokenizer, text, max_new_tokens)]
     results = [{"output": "", "new_tokens": 0, "hit_token_limit": False, "over_context": True} for _ in texts]
+    # the chat template already holds every special token; add_special_tokens would add a BOS twice
     ids = tokenizer([texts[index] for index in fits], add_special_tokens=False)["input_ids"] if fits else []
+    caching = prompt_cache is not None and keys is not None and PromptCache.supports(model)
+    reused = [prompt_cache.reusable(keys[index], row) if caching else 0 for index, row in zip(fits, ids)]
     bar = progress_bar(progress is not None, total=len(texts), desc=progress, unit="prompt", leave=False)
     try:
-        for batch in length_batches([len(row) for row in ids], batch_size):
+        # what a row prefills is what it did not reuse: batch on that
+        for batch in length_batches([len(row) - done for row, done in zip(ids, reused)], batch_size):
             indices = [fits[position] for position in batch]
-            decoded = _decode_batch(model, tokenizer, [texts[index] for index in indices], max_new_tokens, stops,
-                                    stop_strings, device, pick)
+            prefixes = ([prompt_cache.prefix(keys[index], reused[position]) for index, position in zip(indices, batch)]
+                        if caching and all(reused[position] for position in batch) else None)
+            keep = (lambda row, layers: prompt_cache.put(keys[indices[row]], ids[batch[row]], layers)) if caching else None
+            decoded = _decode_batch(model, tokenizer, [ids[position] for position in batch], max_new_tokens, stops,
+                                    stop_strings, device, pick, prefixes, keep)
             for index, result in zip(indices, decoded):
                 results[index] = {**result, "over_context": False}
             bar.update(len(batch))
@@ -90,6 +101,8 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
         bar.close()
         if was_training:
             model.train()
+    if caching:
+        prompt_cache.retain(keys[index] for index in fits)
     return results
 
 
@@ -138,18 +151,31 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _decode_batch(model, tokenizer, texts, max_new_tokens, stops, stop_strings, device, pick) -> list[dict]:
+def _decode_batch(model, tokenizer, ids, max_new_tokens, stops, stop_strings, device, pick, prefixes=None,
+                  keep=None) -> list[dict]:
+    """Decode a batch of tokenized prompts. `prefixes`: each row's reused keys and values (PromptCache.prefix), or
+    None to prefill whole prompts; `keep(row, layers)` receives each row's prompt keys and values once prefilled."""
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=getattr(model, "config", None))
-    cache_arg = {_cache_keyword(model): cache}
-    rows = list(range(len(texts)))  # batch row -> text index, for the rows still decoding
-    tokens_out: list[list[int]] = [[] for _ in texts]
-    ended = [False] * len(texts)  # by an end-of-turn token or a stop string
-    eos = [False] * len(texts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = list(range(len(ids)))  # batch row -> prompt index, for the rows still decoding
+    tokens_out: list[list[int]] = [[] for _ in ids]
+    ended = [False] * len(ids)  # by an end-of-turn token or a stop string
+    eos = [False] * len(ids)
     with torch.inference_mode():
-        out, mask, next_position = _prefill(model, tokenizer, texts, cache, cache_arg, device)
+        if prefixes is None:
+            cache = DynamicCache(config=getattr(model, "config", None))
+            cache_arg = {_cache_keyword(model): cache}
+            out, mask, next_position = _prefill(model, ids, pad, cache, cache_arg, device)
+        else:
+            cache = DynamicCache(ddp_cache_data=_left_padded(prefixes), config=getattr(model, "config", None))
+            cache_arg = {_cache_keyword(model): cache}
+            out, mask, next_position = _prefill_after(model, ids, [_length(p) for p in prefixes], pad, cache, cache_arg,
+                                                      device)
+        if keep is not None:
+            for row in rows:
+                keep(row, _row_layers(cache, row, mask[row]))
         limit = max_new_tokens
         for step in range(limit):
             chosen = pick(out.logits[:, -1])
@@ -197,29 +223,105 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
     return length
 
 
-def _prefill(model, tokenizer, texts, cache, cache_arg, device):
+def _prefill(model, ids, pad, cache, cache_arg, device):
     """Run every prompt into the cache: (the output holding each row's last logits, the attention mask, each row's next
     position). The batch's shared prefix runs once as one row and is repeated into every row's cache; the rest of each
     prompt follows it left-padded, so a row reads [prefix | padding | its own tokens] and its positions skip the padding
     (prefix 0..P-1, own tokens P..)."""
     import torch
 
-    # the chat template already holds every special token; add_special_tokens would add a BOS twice
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     shared = shared_prefix_length(ids)
     if shared:
         model(input_ids=torch.tensor([ids[0][:shared]], device=device), use_cache=True, logits_to_keep=1, **cache_arg)
-        cache.batch_repeat_interleave(len(texts))
-    own = [row[shared:] for row in ids]
+        cache.batch_repeat_interleave(len(ids))
+    return _prefill_after(model, ids, [shared] * len(ids), pad, cache, cache_arg, device)
+
+
+def _prefill_after(model, ids, done, pad, cache, cache_arg, device):
+    """The rest of each prompt, after the `done[row]` tokens the cache already holds for that row (right-aligned in the
+    cache's columns, padding before them): left-padded, so a row reads [padding | its cached tokens | padding | its own
+    tokens], each row's positions counting its own tokens only."""
+    import torch
+
+    cached = cache.get_seq_length()
+    own = [row[start:] for row, start in zip(ids, done)]
     width = max(len(row) for row in own)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in own], device=device)
     own_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in own], device=device)
-    mask = torch.cat([own_mask.new_ones((len(texts), shared)), own_mask], dim=1)
-    positions = (shared + own_mask.cumsum(-1) - 1).clamp(min=shared)
+    cache_mask = torch.tensor([[0] * (cached - start) + [1] * start for start in done], device=device,
+                              dtype=own_mask.dtype)
+    mask = torch.cat([cache_mask, own_mask], dim=1)
+    start = torch.tensor(done, device=device)[:, None]
+    positions = torch.maximum(start + own_mask.cumsum(-1) - 1, start)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                 **cache_arg)
     return out, mask, positions[:, -1:] + 1
+
+
+class PromptCache:
+    """Each conversation's last prompt: its token ids and their keys and values, per layer. An agent's next prompt
+    repeats the last one's text up to its closing request for an action, so with this cache a turn prefills only the
+    new action and result instead of the whole conversation again (prefix caching, as vLLM and SGLang do across
+    requests; transformers reuses a cache within one generate call only). Not for models with sliding-window layers,
+    whose cache keeps only the window."""
+
+    def __init__(self):
+        self.entries: dict[str, tuple[list[int], list]] = {}
+
+    @staticmethod
+    def supports(model) -> bool:
+        from transformers import DynamicCache
+
+        config = getattr(model, "config", None)
+        return config is not None and not any(DynamicCache(config=config).is_sliding)
+
+    def reusable(self, key: str, ids: list[int]) -> int:
+        """How many of `ids`' leading tokens the cache holds for `key`, leaving at least one to prefill (the prefill
+        must end on the prompt's last token to give its first logits)."""
+        stored = self.entries.get(key, ((), None))[0]
+        limit, length = min(len(stored), len(ids) - 1), 0
+        while length < limit and stored[length] == ids[length]:
+            length += 1
+        return length
+
+    def prefix(self, key: str, length: int) -> list:
+        """`key`'s keys and values of its first `length` tokens: per layer (keys, values), each [heads, length, dim]."""
+        return [(k[:, :length], v[:, :length]) for k, v in self.entries[key][1]]
+
+    def put(self, key: str, ids: list[int], layers: list) -> None:
+        self.entries[key] = (list(ids), layers)
+
+    def retain(self, keys) -> None:
+        """Forget every conversation but these (the ones still going)."""
+        wanted = set(keys)
+        self.entries = {key: entry for key, entry in self.entries.items() if key in wanted}
+
+
+def _length(layers: list) -> int:
+    return layers[0][0].shape[-2]
+
+
+def _left_padded(prefixes: list[list]) -> list[tuple]:
+    """Rows' cached keys and values as one batch per layer, each row right-aligned to the longest (zeros before it,
+    masked out by the attention mask)."""
+    width = max(_length(layers) for layers in prefixes)
+    batched = []
+    for layer in range(len(prefixes[0])):
+        keys, values = prefixes[0][layer]
+        shape = (len(prefixes), keys.shape[0], width, keys.shape[-1])
+        batch_keys, batch_values = keys.new_zeros(shape), values.new_zeros(shape)
+        for row, layers in enumerate(prefixes):
+            row_keys, row_values = layers[layer]
+            batch_keys[row, :, width - row_keys.shape[-2]:] = row_keys
+            batch_values[row, :, width - row_values.shape[-2]:] = row_values
+        batched.append((batch_keys, batch_values))
+    return batched
+
+
+def _row_layers(cache, row: int, mask) -> list:
+    """One row's keys and values of its real tokens (the columns its attention mask keeps), copied out of the batch."""
+    columns = mask.bool()
+    return [(layer.keys[row][:, columns], layer.values[row][:, columns]) for layer in cache.layers]
 
 
 def load_for_eval(model: str, adapter: str | os.PathLike | None = None, device: str = "auto"):
