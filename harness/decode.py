@@ -91,9 +91,9 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
             indices = [fits[position] for position in batch]
             prefixes = ([prompt_cache.prefix(keys[index], reused[position]) for index, position in zip(indices, batch)]
                         if caching and all(reused[position] for position in batch) else None)
-            keep = (lambda row, layers: prompt_cache.put(keys[indices[row]], ids[batch[row]], layers)) if caching else None
+            store = (prompt_cache, [keys[index] for index in indices]) if caching else None
             decoded = _decode_batch(model, tokenizer, [ids[position] for position in batch], max_new_tokens, stops,
-                                    stop_strings, device, pick, prefixes, keep)
+                                    stop_strings, device, pick, prefixes, store)
             for index, result in zip(indices, decoded):
                 results[index] = {**result, "over_context": False}
             bar.update(len(batch))
@@ -152,9 +152,10 @@ def _cache_keyword(model) -> str:
 
 
 def _decode_batch(model, tokenizer, ids, max_new_tokens, stops, stop_strings, device, pick, prefixes=None,
-                  keep=None) -> list[dict]:
+                  store=None) -> list[dict]:
     """Decode a batch of tokenized prompts. `prefixes`: each row's reused keys and values (PromptCache.prefix), or
-    None to prefill whole prompts; `keep(row, layers)` receives each row's prompt keys and values once prefilled."""
+    None to prefill whole prompts; `store`: (a PromptCache, each row's key) to keep each row's prompt in once
+    prefilled."""
     import torch
     from transformers import DynamicCache
 
@@ -173,9 +174,10 @@ def _decode_batch(model, tokenizer, ids, max_new_tokens, stops, stop_strings, de
             cache_arg = {_cache_keyword(model): cache}
             out, mask, next_position = _prefill_after(model, ids, [_length(p) for p in prefixes], pad, cache, cache_arg,
                                                       device)
-        if keep is not None:
+        if store is not None:
+            prompt_cache, keys = store
             for row in rows:
-                keep(row, _row_layers(cache, row, mask[row]))
+                prompt_cache.put(keys[row], ids[row], _row_layers(cache, row, mask[row]))
         limit = max_new_tokens
         for step in range(limit):
             chosen = pick(out.logits[:, -1])
