@@ -109,7 +109,7 @@ def test_length_batches_against_one_padded_batch(benchmark, monkeypatch):
     assert ratio >= LENGTH_FLOOR
 
 
-CACHE_FLOOR = 1.2
+CACHE_FLOOR = 1.3  # measured 1.95x alone (20.8 vs 40.5 CPU s, 2026-12-06); one run, so a margin below it
 
 
 def test_prompt_cache_against_whole_conversations(benchmark):
