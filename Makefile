@@ -53,7 +53,7 @@ test: setup
 	$(PY) -m pytest -m "not gpu and not bench and not mutation and not student" --junitxml=junit.xml $(PYTEST_ARGS)
 
 # The committed long student (fixtures/students/) as an agent on the 38 held-out tasks, held to its solved floor (CI runs it;
-# about 12 minutes on 2 cores, so not part of `make test`).
+# about 10 minutes on 2 cores, so not part of `make test`).
 test-student: setup
 	$(PY) -m pytest -m student $(PYTEST_ARGS)
 
