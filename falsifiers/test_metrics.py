@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from falsifiers import report_inputs
-from harness.metrics import METRICS, fill, goals, metric, pct, rate, rate_text, rates
+from harness.metrics import METRICS, count_text, fill, goals, interval_text, metric, pct, rate, rate_text, rates
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "report_golden"
@@ -18,9 +18,48 @@ GOLDEN = Path(__file__).resolve().parent / "report_golden"
 def test_reports_render_the_bytes_they_rendered_before_the_metrics_table(name):
     """For the same inputs (falsifiers/report_inputs.py: scripted first steps and agent episodes of the committed
     held-out tasks, summarised by the real summarise), report.json, report.md, the summary lines, tune.json/tune.md and
-    curve.md are byte for byte what commit 599a05a's code wrote (falsifiers/report_golden/): same keys in the same
-    order, same rates, same floors, same percentages."""
+    curve.md are byte for byte the reviewed renderings in falsifiers/report_golden/ (commit 599a05a's, before the
+    metrics table, plus the Wilson intervals of FALSIFY-METRICS-004): same keys in the same order, same rates, same
+    floors, same percentages."""
     assert report_inputs.rendered()[name] == (GOLDEN / name).read_text(encoding="utf-8")
+
+
+def test_every_rate_of_the_flip_and_tune_reports_carries_its_wilson_interval():
+    """Every rate of the metrics table that report.md shows (goals, the agent table, the first-step table), base and
+    student, is written as 'k/n (p%, 95% CI lo-hi%)' from its summary's own counts; each recipe row of tune.md and the
+    agent's per-kind solves as 'k/n (lo-hi%)'."""
+    built = report_inputs.report()
+    text = report_inputs.rendered()["report.md"]
+    summaries = {"first_step": {"base": built["base"], "student": built["student"]},
+                 "agent": {who: built["agent"][who] for who in ("base", "student")}}
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    shown = {"first_step": {"valid_rate": "tasks with >= 1 valid call", "grounded_rate": "grounded (of tasks naming a path)",
+                            "valid_call_rate": "valid calls / calls",
+                            "first_tool_match_rate": "first tool matches the teacher's"},
+             "agent": {"solve_rate": "solved", "valid_call_rate": "valid calls / turns with a call",
+                       "grounded_rate": "first call grounded (of tasks naming a path)",
+                       "first_tool_match_rate": "first tool matches the teacher's"}}
+    for section, labels in shown.items():
+        assert set(labels) == {row.name for row in rates(section)}  # a new rate of the table needs its report line
+        for name, label in labels.items():
+            cells = [interval_text(summaries[section][who], section, name) for who in ("base", "student")]
+            assert f"| {label} | {cells[0]} | {cells[1]} |" in text, (section, name)
+            assert "95% CI" in cells[1]
+    for row in METRICS:
+        if row.goal and row.denominator:
+            measured = interval_text(summaries[row.section][row.who], row.section, row.name)
+            assert lines[row.goal].split(" | ")[2] == measured, row.goal
+    for kind, counts in built["agent"]["student"]["per_kind"].items():
+        rows = [line for line in text.splitlines() if line.startswith(f"| {kind} | ")]
+        assert any(line.endswith(f" | {count_text(counts['solved'], counts['tasks'])} |") for line in rows), kind
+    tune = report_inputs.rendered()["tune.md"]
+    for pool in report_inputs.tune_report()["pooled"]:
+        agent, first = pool["agent"], pool["first_step"]
+        assert (f"| {count_text(agent['solved'], agent['tasks'])} "
+                f"| {count_text(first['first_tool_match'], first['tasks_with_expected_first_tool'])} "
+                f"| {count_text(first['tasks_with_valid_call'], first['tasks'])} "
+                f"| {count_text(agent['valid_calls'], agent['calls'])} |") in tune, pool["recipe"]["name"]
+    assert count_text(7, 38) == "7/38 (9-33%)" and count_text(0, 0) == "0/0"
 
 
 def _results(section: str, value) -> dict:

@@ -36,7 +36,7 @@ def test_a_student_that_climbs_out_is_never_chosen_over_one_that_does_not():
     out = _row("agent-out", refused=2, absolute=1)
     report = {"base": "smollm2-135m", "validation_tasks": ["t"], "seed": 7, "train_seeds": [42], "train_tasks": 1, "max_turns": 8,
               "chosen": "clean", "current_default": "clean", "rows": [clean, out], "pooled": [clean, out]}
-    assert "| 3 | 0/18 |" in render_markdown(report)  # the outside calls are shown with the row
+    assert "| 3 | 0/18 (0-18%) |" in render_markdown(report)  # the outside calls are shown with the row
 
 
 def test_a_recipe_is_chosen_on_its_training_seeds_pooled_not_on_its_luckiest_seed():
@@ -56,7 +56,7 @@ def test_a_recipe_is_chosen_on_its_training_seeds_pooled_not_on_its_luckiest_see
               "rows": [_row("steady", solved=2, first_tool=9, seed=s) for s in (1, 2)]}
     table = render_markdown(report)
     assert "| steady (seed 1) |" in table and "| steady (seed 2) |" in table
-    assert "| **steady** (pooled) |" in table and "| 4/36 | 18/36 |" in table
+    assert "| **steady** (pooled) |" in table and "| 4/36 (4-25%) | 18/36 (34-66%) |" in table
 
 
 def test_bad_tune_options_are_refused_before_any_work(tmp_path):

@@ -120,12 +120,23 @@ def pct(value: float | None) -> str:
 
 def rate_text(successes: int, trials: int) -> str:
     """'k/n (p%, 95% CI lo-hi%)': a count with its rate and 95% Wilson interval."""
-    interval = wilson(successes, trials)
-    if interval is None:
+    if not trials:
         return f"{successes}/0 (n/a)"
-    low, high = interval
     # 100 * k / n, not 100 * (k / n): the two round differently at a half (207/360 is 57.5 and 57.4999...)
-    return f"{successes}/{trials} ({_percent(100 * successes / trials)}, 95% CI {100 * low:.0f}-{100 * high:.0f}%)"
+    return f"{successes}/{trials} ({_percent(100 * successes / trials)}, 95% CI {interval_bounds(successes, trials)})"
+
+
+def count_text(successes: int, trials: int) -> str:
+    """'k/n (lo-hi%)': a count with its 95% Wilson interval, for a table cell (the rate itself is k/n)."""
+    if not trials:
+        return f"{successes}/0"
+    return f"{successes}/{trials} ({interval_bounds(successes, trials)})"
+
+
+def interval_bounds(successes: int, trials: int) -> str:
+    """'lo-hi%': the 95% Wilson interval of successes/trials in whole percents (trials must be positive)."""
+    low, high = wilson(successes, trials)
+    return f"{100 * low:.0f}-{100 * high:.0f}%"
 
 
 def interval_text(summary: dict, section: str, name: str) -> str:

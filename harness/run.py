@@ -25,7 +25,7 @@ from harness import agent as agent_stage, evaluate as eval_stage  # their defaul
 from harness.atomic import claim_dir, forget_outputs, record_outputs, recorded_outputs, remove_ours, write_text
 from harness.contracts import FIXTURES, default_recipe, recipes
 from harness.export import MODES, ExportOptions  # MODES: the apr-code datasets a run can train on
-from harness.metrics import FLIP_THRESHOLD, goals, pct
+from harness.metrics import FLIP_THRESHOLD, METRICS, count_text, goals, interval_text, pct
 from harness.models import SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
                              force_option, option, options_of, path_or_none, positive_or_none, read_config,
@@ -444,8 +444,7 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|",
     ]
     for name, row in goal["checks"].items():
-        value = row["value"] if isinstance(row["value"], int) else pct(row["value"])
-        lines.append(f"| {name} | {row['floor']} | {value} | {'yes' if row['met'] else 'NO'} |")
+        lines.append(f"| {name} | {row['floor']} | {_measured(report, name, row['value'])} | {'yes' if row['met'] else 'NO'} |")
     if report["agent"]:
         lines += agent_section(report["agent"])
     lines += [
@@ -455,16 +454,11 @@ def render_markdown(report: dict) -> str:
         "| | base | student |",
         "|---|---|---|",
         f"| tasks with >= 1 call | {base['tasks_with_call']}/{base['tasks']} | {student['tasks_with_call']}/{student['tasks']} |",
-        f"| tasks with >= 1 valid call | {base['tasks_with_valid_call']} ({pct(base['valid_rate'])}) | "
-        f"{student['tasks_with_valid_call']} ({pct(student['valid_rate'])}) |",
-        f"| grounded (of tasks naming a path) | {base['tasks_grounded']}/{base['tasks_naming_path']} "
-        f"({pct(base['grounded_rate'])}) | {student['tasks_grounded']}/{student['tasks_naming_path']} "
-        f"({pct(student['grounded_rate'])}) |",
-        f"| valid calls / calls | {pct(base['valid_call_rate'])} | {pct(student['valid_call_rate'])} |",
+        _rate_row("tasks with >= 1 valid call", base, student, "valid_rate"),
+        _rate_row("grounded (of tasks naming a path)", base, student, "grounded_rate"),
+        _rate_row("valid calls / calls", base, student, "valid_call_rate"),
         f"| calls per tool | {base['calls_per_tool'] or '-'} | {student['calls_per_tool'] or '-'} |",
-        f"| first tool matches the teacher's | {base['first_tool_match']}/{base['tasks_with_expected_first_tool']} | "
-        f"{student['first_tool_match']}/{student['tasks_with_expected_first_tool']} "
-        f"({pct(student['first_tool_match_rate'])}) |",
+        _rate_row("first tool matches the teacher's", base, student, "first_tool_match_rate"),
         f"| calls naming a path outside the workspace (absolute or ..) | {base['absolute_path_calls']} | "
         f"{student['absolute_path_calls']} |",
         f"| outputs that hit the token limit | {base['hit_token_limit']} | {student['hit_token_limit']} |",
@@ -504,10 +498,31 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _summary(report: dict, section: str, who: str) -> dict:
+    return report[who] if section == "first_step" else report[section][who]
+
+
+def _measured(report: dict, goal: str, value) -> str:
+    """A goal's measured value: a count as it is, a rate as 'k/n (p%, 95% CI lo-hi%)' from its summary's counts."""
+    row = next(row for row in METRICS if row.goal == goal)
+    if row.denominator is None:
+        return str(value)
+    return interval_text(_summary(report, row.section, row.who), row.section, row.name)
+
+
+def _rate_row(label: str, base: dict, student: dict, name: str, section: str = "first_step") -> str:
+    """A table row of one rate of the metrics table, base and student, each with its 95% Wilson interval."""
+    return f"| {label} | {interval_text(base, section, name)} | {interval_text(student, section, name)} |"
+
+
 def _kind_cell(row: dict | None) -> str:
     if not row:
         return "-"
     return f"{row['first_tool_match']} / {row['grounded']} of {row['naming_path']} / {row['tasks']}"
+
+
+def _solved_cell(row: dict | None) -> str:
+    return count_text(row["solved"], row["tasks"]) if row else "0/0"
 
 
 def parity_rows(base: dict, student: dict) -> list[str]:
@@ -549,26 +564,22 @@ def agent_section(agent: dict) -> list[str]:
         "",
         "| | base | student |",
         "|---|---|---|",
-        f"| solved | {base['solved']}/{base['tasks']} ({pct(base['solve_rate'])}) | "
-        f"{student['solved']}/{student['tasks']} ({pct(student['solve_rate'])}) |",
+        _rate_row("solved", base, student, "solve_rate", "agent"),
         row("mean turns", "mean_turns"),
-        row("valid calls / turns with a call", "valid_call_rate", pct),
-        f"| first tool matches the teacher's | {base['first_tool_match']}/{base['tasks_with_expected_first_tool']} | "
-        f"{student['first_tool_match']}/{student['tasks_with_expected_first_tool']} |",
-        f"| first call grounded (of tasks naming a path) | {base['first_call_grounded']}/{base['tasks_naming_path']} | "
-        f"{student['first_call_grounded']}/{student['tasks_naming_path']} |",
+        _rate_row("valid calls / turns with a call", base, student, "valid_call_rate", "agent"),
+        _rate_row("first tool matches the teacher's", base, student, "first_tool_match_rate", "agent"),
+        _rate_row("first call grounded (of tasks naming a path)", base, student, "grounded_rate", "agent"),
         row("calls refused (outside the workspace)", "refused"),
         row("calls per tool", "calls_per_tool", lambda v: v or "-"),
         row("stop reasons", "stop_reasons"),
         row("tasks per minute", "tasks_per_minute"),
         *parity_rows(base, student),
         "",
-        "Per task kind (agent: solved / tasks):",
+        "Per task kind (agent: solved / tasks, 95% Wilson interval):",
         "",
         "| kind | base | student |",
         "|---|---|---|",
-        *[f"| {kind} | {base['per_kind'].get(kind, {}).get('solved', 0)}/{base['per_kind'].get(kind, {}).get('tasks', 0)}"
-          f" | {student['per_kind'].get(kind, {}).get('solved', 0)}/{student['per_kind'].get(kind, {}).get('tasks', 0)} |"
+        *[f"| {kind} | {_solved_cell(base['per_kind'].get(kind))} | {_solved_cell(student['per_kind'].get(kind))} |"
           for kind in sorted(set(base["per_kind"]) | set(student["per_kind"]))],
         "",
         f"Sandbox: {student['isolation']}.",

@@ -27,7 +27,7 @@ from harness import FlipError
 from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation runs agents as `flip run` does
 from harness.atomic import claim_dir, write_text
 from harness.contracts import FIXTURES, dialects, recipes
-from harness.metrics import metric, pct, rate
+from harness.metrics import count_text, metric, rate
 from harness.models import SMOLLM2, check
 from harness.options import (MODEL_HELP, add_options, device_option, dialect_option, force_option, option, options_of,
                              sandbox_option)
@@ -274,8 +274,10 @@ def render_markdown(report: dict) -> str:
         return (
             f"| {label} | {recipe['mode']} | {'yes' if recipe.get('pack') else 'no'} | {recipe['steps']} | {recipe['lr']:g} "
             f"| {','.join(recipe['targets'])} | {recipe['max_length']} | {row['train_s']:.0f} | {outside_calls(row)} "
-            f"| {agent['solved']}/{agent['tasks']} | {first['first_tool_match']}/{first['tasks_with_expected_first_tool']} "
-            f"| {pct(first['valid_rate'])} | {agent['valid_calls']}/{agent['calls']} | {agent['stop_reasons']} |")
+            f"| {count_text(agent['solved'], agent['tasks'])} "
+            f"| {count_text(first['first_tool_match'], first['tasks_with_expected_first_tool'])} "
+            f"| {count_text(first['tasks_with_valid_call'], first['tasks'])} "
+            f"| {count_text(agent['valid_calls'], agent['calls'])} | {agent['stop_reasons']} |")
 
     lines = [
         "# flip tune: recipes compared on a validation split of the training tasks",
