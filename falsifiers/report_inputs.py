@@ -3,7 +3,8 @@ committed held-out tasks (fixtures/holdout/workspaces), with scripted outputs in
 real `summarise` of harness.evaluate and harness.agent and rendered by the real report, tune and curve code.
 
 `rendered()` returns every rendered output by file name. falsifiers/report_golden/ holds what commit 599a05a's code
-(before harness/metrics.py) rendered from these same inputs:
+(before harness/metrics.py) rendered from these same inputs, re-rendered since only for the reviewed changes named in
+contracts/claims/metrics.yaml (the Wilson intervals of FALSIFY-METRICS-004). The first rendering was:
 
     git archive 599a05a | tar -x -C /tmp/main && cd /tmp/main && cp $WT/falsifiers/report_inputs.py falsifiers/ \
       && PYTHONPATH=/tmp/main $WT/.venv/bin/python -m falsifiers.report_inputs $WT/falsifiers/report_golden
