@@ -37,13 +37,15 @@ flip: setup
 # (flip curve, docs/recipe.md, "The long student's recipe"): SmolLM2, N = 1,000 seen once, the best validation row.
 TASKS ?= runs/tasks
 TASKS_N ?= 2000
+# empty: the generator's own share of Rust tasks (fixtures/taskgen.py RUST_SHARE); e.g. RUST_SHARE=0.5 TASKS=runs/tasks-rs50
+RUST_SHARE ?=
 STUDENT_RECIPE ?= packed-all-linear
 STUDENT_N ?= 1000
 STUDENT_STEPS ?= 1000
 STUDENT_OUT ?= runs/student
 
 $(TASKS)/manifest.json: | setup
-	$(PY) -m fixtures.taskgen --n $(TASKS_N) --seed 1 --out $(TASKS) --jobs 2
+	$(PY) -m fixtures.taskgen --n $(TASKS_N) --seed 1 --out $(TASKS) --jobs 2 $(if $(RUST_SHARE),--rust-share $(RUST_SHARE))
 
 student: setup $(TASKS)/manifest.json
 	$(VENV)/bin/flip run --recipe $(STUDENT_RECIPE) --train-tasks $(TASKS) --train-n $(STUDENT_N) \

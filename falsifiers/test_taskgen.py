@@ -65,8 +65,11 @@ def copied_held_out_rust_family() -> taskgen.RustFamily:
 
 
 def test_no_generated_task_leaks_held_out_text_or_function_bodies(monkeypatch):
-    clean = taskgen.text_candidates(LEAK_CANDIDATES, SEED)
-    assert len(clean) == LEAK_CANDIDATES
+    # candidate i is one Python and one Rust task whatever --rust-share is (the share picks which): checking the first
+    # LEAK_CANDIDATES of each language covers every share
+    clean = [*taskgen.text_candidates(LEAK_CANDIDATES, SEED, rust_share=0.0),
+             *taskgen.text_candidates(LEAK_CANDIDATES, SEED, rust_share=1.0)]
+    assert len(clean) == 2 * LEAK_CANDIDATES
     # every kind in both languages is among them, the Rust and add-method tasks included
     langs_kinds = {(c.task["lang"], c.kind) for c in clean}
     assert {("python", k) for k in taskgen.KIND_WEIGHTS} | {("rust", k) for k in taskgen.RUST_KIND_WEIGHTS} \
@@ -111,6 +114,23 @@ def without_timings(data: bytes) -> bytes:
     data = re.sub(rb"(?:test [\w:]+ \.\.\. \w+\\n)+",
                   lambda run: b"".join(sorted(line + b"\\n" for line in run.group(0).split(b"\\n") if line)), data)
     return re.sub(rb'"durationMs":\d+', rb'"durationMs":X', data)
+
+
+@pytest.mark.helper
+def test_the_rust_share_picks_the_language_of_the_same_candidates():
+    """--rust-share draws each candidate's language from its own stream: share 0 gives Python only, 1 Rust only, and
+    a share in between keeps each candidate the same Python or Rust task the all-Python or all-Rust run draws at its
+    index (so a verified candidate is cached once for every share)."""
+    python = {c.index: c for c in taskgen.text_candidates(200, SEED, rust_share=0.0)}
+    rust = {c.index: c for c in taskgen.text_candidates(200, SEED, rust_share=1.0)}
+    assert {c.task["lang"] for c in python.values()} == {"python"} and {c.task["lang"] for c in rust.values()} == {"rust"}
+    half = taskgen.text_candidates(200, SEED, rust_share=0.5)
+    share = sum(c.task["lang"] == "rust" for c in half) / len(half)
+    assert 0.35 < share < 0.65, share
+    twins = [(c, (rust if c.task["lang"] == "rust" else python).get(c.index)) for c in half]
+    same = [c for c, twin in twins if twin is not None]
+    assert len(same) > 100 and all(taskgen.content_hash(c) == taskgen.content_hash(t) for c, t in twins if t is not None)
+    assert taskgen.text_candidates(50, SEED) == taskgen.text_candidates(50, SEED, rust_share=taskgen.RUST_SHARE)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +225,8 @@ def test_every_rust_family_agrees_with_its_python_twin(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--n", "0", "--out", "{tmp}/o"], "--n must be at least 1"),
     (["--n", "2", "--jobs", "0", "--out", "{tmp}/o"], "--jobs must be at least 1"),
+    (["--n", "2", "--rust-share", "1.5", "--out", "{tmp}/o"], "--rust-share must be between 0 and 1, not 1.5"),
+    (["--n", "2", "--rust-share", "nan", "--out", "{tmp}/o"], "--rust-share must be between 0 and 1, not nan"),
     (["--n", "2", "--out", "{tmp}/mine"], "holds files this generator did not write"),
     (["--n", "2", "--out", "{tmp}/mine/notes.txt"], "is not a directory"),
     (["--n", "2", "--out", "{tmp}/o", "--cache", "{tmp}/mine/notes.txt"], "--cache {tmp}/mine/notes.txt is not a dir"),
