@@ -25,9 +25,9 @@ def test_reports_render_the_bytes_they_rendered_before_the_metrics_table(name):
 
 
 def test_every_rate_of_the_flip_and_tune_reports_carries_its_wilson_interval():
-    """Every rate of the metrics table that report.md shows (goals, the agent table, the first-step table), base and
-    student, is written as 'k/n (p%, 95% CI lo-hi%)' from its summary's own counts; each recipe row of tune.md and the
-    agent's per-kind solves as 'k/n (lo-hi%)'."""
+    """Every rate of the metrics table that report.md shows (goals, the agent table, the first-step table) and the
+    rates of flip eval's and flip agent's summary lines, base and student, are written as 'k/n (p%, 95% CI lo-hi%)'
+    from the summary's own counts; each recipe row of tune.md and the agent's per-kind solves as 'k/n (lo-hi%)'."""
     built = report_inputs.report()
     text = report_inputs.rendered()["report.md"]
     summaries = {"first_step": {"base": built["base"], "student": built["student"]},
@@ -52,6 +52,17 @@ def test_every_rate_of_the_flip_and_tune_reports_carries_its_wilson_interval():
     for kind, counts in built["agent"]["student"]["per_kind"].items():
         rows = [line for line in text.splitlines() if line.startswith(f"| {kind} | ")]
         assert any(line.endswith(f" | {count_text(counts['solved'], counts['tasks'])} |") for line in rows), kind
+    # the summary lines flip eval and flip agent print, base and student
+    summary_lines = report_inputs.rendered()["summary_lines.txt"]
+    in_lines = {"first_step": {"valid_rate": "with a valid call", "grounded_rate": "grounded"},
+                "agent": {"solve_rate": "solved", "valid_call_rate": "valid calls", "grounded_rate": "first call grounded",
+                          "first_tool_match_rate": "first tool matches"}}
+    for section, labels in in_lines.items():
+        for who in ("base", "student"):
+            line = next(line for line in summary_lines.splitlines()
+                        if line.startswith(f"{who}: ") and (" solved " in line) == (section == "agent"))
+            for name, label in labels.items():
+                assert f"{label} {interval_text(summaries[section][who], section, name)}" in line, (who, name, line)
     tune = report_inputs.rendered()["tune.md"]
     for pool in report_inputs.tune_report()["pooled"]:
         agent, first = pool["agent"], pool["first_step"]

@@ -33,7 +33,7 @@ from harness.atomic import check_out_dir, check_out_file, claim_dir, remove_entr
 from harness.contracts import system_prompt
 from harness.decode import DEFAULT_BATCH_SIZE
 from harness.export import ExportOptions
-from harness.metrics import fill, pct
+from harness.metrics import fill, interval_text
 from harness.options import (MODEL_HELP, adapter_option, add_options, device_option, dialect_option, force_option,
                              option, options_of, path_or_none, runtime_option, sandbox_option)
 from harness.prompt import SAMPLE_TOKENS, Budget, Scrubber, Step, count_steps, fit_instruction, render_observation
@@ -419,10 +419,13 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
 
 def format_summary(summary: dict, label: str = "") -> str:
     head = f"{label}: " if label else ""
-    return (f"{head}solved {summary['solved']}/{summary['tasks']} ({pct(summary['solve_rate'])}); "
-            f"{summary['mean_turns']} turns per task, valid calls {summary['valid_calls']}/{summary['calls']}; "
-            f"first call grounded {summary['first_call_grounded']}/{summary['tasks_naming_path']}, first tool matches "
-            f"{summary['first_tool_match']}/{summary['tasks_with_expected_first_tool']}; refused {summary['refused']}; "
+    def interval(name: str) -> str:
+        return interval_text(summary, "agent", name)
+
+    return (f"{head}solved {interval('solve_rate')}; "
+            f"{summary['mean_turns']} turns per task, valid calls {interval('valid_call_rate')}; "
+            f"first call grounded {interval('grounded_rate')}, first tool matches "
+            f"{interval('first_tool_match_rate')}; refused {summary['refused']}; "
             f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min"
             + (f"; CCPA action parity {summary['parity']['mean']} over {summary['parity']['tasks_scored']} tasks"
                if summary.get("parity") else ""))

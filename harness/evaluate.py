@@ -29,7 +29,7 @@ from harness.options import (MODEL_HELP, adapter_option, add_options, device_opt
                              options_of)
 from harness.contracts import dialects
 from harness.decode import DEFAULT_BATCH_SIZE, generate, load_for_eval, render_prompt
-from harness.metrics import fill, pct
+from harness.metrics import fill, interval_text
 from harness.prompt import render_instruction
 from harness.toolcall import ToolCall, call_errors, parse_tool_calls
 
@@ -239,10 +239,10 @@ def first_tool_summary(records: list[dict]) -> dict:
 def format_summary(summary: dict, label: str = "") -> str:
     head = f"{label}: " if label else ""
     return (
-        f"{head}{summary['tasks']} tasks: {summary['tasks_with_call']} with a call, "
-        f"{summary['tasks_with_valid_call']} with a valid call ({pct(summary['valid_rate'])}); "
-        f"grounded {summary['tasks_grounded']}/{summary['tasks_naming_path']} naming a path "
-        f"({pct(summary['grounded_rate'])}); {summary['total_calls']} calls {summary['calls_per_tool']}; "
+        f"{head}{summary['tasks']} tasks: {summary['tasks_with_call']} with a call; "
+        f"with a valid call {interval_text(summary, 'first_step', 'valid_rate')}; "
+        f"grounded {interval_text(summary, 'first_step', 'grounded_rate')} of the tasks naming a path; "
+        f"{summary['total_calls']} calls {summary['calls_per_tool']}; "
         f"absolute-path calls {summary['absolute_path_calls']}"
     )
 
