@@ -75,7 +75,8 @@ def agent_line(index: int, prompt: dict, student: bool) -> dict:
                       "refused": False})
     solved = student and index % 6 == 1
     return {
-        "id": prompt["id"], "task": prompt["task"], "kind": prompt["kind"], "solved": solved,
+        "id": prompt["id"], "task": prompt["task"], "kind": prompt["kind"],
+        "lang": json.loads((HOLDOUT / prompt["id"] / "task.json").read_text(encoding="utf-8"))["lang"], "solved": solved,
         "stop_reason": "answered" if not student else ("max_turns" if index % 2 else "answered"),
         "turns": turns, "first_tool": "file_read" if student else None, "expected_first_tool": prompt["first_tool"],
         "first_tool_match": (student and prompt["first_tool"] == "file_read") if prompt["first_tool"] else None,

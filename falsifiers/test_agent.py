@@ -26,10 +26,10 @@ from harness.toolcall import render_tool_call
 
 ROOT = Path(__file__).resolve().parent.parent
 HOLDOUT = ROOT / "fixtures" / "holdout" / "workspaces"
-TRACE_FIELDS = {"id", "task", "solved", "stop_reason", "turns", "first_tool", "grounded", "calls_by_tool",
-                "invalid_calls", "refused"}
+TRACE_FIELDS = {"id", "task", "kind", "lang", "solved", "stop_reason", "turns", "first_tool", "grounded",
+                "calls_by_tool", "invalid_calls", "refused"}
 SUMMARY_FIELDS = {"tasks", "solved", "mean_turns", "calls_per_tool", "refused", "stop_reasons", "tasks_per_minute",
-                  "per_kind", *(row.name for row in rates("agent"))}  # every rate of the metrics table
+                  "per_kind", "per_lang", *(row.name for row in rates("agent"))}  # every rate of the metrics table
 
 
 def test_the_oracle_solves_every_held_out_task():
@@ -43,6 +43,9 @@ def test_the_oracle_solves_every_held_out_task():
     assert summary["stop_reasons"] == {"answered": len(tasks)}
     kinds = Counter(task.kind for task in tasks)
     assert len(kinds) == 9 and all(n >= 2 for n in kinds.values()), kinds
+    languages = Counter(task.lang for task in tasks)
+    assert set(languages) == {"python", "rust"}, languages
+    assert summary["per_lang"] == {lang: {"tasks": n, "solved": n} for lang, n in sorted(languages.items())}
     for line in lines:
         assert TRACE_FIELDS <= set(line)
         assert line["turns"][-1]["call"] is None and line["turns"][-1]["observation"] is None  # the final answer

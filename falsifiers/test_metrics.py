@@ -27,7 +27,7 @@ def test_reports_render_the_bytes_they_rendered_before_the_metrics_table(name):
 def test_every_rate_of_the_flip_and_tune_reports_carries_its_wilson_interval():
     """Every rate of the metrics table that report.md shows (goals, the agent table, the first-step table) and the
     rates of flip eval's and flip agent's summary lines, base and student, are written as 'k/n (p%, 95% CI lo-hi%)'
-    from the summary's own counts; each recipe row of tune.md and the agent's per-kind solves as 'k/n (lo-hi%)'."""
+    from the summary's own counts; each recipe row of tune.md and the agent's solves per task kind and per language as 'k/n (lo-hi%)'."""
     built = report_inputs.report()
     text = report_inputs.rendered()["report.md"]
     summaries = {"first_step": {"base": built["base"], "student": built["student"]},
@@ -49,9 +49,11 @@ def test_every_rate_of_the_flip_and_tune_reports_carries_its_wilson_interval():
         if row.goal and row.denominator:
             measured = interval_text(summaries[row.section][row.who], row.section, row.name)
             assert lines[row.goal].split(" | ")[2] == measured, row.goal
-    for kind, counts in built["agent"]["student"]["per_kind"].items():
-        rows = [line for line in text.splitlines() if line.startswith(f"| {kind} | ")]
-        assert any(line.endswith(f" | {count_text(counts['solved'], counts['tasks'])} |") for line in rows), kind
+    for groups in ("per_kind", "per_lang"):
+        assert built["agent"]["student"][groups], groups
+        for group, counts in built["agent"]["student"][groups].items():
+            rows = [line for line in text.splitlines() if line.startswith(f"| {group} | ")]
+            assert any(line.endswith(f" | {count_text(counts['solved'], counts['tasks'])} |") for line in rows), group
     # the summary lines flip eval and flip agent print, base and student
     summary_lines = report_inputs.rendered()["summary_lines.txt"]
     in_lines = {"first_step": {"valid_rate": "with a valid call", "grounded_rate": "grounded"},

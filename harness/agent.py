@@ -258,6 +258,7 @@ def trace_line(episode: Episode, test, dialect: str | None = None) -> dict:
         "id": task.id,
         "task": task.prompt,
         "kind": task.kind,
+        "lang": task.lang,
         "solved": test.exit_code == 0,
         "stop_reason": episode.stop_reason,
         "turns": episode.turns,
@@ -394,6 +395,11 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
         row["first_tool_match"] += bool(line["first_tool_match"])
         row["grounded"] += bool(line["grounded"])
         row["naming_path"] += line["grounded"] is not None
+    languages: dict[str, Counter] = {}
+    for line in lines:
+        row = languages.setdefault(line.get("lang") or "(none)", Counter())  # traces before `lang` was recorded: none
+        row["tasks"] += 1
+        row["solved"] += line["solved"]
     return fill({
         "tasks": len(lines),
         "solved": solved,
@@ -411,6 +417,7 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
         "edits_applied": sum(line["edits_applied"] for line in lines),
         "stop_reasons": dict(sorted(Counter(line["stop_reason"] for line in lines).items())),
         "per_kind": {kind: dict(row) for kind, row in sorted(kinds.items())},
+        "per_lang": {lang: dict(row) for lang, row in sorted(languages.items())},
         "seconds": round(seconds, 1),
         "tasks_per_minute": round(len(lines) / (seconds / 60), 2) if seconds > 0 else None,
         "isolation": isolation().describe(sandbox),

@@ -525,6 +525,14 @@ def _solved_cell(row: dict | None) -> str:
     return count_text(row["solved"], row["tasks"]) if row else "0/0"
 
 
+def _solves_table(column: str, base: dict, student: dict) -> list[str]:
+    """The agents' solves per group (task kind, language), each with its 95% Wilson interval."""
+    return [f"Per {column} (agent: solved / tasks, 95% Wilson interval):", "", f"| {column.split()[-1]} | base | student |",
+            "|---|---|---|",
+            *[f"| {group} | {_solved_cell(base.get(group))} | {_solved_cell(student.get(group))} |"
+              for group in sorted(set(base) | set(student))], ""]
+
+
 def parity_rows(base: dict, student: dict) -> list[str]:
     """The agents' mean CCPA action parity against the teacher's held-out trajectories (when they were scored)."""
     if not (base.get("parity") and student.get("parity")):
@@ -575,13 +583,9 @@ def agent_section(agent: dict) -> list[str]:
         row("tasks per minute", "tasks_per_minute"),
         *parity_rows(base, student),
         "",
-        "Per task kind (agent: solved / tasks, 95% Wilson interval):",
-        "",
-        "| kind | base | student |",
-        "|---|---|---|",
-        *[f"| {kind} | {_solved_cell(base['per_kind'].get(kind))} | {_solved_cell(student['per_kind'].get(kind))} |"
-          for kind in sorted(set(base["per_kind"]) | set(student["per_kind"]))],
-        "",
+        *_solves_table("task kind", base["per_kind"], student["per_kind"]),
+        # summaries written before the language was recorded have none
+        *_solves_table("language", base.get("per_lang", {}), student.get("per_lang", {})),
         f"Sandbox: {student['isolation']}.",
         *parity_table(agent.get("parity_per_task")),
     ]

@@ -38,6 +38,11 @@ class AgentTask:
         return self.spec.get("kind")
 
     @property
+    def lang(self) -> str | None:
+        """task.json's `lang` (python, rust): the held-out tasks are about half of each."""
+        return self.spec.get("lang")
+
+    @property
     def first_tool(self) -> str | None:
         """The teacher's first tool: task.json's `first_tool`, else the canonical one of its kind."""
         return self.spec.get("first_tool") or FIRST_TOOL_BY_KIND.get(self.kind)
