@@ -39,16 +39,21 @@ TASKS ?= runs/tasks
 TASKS_N ?= 2000
 # empty: the generator's own share of Rust tasks (fixtures/taskgen.py RUST_SHARE); e.g. RUST_SHARE=0.5 TASKS=runs/tasks-rs50
 RUST_SHARE ?=
+# empty or 0: no edit recovery; e.g. EDIT_RECOVER_SHARE=0.3 TASKS=runs/tasks-er30 (fixtures/taskgen.py --edit-recover-share)
+EDIT_RECOVER_SHARE ?=
+# smollm2-135m or gemma3-270m (harness/models.py), e.g. STUDENT_BASE=gemma3-270m STUDENT_OUT=runs/student-gemma3
+STUDENT_BASE ?= smollm2-135m
 STUDENT_RECIPE ?= packed-all-linear
 STUDENT_N ?= 1000
 STUDENT_STEPS ?= 1000
 STUDENT_OUT ?= runs/student
 
 $(TASKS)/manifest.json: | setup
-	$(PY) -m fixtures.taskgen --n $(TASKS_N) --seed 1 --out $(TASKS) --jobs 2 $(if $(RUST_SHARE),--rust-share $(RUST_SHARE))
+	$(PY) -m fixtures.taskgen --n $(TASKS_N) --seed 1 --out $(TASKS) --jobs 2 $(if $(RUST_SHARE),--rust-share $(RUST_SHARE)) \
+	  $(if $(EDIT_RECOVER_SHARE),--edit-recover-share $(EDIT_RECOVER_SHARE))
 
 student: setup $(TASKS)/manifest.json
-	$(VENV)/bin/flip run --recipe $(STUDENT_RECIPE) --train-tasks $(TASKS) --train-n $(STUDENT_N) \
+	$(VENV)/bin/flip run --base $(STUDENT_BASE) --recipe $(STUDENT_RECIPE) --train-tasks $(TASKS) --train-n $(STUDENT_N) \
 	  --steps $(STUDENT_STEPS) --out $(STUDENT_OUT) --resume --save-every 25
 
 test: setup

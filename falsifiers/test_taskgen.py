@@ -181,6 +181,55 @@ def test_cached_rerun_copies_the_verified_tasks(small_runs, tmp_path):
     assert tree_bytes(tmp_path / "out" / "tasks") == tree_bytes(small_runs[0] / "tasks")
 
 
+def edit_results(stream: Path) -> list[tuple[dict, str, bool]]:
+    """Each Edit of a teacher transcript: (its input, its result text, is_error), in order."""
+    uses, results = {}, {}
+    for line in stream.read_text().splitlines():
+        event = json.loads(line)
+        for block in event.get("message", {}).get("content", []):
+            if isinstance(block, dict) and block.get("type") == "tool_use" and block["name"] == "Edit":
+                uses[block["id"]] = block["input"]
+            if isinstance(block, dict) and block.get("type") == "tool_result" and block["tool_use_id"] in uses:
+                results[block["tool_use_id"]] = (block["content"], bool(block.get("is_error")))
+    return [(uses[i], *results[i]) for i in uses]
+
+
+@pytest.mark.helper
+def test_edit_recovery_is_a_rejected_edit_then_the_right_one_and_trains_only_the_recovery(tmp_path):
+    """--edit-recover-share 1: the teacher's first Edit of every editing task is rejected by Claude Code's own errors
+    (old = new; an old string not in the file), then it recovers (after not-found, by reading the file again) and the
+    task's tests pass; the export never makes a rejected Edit a response, and trains the step after each rejection."""
+    from harness.export import ExportOptions, export
+
+    out = tmp_path / "out"
+    manifest = taskgen.generate(8, SEED, out, jobs=1, cache=tmp_path / "cache", rust_share=0.0, edit_recover_share=1.0)
+    editing = [d.name for d in (out / "tasks").iterdir() if json.loads((d / "task.json").read_text()).get("edits")]
+    failures = manifest["edit_recover"]["by_failure"]
+    assert sum(failures.values()) == len(editing) >= 6 and set(failures) == {"identical", "not-found"}, failures
+    errors = {"identical": "<tool_use_error>No changes to make: old_string and new_string are exactly the same.",
+              "not-found": "<tool_use_error>String to replace not found in file."}
+    rejected = []
+    for task in editing:
+        [stream] = (out / "transcripts" / task).glob("*/teacher.stream.ndjson")
+        edits = edit_results(stream)
+        (first, result, is_error), rest = edits[0], edits[1:]
+        kind = "identical" if first["old_string"] == first["new_string"] else "not-found"
+        assert is_error and result.startswith(errors[kind]) and rest and not any(e for _, _, e in rest), (task, edits)
+        assert rest[0][0]["new_string"] == first["new_string"] or kind == "identical"
+        rejected.append((kind, first))
+    export([str(out / "transcripts")], tmp_path / "sft", ExportOptions(progress=False))
+    samples = [json.loads(line) for line in (tmp_path / "sft" / "apr_code_sft_full.jsonl").read_text().splitlines()]
+    samples = [s for s in samples if "<tool_call>" in s["response"]]  # not the final answers
+    responses = [json.loads(s["response"].split("<tool_call>")[1].split("</tool_call>")[0]) for s in samples]
+    edits = [r["input"] for r in responses if r["name"] == "file_edit"]
+    assert edits and all(e["old"] != e["new"] for e in edits)
+    for kind, first in rejected:
+        assert not any(e["old"] == first["old_string"] and e["new"] == first["new_string"] for e in edits), first
+    after = [r["name"] for s, r in zip(samples, responses)
+             if s["instruction"].rstrip().removesuffix("Reply with the next tool call.").rstrip().endswith("</tool_use_error>")]
+    assert sorted(after) == sorted("file_edit" if kind == "identical" else "file_read" for kind, _ in rejected), after
+
+
 @pytest.mark.helper
 def test_every_family_is_well_formed_and_runs_on_its_samples():
     assert len(FAMILIES) >= 40 and len({f.key for f in FAMILIES}) == len(FAMILIES)
@@ -227,6 +276,8 @@ def test_every_rust_family_agrees_with_its_python_twin(tmp_path):
     (["--n", "2", "--jobs", "0", "--out", "{tmp}/o"], "--jobs must be at least 1"),
     (["--n", "2", "--rust-share", "1.5", "--out", "{tmp}/o"], "--rust-share must be between 0 and 1, not 1.5"),
     (["--n", "2", "--rust-share", "nan", "--out", "{tmp}/o"], "--rust-share must be between 0 and 1, not nan"),
+    (["--n", "2", "--edit-recover-share", "-0.1", "--out", "{tmp}/o"], "--edit-recover-share must be between 0 and 1"),
+    (["--n", "2", "--edit-recover-share", "0.5", "--text-only", "--out", "{tmp}/o"], "needs the teacher's transcripts"),
     (["--n", "2", "--out", "{tmp}/mine"], "holds files this generator did not write"),
     (["--n", "2", "--out", "{tmp}/mine/notes.txt"], "is not a directory"),
     (["--n", "2", "--out", "{tmp}/o", "--cache", "{tmp}/mine/notes.txt"], "--cache {tmp}/mine/notes.txt is not a dir"),

@@ -235,7 +235,7 @@ def measure(model_ref: str, adapter: Path | None, val_dir: Path, work: Path, cas
     edit = run_edit_step(model, tokenizer, cases, agent_options)
     return {
         "greedy": {key: greedy[key] for key in ("tasks", "solved", "valid_calls", "calls", "edits_applied", "refused",
-                                                "stop_reasons", "per_kind")},
+                                                "stop_reasons", "per_kind", "per_lang")},
         "task_ids": [line["id"] for line in lines],
         "greedy_solved_ids": sorted(line["id"] for line in lines if line["solved"]),
         "samples": options.samples,
