@@ -40,6 +40,8 @@ def _trl_step_on_export(tmp_path, mode: str, batch_size: int):
     pytest.importorskip("torch", reason="TRL needs torch")
     datasets = pytest.importorskip("datasets", reason="the bench extra (datasets) is not installed")
     trl = pytest.importorskip("trl", reason="the bench extra (trl) is not installed")
+    from peft import LoraConfig
+
     from harness.models import load_model
 
     _stream(tmp_path / "in" / "t.ndjson", "/w", [
@@ -50,11 +52,14 @@ def _trl_step_on_export(tmp_path, mode: str, batch_size: int):
     loaded = datasets.load_dataset("json", data_files=str(tmp_path / "out" / f"messages_{mode}.jsonl"), split="train",
                                    cache_dir=str(tmp_path / "hf-cache"))
     model, tokenizer = load_model("smollm2-135m", device="cpu")
+    # A LoRA step in float32, as `flip train` takes one on a CPU. TRL's defaults differ: bf16 autocast (emulated, and
+    # several times slower, on a CPU without avx512_bf16) and gradient checkpointing (a second forward pass).
     config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=batch_size,
                            max_length=1024, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True,
-                           dataset_num_proc=None, disable_tqdm=True)
+                           dataset_num_proc=None, disable_tqdm=True, gradient_checkpointing=False, bf16=False)
     trainer = trl.SFTTrainer(model=model.train(), args=config, train_dataset=loaded.remove_columns(["metadata"]),
-                             processing_class=tokenizer)
+                             processing_class=tokenizer,
+                             peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
     return loaded, trainer.train()
 
 
