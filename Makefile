@@ -46,6 +46,8 @@ STUDENT_BASE ?= smollm2-135m
 STUDENT_RECIPE ?= packed-all-linear
 STUDENT_N ?= 1000
 STUDENT_STEPS ?= 1000
+# empty: generated tasks only; any value: also the hand-written training split's transcripts (flip run --with-fixtures)
+WITH_FIXTURES ?=
 STUDENT_OUT ?= runs/student
 
 $(TASKS)/manifest.json: | setup
@@ -54,7 +56,7 @@ $(TASKS)/manifest.json: | setup
 
 student: setup $(TASKS)/manifest.json
 	$(VENV)/bin/flip run --base $(STUDENT_BASE) --recipe $(STUDENT_RECIPE) --train-tasks $(TASKS) --train-n $(STUDENT_N) \
-	  --steps $(STUDENT_STEPS) --out $(STUDENT_OUT) --resume --save-every 25
+	  --steps $(STUDENT_STEPS) --out $(STUDENT_OUT) --resume --save-every 25 $(if $(WITH_FIXTURES),--with-fixtures)
 
 test: setup
 	$(PY) -m pytest -m "not gpu and not bench and not mutation and not student" --junitxml=junit.xml $(PYTEST_ARGS)

@@ -501,6 +501,37 @@ def test_run_trains_on_the_tasks_of_a_curve_row(tmp_path, tiny_base, generated_s
         assert not refused.exists()
 
 
+def test_run_with_fixtures_adds_only_the_hand_written_training_split(tmp_path, tiny_base, generated_set):
+    """`flip run --train-tasks GEN --train-n N --with-fixtures` exports the N generated tasks and every transcript of
+    the training side of flip tune's split of the hand-written tasks, never a task of its validation side (what flip
+    tune and flip curve validate on); --with-fixtures without --train-tasks is one line, exit 2, nothing written."""
+    from harness.tasks import validation_split
+    from harness.tune import TASKS, TRANSCRIPTS
+
+    train, validation = validation_split(sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file()))
+    prompt = {task_id: (TASKS / task_id / "prompt.txt").read_text(encoding="utf-8").strip() for task_id in train + validation}
+    assert not {prompt[t] for t in validation} & {prompt[t] for t in train}, "a validation prompt is also a training one"
+    holdout = tmp_path / "holdout.jsonl"
+    holdout.write_text('{"id": "t1", "task": "fix the bug in zz_nowhere.py"}\n')
+    common = ["--base", tiny_base, "--holdout", holdout, "--steps", "1", "--rank", "4", "--targets", "q_proj",
+              "--no-merge", "--no-agent", "--eval-every", "0", "--max-new-tokens", "4", "--quiet"]
+    out, n = tmp_path / "run", 2
+    code, err = flip("run", "--out", out, "--train-tasks", generated_set, "--train-n", n, "--with-fixtures", *common)
+    assert code in (0, 1), err  # 1: a one-step tiny student misses the goals
+    instructions = "\n".join(json.loads(line)["instruction"]
+                             for line in (out / "datasets" / "apr_code_sft_full.jsonl").read_text().splitlines())
+    recorded = [t for t in train if (TRANSCRIPTS / t).is_dir()]
+    assert len(recorded) > 40 and not [t for t in recorded if prompt[t] not in instructions], "a training task is missing"
+    assert not [t for t in validation if prompt[t] in instructions], "a validation task was trained on"
+    files = sum(len(list((TRANSCRIPTS / t).rglob("*.ndjson"))) for t in recorded)
+    assert json.loads((out / "datasets" / "export_stats.json").read_text())["files"] == n + files
+
+    refused = tmp_path / "refused"
+    code, err = flip("run", "--out", refused, "--with-fixtures", *common)
+    _one_line_error(code, err, "--with-fixtures needs --train-tasks")
+    assert not refused.exists()
+
+
 def test_run_hands_its_dialect_to_every_stage(tmp_path, tiny_base):
     """`flip run --dialect apr-runtime` runs every stage in that dialect: the export writes apr-code's runtime field
     names (file_edit old_string/new_string) with that dialect's system prompt, training takes those calls as calls

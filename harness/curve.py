@@ -54,14 +54,15 @@ def distinct_prompts(tasks: Path, val_ids: list[str], train_ids: list[str]) -> l
 def link_validation(out: Path, tasks: Path, val_ids: list[str], fixture_val: bool) -> Path:
     """DIR/val-tasks: links to the generated validation tasks and (by default) flip tune's validation split of the
     hand-written training tasks. Never a held-out task."""
-    from harness.tune import TASKS as FIXTURE_TASKS, validation_split
+    from harness.tasks import validation_split
+    from harness.tune import TASKS as FIXTURE_TASKS
 
     val_dir = out / "val-tasks"
     val_dir.mkdir(exist_ok=True)
     links = {task_id: tasks / "tasks" / task_id for task_id in val_ids}
     if fixture_val:
         fixture_dirs = sorted(p for p in FIXTURE_TASKS.iterdir() if (p / "task.json").is_file())
-        links.update({task_id: FIXTURE_TASKS / task_id for task_id in validation_split(fixture_dirs, 7)[1]})
+        links.update({task_id: FIXTURE_TASKS / task_id for task_id in validation_split(fixture_dirs)[1]})
     for task_id, target in sorted(links.items()):
         if not (val_dir / task_id).exists():
             (val_dir / task_id).symlink_to(target.resolve())

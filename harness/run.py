@@ -69,6 +69,8 @@ class RunOptions:
                                       "the first --train-n tasks of its training order (flip curve's) instead of "
                                       "--transcripts", type=path_or_none)
     train_n: int | None = option(None, "how many of --train-tasks' training tasks (default: all of them)", type=int)
+    with_fixtures: bool = option(False, "with --train-tasks: also export the hand-written tasks' transcripts "
+                                 "(fixtures/transcripts) of flip tune's training split, never its validation split")
     holdout: Path = option(FIXTURES / "holdout" / "workspaces", 'held-out task folders (prompt.txt, task.json, '
                            'workspace/), or a {"id", "task"} JSONL (first step only, no agent)')
     recipe: str = option(RECIPE_NAME, "the training recipe of contracts/recipes.yaml: its values are the defaults of "
@@ -124,6 +126,8 @@ class RunOptions:
         self.train_tasks = Path(self.train_tasks) if self.train_tasks else None
         if self.train_n is not None and self.train_tasks is None:
             raise FlipError("--train-n needs --train-tasks")
+        if self.with_fixtures and self.train_tasks is None:
+            raise FlipError("--with-fixtures needs --train-tasks (without it the fixtures are what is exported)")
         if self.train_tasks is not None and self.data is not None:
             raise FlipError("--train-tasks and --data: give one (--data skips the export)")
         self.parity_teacher = Path(self.parity_teacher) if self.parity_teacher else None
@@ -138,12 +142,15 @@ class RunOptions:
         self.train_config()  # the training options are checked by TrainConfig, before any work
 
     def export_inputs(self) -> list[Path]:
-        """What the export reads: --train-tasks' first --train-n training transcripts, else --transcripts."""
+        """What the export reads: --train-tasks' first --train-n training transcripts (and, --with-fixtures, the
+        hand-written training split's), else --transcripts."""
         if self.train_tasks is None:
             return [self.transcripts]
-        from harness.tasks import training_transcripts
+        from harness.tasks import hand_written_training_transcripts, training_transcripts
+        from harness.tune import TASKS, TRANSCRIPTS
 
-        return training_transcripts(self.train_tasks, self.train_n, self.seed)
+        fixtures = hand_written_training_transcripts(TASKS, TRANSCRIPTS) if self.with_fixtures else []
+        return training_transcripts(self.train_tasks, self.train_n, self.seed) + fixtures
 
     def train_data(self) -> Path:
         """The jsonl training reads: --data, or the export's dataset of --mode."""

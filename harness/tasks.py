@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import defaultdict
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,30 @@ def read_manifest(tasks: Path, flag: str = "--tasks") -> dict:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise FlipError(f"{flag} {tasks}: no generated task set there ({path}: {err})") from None
     return {"train": train, "validation": validation, "seed": manifest.get("seed")}
+
+
+# flip tune's split of the hand-written training tasks (fixtures/tasks): flip curve validates on the same split, and
+# flip run --with-fixtures trains on its other side only.
+VALIDATION_SEED = 7
+
+
+def validation_split(task_dirs: list[Path], seed: int = VALIDATION_SEED) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids): one task of each (kind, language) group goes to validation."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for folder in task_dirs:
+        spec = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+        groups[(spec.get("kind", ""), spec.get("lang", ""))].append(folder.name)
+    rng = random.Random(seed)
+    val = sorted(rng.choice(sorted(ids)) for _, ids in sorted(groups.items()))
+    train = sorted(folder.name for folder in task_dirs if folder.name not in val)
+    return train, val
+
+
+def hand_written_training_transcripts(tasks: Path, transcripts: Path) -> list[Path]:
+    """The transcript folders (transcripts/<id>/) of the training side of flip tune's split of the hand-written tasks
+    (tasks/<id>/task.json): never a task of its validation split, which flip tune and flip curve validate on."""
+    train, _ = validation_split(sorted(p for p in tasks.iterdir() if (p / "task.json").is_file()))
+    return [transcripts / task_id for task_id in train if (transcripts / task_id).is_dir()]
 
 
 def training_order(train_ids: list[str], seed: int) -> list[str]:

@@ -16,10 +16,9 @@ Recipes are data: contracts/recipes.yaml. The held-out workspaces and prompts ar
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,23 +32,12 @@ from harness.options import (MODEL_HELP, add_options, device_option, dialect_opt
                              sandbox_option)
 from harness.sandbox import check_sandbox
 from harness.stats import SIGNIFICANCE, mcnemar_exact
+from harness.tasks import VALIDATION_SEED, validation_split
 from harness.train import TrainConfig
 
 TASKS = FIXTURES / "tasks"
 TRANSCRIPTS = FIXTURES / "transcripts"
 OUTPUT_NAMES = ("datasets-*", "val-tasks", "recipe-*", "tune.json", "tune.md")
-
-
-def validation_split(task_dirs: list[Path], seed: int) -> tuple[list[str], list[str]]:
-    """(train ids, validation ids): one task of each (kind, language) group goes to validation."""
-    groups: dict[tuple, list[str]] = defaultdict(list)
-    for folder in task_dirs:
-        spec = json.loads((folder / "task.json").read_text(encoding="utf-8"))
-        groups[(spec.get("kind", ""), spec.get("lang", ""))].append(folder.name)
-    rng = random.Random(seed)
-    val = sorted(rng.choice(sorted(ids)) for _, ids in sorted(groups.items()))
-    train = sorted(folder.name for folder in task_dirs if folder.name not in val)
-    return train, val
 
 
 def outside_calls(row: dict) -> int:
@@ -211,7 +199,7 @@ class TuneOptions:
     out: Path = option(help="tune directory (datasets, one adapter and trace set per recipe, tune.json, tune.md)")
     base: str = option(SMOLLM2, "the base every recipe trains: " + MODEL_HELP)
     recipes: str | None = option(None, "comma-separated recipe names from contracts/recipes.yaml (default: all)")
-    seed: int = option(7, "seed of the validation split")
+    seed: int = option(VALIDATION_SEED, "seed of the validation split")
     train_seeds: str = option(
         str(TrainConfig.seed), "comma-separated training seeds: each recipe trains once per seed and is chosen on the "
         "runs pooled; the default is flip train's seed")
