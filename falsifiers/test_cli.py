@@ -506,7 +506,7 @@ def test_run_with_fixtures_adds_only_the_hand_written_training_split(tmp_path, t
     the training side of flip tune's split of the hand-written tasks, never a task of its validation side (what flip
     tune and flip curve validate on); --with-fixtures without --train-tasks is one line, exit 2, nothing written."""
     from harness.tasks import validation_split
-    from harness.tune import TASKS, TRANSCRIPTS
+    from harness.contracts import FIXTURE_TASKS as TASKS, FIXTURE_TRANSCRIPTS as TRANSCRIPTS
 
     train, validation = validation_split(sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file()))
     prompt = {task_id: (TASKS / task_id / "prompt.txt").read_text(encoding="utf-8").strip() for task_id in train + validation}

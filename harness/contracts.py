@@ -26,6 +26,10 @@ def _data_dir(package: str, folder: str) -> Path:
 
 CONTRACTS = _data_dir("harness.contracts_data", "contracts")
 FIXTURES = _data_dir("harness.fixtures_data", "fixtures")
+# The hand-written tasks (prompt, workspace, test) and the teacher's recorded transcripts of them: flip tune splits them
+# into training and validation (harness.tasks.validation_split); flip run exports their transcripts by default.
+FIXTURE_TASKS = FIXTURES / "tasks"
+FIXTURE_TRANSCRIPTS = FIXTURES / "transcripts"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness import FlipError
 from harness.atomic import claim_dir, write_text
-from harness.contracts import FIXTURES, recipes
+from harness.contracts import FIXTURE_TASKS, FIXTURES, recipes
 from harness.models import SMOLLM2, check
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of
 from harness.metrics import interval_text, pct
@@ -55,7 +55,6 @@ def link_validation(out: Path, tasks: Path, val_ids: list[str], fixture_val: boo
     """DIR/val-tasks: links to the generated validation tasks and (by default) flip tune's validation split of the
     hand-written training tasks. Never a held-out task."""
     from harness.tasks import validation_split
-    from harness.tune import TASKS as FIXTURE_TASKS
 
     val_dir = out / "val-tasks"
     val_dir.mkdir(exist_ok=True)

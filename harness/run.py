@@ -23,7 +23,7 @@ from pathlib import Path
 from harness import FlipError
 from harness import agent as agent_stage, evaluate as eval_stage  # their defaults (neither imports torch)
 from harness.atomic import claim_dir, forget_outputs, record_outputs, recorded_outputs, remove_ours, write_text
-from harness.contracts import FIXTURES, default_recipe, recipes
+from harness.contracts import FIXTURE_TASKS, FIXTURE_TRANSCRIPTS, FIXTURES, default_recipe, recipes
 from harness.export import MODES, ExportOptions  # MODES: the apr-code datasets a run can train on
 from harness.metrics import FLIP_THRESHOLD, METRICS, count_text, goals, interval_text, pct
 from harness.models import SMOLLM2
@@ -64,7 +64,7 @@ class RunOptions:
                              "names one")
     base: str = option(SMOLLM2, MODEL_HELP)
     data: Path | None = option(None, "train on this SFT jsonl instead of exporting the fixtures")
-    transcripts: Path = option(FIXTURES / "transcripts", "transcripts to export")
+    transcripts: Path = option(FIXTURE_TRANSCRIPTS, "transcripts to export")
     train_tasks: Path | None = option(None, "a generated task set (fixtures/taskgen.py, what flip curve reads): export "
                                       "the first --train-n tasks of its training order (flip curve's) instead of "
                                       "--transcripts", type=path_or_none)
@@ -147,9 +147,8 @@ class RunOptions:
         if self.train_tasks is None:
             return [self.transcripts]
         from harness.tasks import hand_written_training_transcripts, training_transcripts
-        from harness.tune import TASKS, TRANSCRIPTS
 
-        fixtures = hand_written_training_transcripts(TASKS, TRANSCRIPTS) if self.with_fixtures else []
+        fixtures = hand_written_training_transcripts(FIXTURE_TASKS, FIXTURE_TRANSCRIPTS) if self.with_fixtures else []
         return training_transcripts(self.train_tasks, self.train_n, self.seed) + fixtures
 
     def train_data(self) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 from harness import FlipError
 from harness.agent import DEFAULT_MAX_TURNS  # the agent's default: validation runs agents as `flip run` does
 from harness.atomic import claim_dir, write_text
-from harness.contracts import FIXTURES, dialects, recipes
+from harness.contracts import FIXTURE_TASKS as TASKS, FIXTURE_TRANSCRIPTS as TRANSCRIPTS, dialects, recipes
 from harness.metrics import count_text, metric, rate
 from harness.models import SMOLLM2, check
 from harness.options import (MODEL_HELP, add_options, device_option, dialect_option, force_option, option, options_of,
@@ -35,8 +35,6 @@ from harness.stats import SIGNIFICANCE, mcnemar_exact
 from harness.tasks import VALIDATION_SEED, validation_split
 from harness.train import TrainConfig
 
-TASKS = FIXTURES / "tasks"
-TRANSCRIPTS = FIXTURES / "transcripts"
 OUTPUT_NAMES = ("datasets-*", "val-tasks", "recipe-*", "tune.json", "tune.md")
 
 
