@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -395,6 +396,23 @@ def test_run_trains_the_recipe_it_names():
         TrainConfig.from_recipe({"stepz": 3}, data="d.jsonl", base="b", out="o")
     with pytest.raises(FlipError, match="--steps must be at least 1"):
         RunOptions(out="r", steps=0)
+
+
+def test_resume_takes_an_option_added_since_the_run_began_at_its_default(tmp_path):
+    """A run whose config.json lacks an option flip run gained later (the run began under an older apr-flip) resumes
+    when that option is at its default, and is refused, naming it, when it is not, as a changed option is."""
+    from harness import FlipError
+    from harness.run import CONFIG_FILE, RunOptions, check_resumable, run_config
+
+    out, generated = tmp_path / "run", tmp_path / "generated"
+    written = json.loads(run_config(RunOptions(out=out, train_tasks=generated)))
+    del written["with_fixtures"]
+    out.mkdir()
+    (out / CONFIG_FILE).write_text(json.dumps(written, indent=2) + "\n")
+    check_resumable(out, run_config(RunOptions(out=out, train_tasks=generated)))
+    for changed, named in (({"with_fixtures": True}, "(with_fixtures)"), ({"steps": 7}, "(steps)")):
+        with pytest.raises(FlipError, match=re.escape(named)):
+            check_resumable(out, run_config(RunOptions(out=out, train_tasks=generated, **changed)))
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_base, monkeypatch):

@@ -36,6 +36,11 @@ def config_text(options, names) -> str:
     return json.dumps({name: _json_value(getattr(options, name)) for name in names}, indent=2) + "\n"
 
 
+def default_config(cls, names) -> dict:
+    """The named fields' defaults, as config_text writes their values (fields without a default left out)."""
+    return {f.name: _json_value(f.default) for f in fields(cls) if f.name in names and f.default is not MISSING}
+
+
 def _typed(value, kind, key: str):
     """value as a field declared `kind` holds it, or FlipError naming the key."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):

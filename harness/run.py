@@ -27,9 +27,9 @@ from harness.contracts import FIXTURE_TASKS, FIXTURE_TRANSCRIPTS, FIXTURES, defa
 from harness.export import MODES, ExportOptions  # MODES: the apr-code datasets a run can train on
 from harness.metrics import FLIP_THRESHOLD, METRICS, count_text, goals, interval_text, pct
 from harness.models import SMOLLM2
-from harness.options import (MODEL_HELP, add_options, config_text, device_option, dialect_option, field_names,
-                             force_option, option, options_of, path_or_none, positive_or_none, read_config,
-                             sandbox_option)
+from harness.options import (MODEL_HELP, add_options, config_text, default_config, device_option, dialect_option,
+                             field_names, force_option, option, options_of, path_or_none, positive_or_none,
+                             read_config, sandbox_option)
 from harness.sandbox import check_sandbox
 from harness.train import RECIPE_FIELD_NAMES, TrainConfig
 
@@ -282,11 +282,16 @@ def resumed(options: RunOptions, stage: str) -> bool:
 
 
 def check_resumable(out: Path, config: str) -> None:
-    """--resume continues the run its config.json describes, with the same options (a fresh --out just starts)."""
+    """--resume continues the run its config.json describes, with the same options (a fresh --out just starts). An
+    option its config.json lacks, one flip run gained after the run began, counts as given at its default: upgrading
+    apr-flip does not strand a half-trained run, and that option at another value still refuses it."""
     written = out / CONFIG_FILE
     if written.is_file() and written.read_text(encoding="utf-8") != config:
-        before, now = json.loads(written.read_text(encoding="utf-8")), json.loads(config)
+        before = json.loads(written.read_text(encoding="utf-8"))
+        before, now = {**default_config(RunOptions, CONFIG_FIELDS), **before}, json.loads(config)
         differ = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+        if not differ:
+            return
         raise FlipError(f"--resume: {written} was written with other options ({', '.join(differ)}); resume with "
                         f"the same ones (--config {written} --resume), or run into another --out")
 
