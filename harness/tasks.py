@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections import defaultdict
 import stat
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
