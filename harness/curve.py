@@ -30,7 +30,7 @@ from harness.models import SMOLLM2, check
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of
 from harness.metrics import interval_text, pct
 from harness.stats import PASS_AT, mcnemar_exact, pass_at_k, wilson
-from harness.tasks import read_manifest, training_order
+from harness.tasks import read_manifest, task_folders, training_order, validation_split
 
 OUTPUT_NAMES = ("n*", "val-tasks", "base", "curve.json", "curve.md", "curve.png")
 FEW_SHOT = 3  # worked examples in the plain Before/After prompt
@@ -54,14 +54,12 @@ def distinct_prompts(tasks: Path, val_ids: list[str], train_ids: list[str]) -> l
 def link_validation(out: Path, tasks: Path, val_ids: list[str], fixture_val: bool) -> Path:
     """DIR/val-tasks: links to the generated validation tasks and (by default) flip tune's validation split of the
     hand-written training tasks. Never a held-out task."""
-    from harness.tasks import validation_split
-
     val_dir = out / "val-tasks"
     val_dir.mkdir(exist_ok=True)
     links = {task_id: tasks / "tasks" / task_id for task_id in val_ids}
     if fixture_val:
-        fixture_dirs = sorted(p for p in FIXTURE_TASKS.iterdir() if (p / "task.json").is_file())
-        links.update({task_id: FIXTURE_TASKS / task_id for task_id in validation_split(fixture_dirs)[1]})
+        _, fixture_val_ids = validation_split(task_folders(FIXTURE_TASKS))
+        links.update({task_id: FIXTURE_TASKS / task_id for task_id in fixture_val_ids})
     for task_id, target in sorted(links.items()):
         if not (val_dir / task_id).exists():
             (val_dir / task_id).symlink_to(target.resolve())

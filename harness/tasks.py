@@ -119,6 +119,11 @@ def read_manifest(tasks: Path, flag: str = "--tasks") -> dict:
 VALIDATION_SEED = 7
 
 
+def task_folders(directory: Path) -> list[Path]:
+    """The task folders of a hand-written task set (DIR/<id>/task.json), sorted by id."""
+    return sorted(p for p in directory.iterdir() if (p / "task.json").is_file())
+
+
 def validation_split(task_dirs: list[Path], seed: int = VALIDATION_SEED) -> tuple[list[str], list[str]]:
     """(train ids, validation ids): one task of each (kind, language) group goes to validation."""
     groups: dict[tuple, list[str]] = defaultdict(list)
@@ -134,7 +139,7 @@ def validation_split(task_dirs: list[Path], seed: int = VALIDATION_SEED) -> tupl
 def hand_written_training_transcripts(tasks: Path, transcripts: Path) -> list[Path]:
     """The transcript folders (transcripts/<id>/) of the training side of flip tune's split of the hand-written tasks
     (tasks/<id>/task.json): never a task of its validation split, which flip tune and flip curve validate on."""
-    train, _ = validation_split(sorted(p for p in tasks.iterdir() if (p / "task.json").is_file()))
+    train, _ = validation_split(task_folders(tasks))
     return [transcripts / task_id for task_id in train if (transcripts / task_id).is_dir()]
 
 

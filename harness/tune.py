@@ -32,7 +32,7 @@ from harness.options import (MODEL_HELP, add_options, device_option, dialect_opt
                              sandbox_option)
 from harness.sandbox import check_sandbox
 from harness.stats import SIGNIFICANCE, mcnemar_exact
-from harness.tasks import VALIDATION_SEED, validation_split
+from harness.tasks import VALIDATION_SEED, task_folders, validation_split
 from harness.train import TrainConfig
 
 OUTPUT_NAMES = ("datasets-*", "val-tasks", "recipe-*", "tune.json", "tune.md")
@@ -225,8 +225,7 @@ def tune(out: str | Path, names: list[str] | None = None, base: str = TuneOption
     check_sandbox(sandbox)
     out = claim_dir(out, "tune", OUTPUT_NAMES, force, inputs=(base,))
     check_same_base(out, base, dialect)
-    task_dirs = sorted(p for p in TASKS.iterdir() if (p / "task.json").is_file())
-    train_ids, val_ids = validation_split(task_dirs, seed)
+    train_ids, val_ids = validation_split(task_folders(TASKS), seed)
     val_dir = out / "val-tasks"
     val_dir.mkdir(exist_ok=True)
     for task_id in val_ids:
