@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import random
 import re
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from falsifiers import leaks
-from fixtures import check_tasks, taskgen
+from fixtures import check_tasks, taskgen, teacher
 from fixtures.taskgen_families import FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,3 +322,47 @@ def test_a_hanging_test_run_is_killed_with_its_children(tmp_path, monkeypatch):
         time.sleep(0.1)
     assert not alive_sleep(sleeper)
     assert taskgen.test_exit_code(tmp_path / "ws", "exit 3") == 3
+
+
+def unseen_actions(stream: Path, task: dict) -> list[str]:
+    """The Greps and the Reads of the task's own file in a teacher transcript that nothing before them showed: each
+    Grep's name (or phrase) and the file's path must be in the prompt or an earlier tool result."""
+    seen, problems = task["prompt"], []
+    for line in stream.read_text().splitlines():
+        for block in json.loads(line).get("message", {}).get("content", []):
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use" and block["name"] == "Grep":
+                if teacher.looked_for(block["input"]["pattern"]) not in seen:
+                    problems.append(f"Grep {block['input']['pattern']!r}")
+            if (block.get("type") == "tool_use" and block["name"] == "Read"
+                    and block["input"]["file_path"].endswith("/" + task["file"]) and task["file"] not in seen):
+                problems.append(f"Read {task['file']}")
+            if block.get("type") == "tool_result":
+                content = block.get("content")
+                seen += "\n" + (content if isinstance(content, str) else json.dumps(content))
+    return problems
+
+
+@pytest.mark.helper
+def test_the_teacher_greps_and_reads_only_what_it_was_shown(tmp_path):
+    """A generated fix, search or test-fix task whose prompt names neither the function nor its file: the teacher
+    finds them from what it has seen (the tests' output, or the doc phrase the prompt quotes), never by a name it was
+    not told (before, 20 of the 75 grep-based search transcripts of a 1,100-task set grepped for such a name)."""
+    wanted = {("search", "rust"), ("search", "python"), ("test-fix", "rust"), ("test-fix", "python")}
+    found = {}
+    for index in range(400):
+        cand = taskgen.build_candidate(SEED, index, rust_share=0.5)
+        key = (cand.kind, cand.task.get("lang"))
+        if key in wanted and key not in found and not cand.rejected:
+            found[key] = cand
+    assert set(found) == wanted
+    for key, cand in sorted(found.items()):
+        task = dict(cand.task, id=cand.id, prompt=cand.prompt)
+        for variant in teacher.VARIANTS[cand.kind]:
+            entry = tmp_path / f"{cand.id}-{variant}"
+            taskgen.write_task(cand, entry / "task")
+            session = teacher.run_session(task, entry / "task" / "workspace", variant, random.Random(index))
+            stream = entry / "teacher.stream.ndjson"
+            stream.write_text(session.rec.dump())
+            assert unseen_actions(stream, task) == [], f"{cand.id} ({variant})"
