@@ -348,7 +348,7 @@ def unseen_actions(stream: Path, task: dict) -> list[str]:
 def test_the_teacher_greps_and_reads_only_what_it_was_shown(tmp_path):
     """A generated fix, search or test-fix task whose prompt names neither the function nor its file: the teacher
     finds them from what it has seen (the tests' output, or the doc phrase the prompt quotes), never by a name it was
-    not told (before, 20 of the 75 grep-based search transcripts of a 1,100-task set grepped for such a name)."""
+    not told (fixtures/README.md has how often version 2's teacher did)."""
     wanted = {("search", "rust"), ("search", "python"), ("test-fix", "rust"), ("test-fix", "python")}
     found = {}
     for index in range(400):
