@@ -362,7 +362,7 @@ def test_the_teacher_greps_and_reads_only_what_it_was_shown(tmp_path):
         for variant in teacher.VARIANTS[cand.kind]:
             entry = tmp_path / f"{cand.id}-{variant}"
             taskgen.write_task(cand, entry / "task")
-            session = teacher.run_session(task, entry / "task" / "workspace", variant, random.Random(index))
+            session = teacher.run_session(task, entry / "task" / "workspace", variant, random.Random(cand.index))
             stream = entry / "teacher.stream.ndjson"
             stream.write_text(session.rec.dump())
             assert unseen_actions(stream, task) == [], f"{cand.id} ({variant})"
