@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 
 from falsifiers.test_runtime import TASKS, exported_steps, normalise
-from harness.agent import AgentOptions, OraclePolicy, act, next_instruction, oracle_calls, open_episode, run_agent
-from harness.tasks import AgentTask, load_tasks
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.agent import (AgentOptions, OraclePolicy, act, fix_line_edits, next_instruction, oracle_calls, open_episode,
+                           run_agent)
+from harness.tasks import AgentTask, fix_lines, load_tasks
 from harness.cli import main
 from harness.contracts import system_prompt
 from harness.export import ExportOptions, export
@@ -27,7 +31,7 @@ from harness.toolcall import render_tool_call
 ROOT = Path(__file__).resolve().parent.parent
 HOLDOUT = ROOT / "fixtures" / "holdout" / "workspaces"
 TRACE_FIELDS = {"id", "task", "kind", "lang", "solved", "stop_reason", "turns", "first_tool", "grounded",
-                "calls_by_tool", "invalid_calls", "refused"}
+                "calls_by_tool", "invalid_calls", "refused", "fix_line_edits"}
 SUMMARY_FIELDS = {"tasks", "solved", "mean_turns", "calls_per_tool", "refused", "stop_reasons", "tasks_per_minute",
                   "per_kind", "per_lang", *(row.name for row in rates("agent"))}  # every rate of the metrics table
 
@@ -50,6 +54,49 @@ def test_the_oracle_solves_every_held_out_task():
         assert TRACE_FIELDS <= set(line)
         assert line["turns"][-1]["call"] is None and line["turns"][-1]["observation"] is None  # the final answer
     assert SUMMARY_FIELDS <= set(summary)
+    # the teacher's own edits quote the lines its fix changes, on every task whose fix has such lines
+    assert summary["tasks_editing_fix_line"] == summary["tasks_with_fix_lines"] >= 30
+
+
+def test_an_edit_counts_as_finding_the_fix_only_when_it_quotes_the_faulty_line():
+    """h-wrap-width's bug is `<= width + 1`: an edit of another line of the file (the first body line, the students'
+    commonest `old`) is not on the fix line, and an edit quoting the faulty line is, even one that changes nothing."""
+    task = next(t for t in load_tasks(HOLDOUT) if t.id == "h-wrap-width")
+    assert task.fix_lines == ("if len(candidate) <= width + 1:",)
+    source = (task.workspace / task.spec["file"]).read_text()
+    other = next(line for line in source.splitlines()[1:] if line.strip() and line.strip() not in task.fix_lines[0])
+
+    def edit(old, new, key="old"):
+        return {"name": "file_edit", "input": {"path": task.spec["file"], key: old, key.replace("old", "new"): new}}
+
+    assert fix_line_edits(task, [edit(other, other + "  # changed")]) == 0
+    assert fix_line_edits(task, [edit("        if len(candidate) <= width + 1:", "        if len(candidate) <= width + 1:")]) == 1
+    assert fix_line_edits(task, [edit("<= width + 1", "<= width", "old_string"), edit(other, other)]) == 1
+    assert fix_line_edits(task, [edit("1", "2"), {"name": "file_read", "input": {"path": "x"}}]) == 0
+    prompt = (task.workspace.parent / "prompt.txt").read_text()
+    outside = {"file": "../prompt.txt", "edits": [{"old": prompt.split()[0], "new": "x"}]}
+    assert fix_lines(outside, task.workspace) == (), "a task.json's file outside the workspace is never read"
+    no_fix = next(t for t in load_tasks(HOLDOUT) if t.kind == "create")
+    assert no_fix.fix_lines == () and fix_line_edits(no_fix, [edit(other, "x")]) is None
+
+
+WRAP = HOLDOUT / "h-wrap-width" / "workspace"
+_ANYTHING = (st.none() | st.integers() | st.text(max_size=12) | st.lists(st.integers(), max_size=2)
+             | st.sampled_from(["text_utils/wrap.py", "../prompt.txt", "../task.json", "/etc/hostname", ".", ""]))
+_PIECE = st.sampled_from((WRAP / "text_utils" / "wrap.py").read_text().split("\n")) | st.text(max_size=12)
+_EDIT = st.fixed_dictionaries({"old": _PIECE | _ANYTHING, "new": _PIECE | _ANYTHING}, optional={"file": _ANYTHING})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={"edits": st.lists(_EDIT | _ANYTHING, max_size=3) | _ANYTHING,
+                                           "file": _ANYTHING}))
+def test_fix_lines_of_any_task_json_is_a_tuple_and_never_reads_outside(spec):
+    """task.json is the user's: whatever its `edits` and `file` hold, fix_lines answers (a tuple of lines of the
+    workspace's own files), never raises, and never reads a file outside the workspace."""
+    lines = fix_lines(spec, WRAP)
+    assert isinstance(lines, tuple)
+    inside = "\n".join(p.read_text() for p in WRAP.rglob("*") if p.is_file() and p.suffix in (".py", ".rs"))
+    assert all(line in inside for line in lines)
 
 
 def test_an_unsolved_task_is_not_counted_solved(tmp_path):

@@ -38,7 +38,8 @@ def test_every_rate_of_the_flip_and_tune_reports_carries_its_wilson_interval():
                             "first_tool_match_rate": "first tool matches the teacher's"},
              "agent": {"solve_rate": "solved", "valid_call_rate": "valid calls / turns with a call",
                        "grounded_rate": "first call grounded (of tasks naming a path)",
-                       "first_tool_match_rate": "first tool matches the teacher's"}}
+                       "first_tool_match_rate": "first tool matches the teacher's",
+                       "fix_line_rate": "an edit quotes the line the fix changes (of tasks whose fix edits lines)"}}
     for section, labels in shown.items():
         assert set(labels) == {row.name for row in rates(section)}  # a new rate of the table needs its report line
         for name, label in labels.items():
@@ -58,7 +59,7 @@ def test_every_rate_of_the_flip_and_tune_reports_carries_its_wilson_interval():
     summary_lines = report_inputs.rendered()["summary_lines.txt"]
     in_lines = {"first_step": {"valid_rate": "with a valid call", "grounded_rate": "grounded"},
                 "agent": {"solve_rate": "solved", "valid_call_rate": "valid calls", "grounded_rate": "first call grounded",
-                          "first_tool_match_rate": "first tool matches"}}
+                          "first_tool_match_rate": "first tool matches", "fix_line_rate": "an edit on the fix's line"}}
     for section, labels in in_lines.items():
         for who in ("base", "student"):
             line = next(line for line in summary_lines.splitlines()

@@ -42,7 +42,7 @@ from harness.contracts import dialect_input, dialect_renames
 from harness.runtime import AprRuntime, Runtime, tool_error
 from harness.parity import task_parity
 from harness.sandbox import SKIP_DIRS, Limits, Sandbox, check_sandbox, isolation
-from harness.tasks import FIRST_TOOL_BY_KIND, AgentTask, load_tasks
+from harness.tasks import FIRST_TOOL_BY_KIND, AgentTask, load_tasks, touches_fix
 from harness.toolcall import CLOSE, OPEN, ToolCall, call_errors, parse_tool_calls, render_tool_call
 
 DEFAULT_MAX_TURNS = 8
@@ -247,6 +247,18 @@ def keep_workspace(source: Path, target: Path) -> None:
     shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(*SKIP_DIRS, "*.pyc"))
 
 
+def fix_line_edits(task: AgentTask, calls: list[dict]) -> int | None:
+    """How many file_edit calls quote a line the task's own fix changes (harness.tasks.touches_fix), in either
+    dialect's field name; None for a task without such lines. It tells a student that cannot find the faulty line
+    from one that finds it and cannot write the change."""
+    fix = task.fix_lines
+    if not fix:
+        return None
+    olds = [c["input"].get("old", c["input"].get("old_string")) for c in calls
+            if c["name"] == "file_edit" and isinstance(c.get("input"), dict)]
+    return sum(1 for old in olds if isinstance(old, str) and touches_fix(old, fix))
+
+
 def trace_line(episode: Episode, test, dialect: str | None = None) -> dict:
     from harness.evaluate import grounded
 
@@ -270,6 +282,7 @@ def trace_line(episode: Episode, test, dialect: str | None = None) -> dict:
         "invalid_calls": sum(1 for t in episode.turns if t["observation"] is not None and not t["valid"]),
         "refused": sum(1 for t in episode.turns if t["refused"]),
         "edits_applied": sum(1 for t in episode.turns if t.get("applied")),
+        "fix_line_edits": fix_line_edits(task, calls),
         "test": {"command": task.test, "exit_code": test.exit_code, "timed_out": test.timed_out,
                  "output_tail": test.output[-1500:]},
         "seconds": round(episode.seconds, 2),
@@ -387,6 +400,7 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
     naming = [line for line in lines if line["grounded"] is not None]
     expecting = [line for line in lines if line["first_tool_match"] is not None]
     solved = sum(line["solved"] for line in lines)
+    fixing = [line for line in lines if line.get("fix_line_edits") is not None]
     kinds: dict[str, dict] = {}
     for line in lines:
         row = kinds.setdefault(line["kind"] or "(none)", Counter())
@@ -415,6 +429,9 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
         "calls_per_tool": dict(sorted(sum((Counter(line["calls_by_tool"]) for line in lines), Counter()).items())),
         "refused": sum(line["refused"] for line in lines),
         "edits_applied": sum(line["edits_applied"] for line in lines),
+        # traces written before the fix's lines were recorded have no count: they are left out of both
+        "tasks_editing_fix_line": sum(1 for line in fixing if line["fix_line_edits"]),
+        "tasks_with_fix_lines": len(fixing),
         "stop_reasons": dict(sorted(Counter(line["stop_reason"] for line in lines).items())),
         "per_kind": {kind: dict(row) for kind, row in sorted(kinds.items())},
         "per_lang": {lang: dict(row) for lang, row in sorted(languages.items())},
@@ -432,7 +449,9 @@ def format_summary(summary: dict, label: str = "") -> str:
     return (f"{head}solved {interval('solve_rate')}; "
             f"{summary['mean_turns']} turns per task, valid calls {interval('valid_call_rate')}; "
             f"first call grounded {interval('grounded_rate')}, first tool matches "
-            f"{interval('first_tool_match_rate')}; refused {summary['refused']}; "
+            f"{interval('first_tool_match_rate')}; "
+            + (f"an edit on the fix's line {interval('fix_line_rate')}; " if "tasks_with_fix_lines" in summary else "")
+            + f"refused {summary['refused']}; "
             f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min"
             + (f"; CCPA action parity {summary['parity']['mean']} over {summary['parity']['tasks_scored']} tasks"
                if summary.get("parity") else ""))

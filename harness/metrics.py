@@ -67,6 +67,8 @@ METRICS = (
     Metric("agent", "grounded_rate", "first_call_grounded", "tasks_naming_path"),
     Metric("agent", "first_tool_match_rate", "first_tool_match", "tasks_with_expected_first_tool"),
     Metric("agent", "refused", "refused", goal="student_agent_refused", op="==", floor=0),
+    # of the tasks whose own fix edits known lines: those where some file_edit quoted one (found the bug, whatever it wrote)
+    Metric("agent", "fix_line_rate", "tasks_editing_fix_line", "tasks_with_fix_lines"),
     # flip curve's fix diagnostic: the validation fix tasks as plain code and as a file_edit step
     Metric("diagnostic", "plain_fix_rate", "plain_solved", "cases"),
     Metric("diagnostic", "edit_step_fix_rate", "edit_step_solved", "cases"),

@@ -588,6 +588,10 @@ def agent_section(agent: dict) -> list[str]:
         _rate_row("valid calls / turns with a call", base, student, "valid_call_rate", "agent"),
         _rate_row("first tool matches the teacher's", base, student, "first_tool_match_rate", "agent"),
         _rate_row("first call grounded (of tasks naming a path)", base, student, "grounded_rate", "agent"),
+        # summaries written before the fix's lines were counted have no such row
+        *([_rate_row("an edit quotes the line the fix changes (of tasks whose fix edits lines)", base, student,
+                     "fix_line_rate", "agent")] if "tasks_with_fix_lines" in student else []),
+        row("edits applied", "edits_applied"),
         row("calls refused (outside the workspace)", "refused"),
         row("calls per tool", "calls_per_tool", lambda v: v or "-"),
         row("stop reasons", "stop_reasons"),

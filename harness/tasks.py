@@ -48,6 +48,53 @@ class AgentTask:
         """The teacher's first tool: task.json's `first_tool`, else the canonical one of its kind."""
         return self.spec.get("first_tool") or FIRST_TOOL_BY_KIND.get(self.kind)
 
+    @property
+    def fix_lines(self) -> tuple[str, ...]:
+        """The workspace lines the task's own fix changes (task.json `edits`), stripped: empty when it has none."""
+        return fix_lines(self.spec, self.workspace)
+
+
+FIX_LINE_CHARS = 4  # a fix line, and a piece of one an edit quotes, is at least this long once stripped
+
+
+def fix_lines(spec: dict, workspace: Path) -> tuple[str, ...]:
+    """The lines of the workspace that the task's own edits (task.json `edits`: {"old", "new"[, "file"]}, each `old`
+    found in its file) change, stripped of indentation: the lines the edit's differing span touches, after the common
+    start and end of `old` and `new` are set aside; for an edit that only inserts, the lines on both sides of the
+    insertion point. Lines shorter than FIX_LINE_CHARS (a lone `}`) say nothing of where the fix is and are left
+    out. An edit that does not match its file, or a malformed one, adds none: task.json is the user's."""
+    lines: list[str] = []
+    edits = spec.get("edits")
+    for edit in edits if isinstance(edits, list) else []:
+        if not isinstance(edit, dict) or not all(isinstance(edit.get(key), str) for key in ("old", "new")):
+            continue
+        name = edit.get("file", spec.get("file"))
+        try:
+            path = (workspace / name).resolve()
+            if not path.is_relative_to(workspace.resolve()):  # a task.json naming a file outside: not read
+                continue
+            text = path.read_text(encoding="utf-8")
+        except (TypeError, OSError, UnicodeDecodeError, ValueError):
+            continue
+        old, new = edit["old"], edit["new"]
+        at = text.find(old)
+        if at < 0 or not old:
+            continue
+        same_start = len(os.path.commonprefix([old, new]))
+        same_end = len(os.path.commonprefix([old[same_start:][::-1], new[same_start:][::-1]]))
+        start, end = at + same_start, at + len(old) - same_end
+        first = text.count("\n", 0, max(start - 1, 0) if start == end else start)
+        last = text.count("\n", 0, max(end - 1, start))
+        lines += [line.strip() for line in text.split("\n")[first:last + 1] if len(line.strip()) >= FIX_LINE_CHARS]
+    return tuple(dict.fromkeys(lines))
+
+
+def touches_fix(old: str, fix: tuple[str, ...]) -> bool:
+    """Whether an edit's `old` text names one of the fix's lines: one of its lines, stripped, is a fix line or (at
+    least FIX_LINE_CHARS long) part of one. A call that quotes the faulty line, whatever it then writes, found it."""
+    return any(part == line or (len(part) >= FIX_LINE_CHARS and part in line)
+               for part in (piece.strip() for piece in old.split("\n")) if part for line in fix)
+
 
 SPECIAL_FILE = "not a regular file, directory or link (a FIFO, socket or device); a task's workspace holds only those"
 
