@@ -346,10 +346,10 @@ def unseen_actions(stream: Path, task: dict) -> list[str]:
 
 @pytest.mark.helper
 def test_the_teacher_greps_and_reads_only_what_it_was_shown(tmp_path):
-    """A generated fix, search or test-fix task whose prompt names neither the function nor its file: the teacher
-    finds them from what it has seen (the tests' output, or the doc phrase the prompt quotes), never by a name it was
-    not told (fixtures/README.md has how often version 2's teacher did)."""
-    wanted = {("search", "rust"), ("search", "python"), ("test-fix", "rust"), ("test-fix", "python")}
+    """A generated search, test-fix or constant task whose prompt names neither the function (or setting) nor its
+    file: the teacher finds them from what it has seen (the tests' output, the doc phrase the prompt quotes, the old
+    value it gives), never by a name it was not told (fixtures/README.md has how often version 2's teacher did)."""
+    wanted = {(kind, lang) for kind in ("search", "test-fix", "constant") for lang in ("rust", "python")}
     found = {}
     for index in range(400):
         cand = taskgen.build_candidate(SEED, index, rust_share=0.5)
