@@ -487,7 +487,7 @@ def test_run_trains_on_the_tasks_of_a_curve_row(tmp_path, tiny_base, generated_s
 
     split = read_manifest(generated_set)
     n = 3
-    chosen = training_order(split["train"], 42)[:n]
+    chosen = training_order(generated_set, split["train"], 42)[:n]
     assert chosen != sorted(split["train"])[:n], "the seeded order should differ from the sorted ids here"
     prompt = {task_id: (generated_set / "tasks" / task_id / "prompt.txt").read_text(encoding="utf-8").strip()
               for task_id in split["train"] + split["validation"]}

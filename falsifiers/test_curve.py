@@ -101,6 +101,28 @@ def _generated_set(root: Path, ids: list[str], fix_ids: set[str]) -> Path:
     return root
 
 
+def test_no_training_order_holds_a_hand_written_validation_prompt(tmp_path):
+    """A generated training task whose prompt is word for word a prompt of flip tune's validation split of the
+    hand-written tasks (which flip curve validates on) is in no training order: not in a curve row's, not in the
+    tasks `flip run --train-tasks` exports; every other training task is, in the same seeded order."""
+    from harness.contracts import FIXTURE_TASKS
+    from harness.tasks import task_folders, training_order, training_transcripts, validation_split
+
+    ids = [f"t{i}" for i in range(8)]
+    tasks = _generated_set(tmp_path / "gen", ids, fix_ids=set())
+    validation_id = validation_split(task_folders(FIXTURE_TASKS))[1][0]
+    for task_id in ids:
+        text = (FIXTURE_TASKS / validation_id / "prompt.txt").read_text() if task_id in ("t2", "t5") else f"Fix {task_id}."
+        (tasks / "tasks" / task_id / "prompt.txt").write_text(text)
+        (tasks / "transcripts" / task_id).mkdir(parents=True)
+    order = training_order(tasks, ids, 42)
+    assert sorted(order) == ["t0", "t1", "t3", "t4", "t6", "t7"]
+    assert [folder.name for folder in training_transcripts(tasks, None, 42)] == order
+    assert [folder.name for folder in training_transcripts(tasks, 3, 42)] == order[:3]
+    with pytest.raises(FlipError, match="between 1 and 6"):
+        training_transcripts(tasks, 7, 42)
+
+
 def test_worked_examples_stay_out_of_every_size_and_rows_resume_only_as_made(tmp_path):
     """The diagnostic's worked examples are the last fix tasks of the training order, whatever --sizes says; a size
     that would train on one is refused before anything is written; a finished row made with another base, recipe,
@@ -110,7 +132,7 @@ def test_worked_examples_stay_out_of_every_size_and_rows_resume_only_as_made(tmp
 
     ids = [f"t{i}" for i in range(12)]
     tasks = _generated_set(tmp_path / "gen", ids, fix_ids={"t1", "t4", "t6", "t8", "t9", "t11"})
-    order = training_order(ids, 42)
+    order = training_order(tasks, ids, 42)
     examples, chosen = worked_examples(tasks / "tasks", order)
     fixes_from_end = [task_id for task_id in reversed(order) if task_id in {"t1", "t4", "t6", "t8", "t9", "t11"}]
     assert chosen == fixes_from_end[:3] and [bug for bug, _, _ in examples] == [f"fixed {i}" for i in chosen]

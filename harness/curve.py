@@ -306,7 +306,7 @@ def parse_sizes(text: str, available: int) -> list[int]:
 def curve(options: CurveOptions) -> dict:
     manifest = read_manifest(Path(options.tasks))
     tasks = Path(options.tasks)
-    order = training_order(manifest["train"], options.seed)
+    order = training_order(tasks, manifest["train"], options.seed)
     examples, example_ids = worked_examples(tasks / "tasks", order)
     sizes = parse_sizes(options.sizes, min(map(order.index, example_ids), default=len(order)))
     if options.recipe not in recipes()[1]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import FlipError
+from harness.contracts import FIXTURE_TASKS
 
 FIRST_TOOL_BY_KIND = {"fix": "file_read", "add-method": "file_read", "search": "grep", "constant": "grep",
                       "rename": "grep", "test-fix": "shell", "compile": "shell", "create": "file_write",
@@ -190,20 +191,31 @@ def hand_written_training_transcripts(tasks: Path, transcripts: Path) -> list[Pa
     return [transcripts / task_id for task_id in train if (transcripts / task_id).is_dir()]
 
 
-def training_order(train_ids: list[str], seed: int) -> list[str]:
-    """One seeded order of the training ids: the first N of it are the curve's N tasks, nested across N."""
-    order = sorted(train_ids)
+def training_order(tasks: Path, train_ids: list[str], seed: int) -> list[str]:
+    """One seeded order of a generated set's training ids: the first N of it are the curve's N tasks, nested across N.
+    A task whose prompt is word for word the prompt of a task of flip tune's validation split of the hand-written
+    tasks (a generic "a couple of tests fail when I run cargo test") is left out: flip curve validates on that split,
+    and a student trained on a validation task's exact words would not be validated on text it never saw."""
+    validation_prompts = {prompt_text(FIXTURE_TASKS / task_id) for task_id in validation_split(
+        task_folders(FIXTURE_TASKS))[1]}
+    order = sorted(task_id for task_id in train_ids if prompt_text(tasks / "tasks" / task_id) not in validation_prompts)
     random.Random(seed).shuffle(order)
     return order
+
+
+def prompt_text(folder: Path) -> str | None:
+    """A task folder's prompt.txt, stripped; None when it has none."""
+    path = folder / "prompt.txt"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
 def training_transcripts(tasks: Path, n: int | None, seed: int, flag: str = "--train-tasks") -> list[Path]:
     """The transcript folders of the first n tasks (all when n is None) of a generated set's training order: the
     tasks a curve student of size n trained on, so a student trained from them repeats a curve row's data."""
-    train = read_manifest(tasks, flag)["train"]
-    if n is not None and not 1 <= n <= len(train):
-        raise FlipError(f"--train-n must be between 1 and {len(train)} (the training tasks of {tasks}), not {n}")
-    folders = [tasks / "transcripts" / task_id for task_id in training_order(train, seed)[:n]]
+    order = training_order(tasks, read_manifest(tasks, flag)["train"], seed)
+    if n is not None and not 1 <= n <= len(order):
+        raise FlipError(f"--train-n must be between 1 and {len(order)} (the training tasks of {tasks}), not {n}")
+    folders = [tasks / "transcripts" / task_id for task_id in order[:n]]
     missing = next((folder for folder in folders if not folder.is_dir()), None)
     if missing is not None:
         raise FlipError(f"{flag} {tasks}: {missing} is missing (an incomplete generated task set)")
