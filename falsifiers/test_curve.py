@@ -3,6 +3,7 @@ held-out text reaches a student's training data)."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from itertools import combinations
 from math import sqrt
@@ -117,6 +118,9 @@ def test_no_training_order_holds_a_hand_written_validation_prompt(tmp_path):
         (tasks / "transcripts" / task_id).mkdir(parents=True)
     order = training_order(tasks, ids, 42)
     assert sorted(order) == ["t0", "t1", "t3", "t4", "t6", "t7"]
+    unfiltered = sorted(ids)
+    random.Random(42).shuffle(unfiltered)
+    assert order == [task_id for task_id in unfiltered if task_id in order], "the others keep their seeded order"
     assert [folder.name for folder in training_transcripts(tasks, None, 42)] == order
     assert [folder.name for folder in training_transcripts(tasks, 3, 42)] == order[:3]
     with pytest.raises(FlipError, match="between 1 and 6"):

@@ -198,9 +198,9 @@ def training_order(tasks: Path, train_ids: list[str], seed: int) -> list[str]:
     and a student trained on a validation task's exact words would not be validated on text it never saw."""
     validation_prompts = {prompt_text(FIXTURE_TASKS / task_id) for task_id in validation_split(
         task_folders(FIXTURE_TASKS))[1]}
-    order = sorted(task_id for task_id in train_ids if prompt_text(tasks / "tasks" / task_id) not in validation_prompts)
-    random.Random(seed).shuffle(order)
-    return order
+    order = sorted(train_ids)
+    random.Random(seed).shuffle(order)  # then filtered: the other tasks keep the order they had before the filter
+    return [task_id for task_id in order if prompt_text(tasks / "tasks" / task_id) not in validation_prompts]
 
 
 def prompt_text(folder: Path) -> str | None:
