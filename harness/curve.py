@@ -30,7 +30,7 @@ from harness.models import SMOLLM2, check
 from harness.options import MODEL_HELP, add_options, device_option, option, options_of
 from harness.metrics import interval_text, pct
 from harness.stats import PASS_AT, mcnemar_exact, pass_at_k, wilson
-from harness.tasks import read_manifest, task_folders, training_order, validation_split
+from harness.tasks import prompt_text, read_manifest, task_folders, training_order, validation_split
 
 OUTPUT_NAMES = ("n*", "val-tasks", "base", "curve.json", "curve.md", "curve.png")
 FEW_SHOT = 3  # worked examples in the plain Before/After prompt
@@ -44,11 +44,8 @@ PLAIN_MAX_NEW_TOKENS = 200
 def distinct_prompts(tasks: Path, val_ids: list[str], train_ids: list[str]) -> list[str]:
     """The validation ids, sorted, without those whose prompt is word for word a training task's (a generic "the tests
     fail, fix it"): the leak check could not tell such a task's text from training data, so it is not validation."""
-    def prompt(task_id: str) -> str:
-        return (tasks / "tasks" / task_id / "prompt.txt").read_text(encoding="utf-8").strip()
-
-    taught = {prompt(task_id) for task_id in train_ids}
-    return [task_id for task_id in sorted(val_ids) if prompt(task_id) not in taught]
+    taught = {prompt_text(tasks / "tasks" / task_id) for task_id in train_ids}
+    return [task_id for task_id in sorted(val_ids) if prompt_text(tasks / "tasks" / task_id) not in taught]
 
 
 def link_validation(out: Path, tasks: Path, val_ids: list[str], fixture_val: bool) -> Path:

@@ -197,7 +197,7 @@ def training_order(tasks: Path, train_ids: list[str], seed: int) -> list[str]:
     tasks (a generic "a couple of tests fail when I run cargo test") is left out: flip curve validates on that split,
     and a student trained on a validation task's exact words would not be validated on text it never saw."""
     validation_prompts = {prompt_text(FIXTURE_TASKS / task_id) for task_id in validation_split(
-        task_folders(FIXTURE_TASKS))[1]}
+        task_folders(FIXTURE_TASKS))[1]} - {None}
     order = sorted(train_ids)
     random.Random(seed).shuffle(order)  # then filtered: the other tasks keep the order they had before the filter
     return [task_id for task_id in order if prompt_text(tasks / "tasks" / task_id) not in validation_prompts]
