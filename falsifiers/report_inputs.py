@@ -4,7 +4,8 @@ real `summarise` of harness.evaluate and harness.agent and rendered by the real 
 
 `rendered()` returns every rendered output by file name. falsifiers/report_golden/ holds what commit 599a05a's code
 (before harness/metrics.py) rendered from these same inputs, re-rendered since only for the reviewed changes named in
-contracts/claims/metrics.yaml (the Wilson intervals of FALSIFY-METRICS-004, the fix-line rate of FALSIFY-AGENT-025). The first rendering was:
+contracts/claims/metrics.yaml (the Wilson intervals of FALSIFY-METRICS-004, the fix-line rate of FALSIFY-AGENT-025, the made-up
+grep rate of FALSIFY-AGENT-027). The first rendering was:
 
     git archive 599a05a | tar -x -C /tmp/main && cd /tmp/main && cp $WT/falsifiers/report_inputs.py falsifiers/ \
       && PYTHONPATH=/tmp/main $WT/.venv/bin/python -m falsifiers.report_inputs $WT/falsifiers/report_golden
@@ -85,6 +86,7 @@ def agent_line(index: int, prompt: dict, student: bool) -> dict:
         "invalid_calls": sum(1 for t in turns if t["observation"] is not None and not t["valid"]),
         "refused": sum(1 for t in turns if t["refused"]), "edits_applied": sum(1 for t in turns if t.get("applied")),
         "fix_line_edits": None if prompt["kind"].startswith("create") else int(student and index % 5 == 0),
+        "invented_searches": int(student and index % 7 == 2),
         "test": {"command": "true", "exit_code": 0 if solved else 1, "timed_out": False, "output_tail": ""},
         "seconds": 1.5,
     }

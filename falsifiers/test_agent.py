@@ -17,8 +17,8 @@ from falsifiers.test_runtime import TASKS, exported_steps, normalise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.agent import (AgentOptions, OraclePolicy, act, fix_line_edits, next_instruction, oracle_calls, open_episode,
-                           run_agent)
+from harness.agent import (AgentOptions, OraclePolicy, act, fix_line_edits, invented_searches, next_instruction,
+                           oracle_calls, open_episode, run_agent)
 from harness.tasks import AgentTask, fix_lines, load_tasks
 from harness.cli import main
 from harness.contracts import system_prompt
@@ -31,7 +31,7 @@ from harness.toolcall import render_tool_call
 ROOT = Path(__file__).resolve().parent.parent
 HOLDOUT = ROOT / "fixtures" / "holdout" / "workspaces"
 TRACE_FIELDS = {"id", "task", "kind", "lang", "solved", "stop_reason", "turns", "first_tool", "grounded",
-                "calls_by_tool", "invalid_calls", "refused", "fix_line_edits"}
+                "calls_by_tool", "invalid_calls", "refused", "fix_line_edits", "invented_searches"}
 SUMMARY_FIELDS = {"tasks", "solved", "mean_turns", "calls_per_tool", "refused", "stop_reasons", "tasks_per_minute",
                   "per_kind", "per_lang", *(row.name for row in rates("agent"))}  # every rate of the metrics table
 
@@ -79,6 +79,28 @@ def test_an_edit_counts_as_finding_the_fix_only_when_it_quotes_the_faulty_line()
     no_fix = next(t for t in load_tasks(HOLDOUT) if t.kind == "create")
     assert no_fix.fix_lines == () and fix_line_edits(no_fix, [edit(other, "x")]) is None
 
+
+
+def test_a_search_is_invented_only_when_nothing_shown_named_what_it_looks_for():
+    r"""The students' commonest first failure on hand-written tasks: a grep for a name the task never gave (`def
+    discount_to_100\b`, `DAILY_OFFER\s*=`), finding nothing. A name the prompt or an earlier tool result showed is
+    not invented; regex escapes and the languages' keywords are not names."""
+    prompt = "Orders of exactly 100 should get the discount: see apply_discount."
+
+    def grep(pattern, observation="No files found"):
+        return {"call": {"name": "grep", "input": {"pattern": pattern}}, "observation": observation}
+
+    read = {"call": {"name": "file_read", "input": {"path": "shop/prices.py"}},
+            "observation": "1\tDAILY_OFFER = 100\n2\tdef apply_discount(total):"}
+    assert invented_searches(prompt, [grep(r"def apply_discount\b"), grep(r"\bapply_discount\s*\(")]) == 0
+    assert invented_searches(prompt, [grep(r"const \w+\s*=\s*100"), grep("= 100"), grep("discount")]) == 0
+    assert invented_searches(prompt, [grep(r"def discount_to_100\b")]) == 1
+    assert invented_searches(prompt, [grep(r"DAILY_OFFER\s*="), read, grep(r"DAILY_OFFER\s*=")]) == 1, \
+        "before the read the name was made up; after it, it was shown"
+    assert invented_searches(prompt, [grep(r"fn apply_discount\b"), grep(r"pub const DAILY_OFFER")]) == 1
+    assert invented_searches(prompt, [{"call": {"name": "grep", "input": {"pattern": 7}}, "observation": "x"},
+                                      {"call": {"name": "grep", "input": "made_up_name"}, "observation": None},
+                                      {"call": None, "observation": None}]) == 0
 
 WRAP = HOLDOUT / "h-wrap-width" / "workspace"
 _ANYTHING = (st.none() | st.integers() | st.text(max_size=12) | st.lists(st.integers(), max_size=2)

@@ -39,7 +39,8 @@ def test_every_rate_of_the_flip_and_tune_reports_carries_its_wilson_interval():
              "agent": {"solve_rate": "solved", "valid_call_rate": "valid calls / turns with a call",
                        "grounded_rate": "first call grounded (of tasks naming a path)",
                        "first_tool_match_rate": "first tool matches the teacher's",
-                       "fix_line_rate": "an edit quotes the line the fix changes (of tasks whose fix edits lines)"}}
+                       "fix_line_rate": "an edit quotes the line the fix changes (of tasks whose fix edits lines)",
+                       "invented_search_rate": "a grep for a name nothing had shown (made up)"}}
     for section, labels in shown.items():
         assert set(labels) == {row.name for row in rates(section)}  # a new rate of the table needs its report line
         for name, label in labels.items():

@@ -21,6 +21,8 @@ steps for a task.json, `oracle_calls`), which proves the tasks, their tests and 
 from __future__ import annotations
 
 import json
+import keyword
+import re
 import shutil
 import sys
 import time
@@ -259,6 +261,35 @@ def fix_line_edits(task: AgentTask, calls: list[dict]) -> int | None:
     return sum(1 for old in olds if isinstance(old, str) and touches_fix(old, fix))
 
 
+# Words a search pattern may hold that are the language's, not a name the agent made up (`def name\b`, `const X\b`)
+PATTERN_KEYWORDS = frozenset(keyword.kwlist) | {
+    "fn", "let", "mut", "pub", "const", "static", "struct", "enum", "impl", "trait", "use", "mod", "crate", "self",
+    "Self", "match", "loop", "where", "type", "ref", "move", "unsafe", "extern", "dyn"}
+
+
+def pattern_names(pattern: str) -> set[str]:
+    r"""The identifiers a grep pattern looks for: its words of 3 or more characters once regex escapes (`\b`, `\s`,
+    `\w`) are taken out, less the languages' keywords."""
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]{2,}", re.sub(r"\\.", " ", pattern))
+    return {word for word in words if word not in PATTERN_KEYWORDS}
+
+
+def invented_searches(prompt: str, turns: list[dict]) -> int:
+    """How many grep calls look for a name that neither the task's prompt nor an earlier tool result showed: a search
+    for something the agent made up (generated tasks' teacher never does it since generator version 4,
+    fixtures/teacher.py grep_pattern), which finds nothing or finds it by luck."""
+    seen, count = [prompt], 0
+    for turn in turns:
+        call = turn.get("call")
+        if call and call.get("name") == "grep" and isinstance(call.get("input"), dict) \
+                and isinstance(call["input"].get("pattern"), str):
+            shown = "\n".join(seen)
+            count += any(name not in shown for name in pattern_names(call["input"]["pattern"]))
+        if turn.get("observation"):
+            seen.append(turn["observation"])
+    return count
+
+
 def trace_line(episode: Episode, test, dialect: str | None = None) -> dict:
     from harness.evaluate import grounded
 
@@ -283,6 +314,7 @@ def trace_line(episode: Episode, test, dialect: str | None = None) -> dict:
         "refused": sum(1 for t in episode.turns if t["refused"]),
         "edits_applied": sum(1 for t in episode.turns if t.get("applied")),
         "fix_line_edits": fix_line_edits(task, calls),
+        "invented_searches": invented_searches(task.prompt, episode.turns),
         "test": {"command": task.test, "exit_code": test.exit_code, "timed_out": test.timed_out,
                  "output_tail": test.output[-1500:]},
         "seconds": round(episode.seconds, 2),
@@ -401,6 +433,7 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
     expecting = [line for line in lines if line["first_tool_match"] is not None]
     solved = sum(line["solved"] for line in lines)
     fixing = [line for line in lines if line.get("fix_line_edits") is not None]
+    searching = [line for line in lines if line.get("invented_searches") is not None]
     kinds: dict[str, dict] = {}
     for line in lines:
         row = kinds.setdefault(line["kind"] or "(none)", Counter())
@@ -432,6 +465,9 @@ def summarise(lines: list[dict], seconds: float, sandbox: str = "bwrap") -> dict
         # traces written before the fix's lines were recorded have no count: they are left out of both
         "tasks_editing_fix_line": sum(1 for line in fixing if line["fix_line_edits"]),
         "tasks_with_fix_lines": len(fixing),
+        # traces written before searches were checked have no count: they are left out of both
+        "tasks_with_invented_search": sum(1 for line in searching if line["invented_searches"]),
+        "tasks_checked_for_search": len(searching),
         "stop_reasons": dict(sorted(Counter(line["stop_reason"] for line in lines).items())),
         "per_kind": {kind: dict(row) for kind, row in sorted(kinds.items())},
         "per_lang": {lang: dict(row) for lang, row in sorted(languages.items())},
@@ -451,6 +487,7 @@ def format_summary(summary: dict, label: str = "") -> str:
             f"first call grounded {interval('grounded_rate')}, first tool matches "
             f"{interval('first_tool_match_rate')}; "
             + (f"an edit on the fix's line {interval('fix_line_rate')}; " if "tasks_with_fix_lines" in summary else "")
+            + (f"a made-up grep {interval('invented_search_rate')}; " if "tasks_checked_for_search" in summary else "")
             + f"refused {summary['refused']}; "
             f"stops {summary['stop_reasons']}; {summary['tasks_per_minute']} tasks/min"
             + (f"; CCPA action parity {summary['parity']['mean']} over {summary['parity']['tasks_scored']} tasks"

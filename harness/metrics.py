@@ -69,6 +69,8 @@ METRICS = (
     Metric("agent", "refused", "refused", goal="student_agent_refused", op="==", floor=0),
     # of the tasks whose own fix edits known lines: those where some file_edit quoted one (found the bug, whatever it wrote)
     Metric("agent", "fix_line_rate", "tasks_editing_fix_line", "tasks_with_fix_lines"),
+    # tasks where some grep looked for a name neither the prompt nor a tool result had shown (made up; lower is better)
+    Metric("agent", "invented_search_rate", "tasks_with_invented_search", "tasks_checked_for_search"),
     # flip curve's fix diagnostic: the validation fix tasks as plain code and as a file_edit step
     Metric("diagnostic", "plain_fix_rate", "plain_solved", "cases"),
     Metric("diagnostic", "edit_step_fix_rate", "edit_step_solved", "cases"),

@@ -591,6 +591,8 @@ def agent_section(agent: dict) -> list[str]:
         # summaries written before the fix's lines were counted have no such row
         *([_rate_row("an edit quotes the line the fix changes (of tasks whose fix edits lines)", base, student,
                      "fix_line_rate", "agent")] if "tasks_with_fix_lines" in student else []),
+        *([_rate_row("a grep for a name nothing had shown (made up)", base, student, "invented_search_rate", "agent")]
+          if "tasks_checked_for_search" in student else []),
         row("edits applied", "edits_applied"),
         row("calls refused (outside the workspace)", "refused"),
         row("calls per tool", "calls_per_tool", lambda v: v or "-"),
