@@ -134,6 +134,28 @@ def test_the_rust_share_picks_the_language_of_the_same_candidates():
     assert taskgen.text_candidates(50, SEED) == taskgen.text_candidates(50, SEED, rust_share=taskgen.RUST_SHARE)
 
 
+@pytest.mark.helper
+def test_the_teachers_grep_patterns_find_the_file_as_plain_text():
+    """apr-code's grep is a substring match; the apr-prompt runtime's a regex. Every grep pattern a generated task
+    gives the teacher (its name pattern and, for a constant, its value) is text that the task's file holds as written,
+    and the name pattern carries no regex metacharacter, so both runtimes find the same lines and the apr-runtime
+    dialect trains on it (harness.apr_runtime.target_refusal)."""
+    from harness.apr_runtime import REGEX_METACHARACTERS
+
+    patterns = 0
+    for cand in taskgen.text_candidates(300, SEED, rust_share=0.5):
+        task = cand.task
+        if "grep" not in task:
+            continue
+        patterns += 1
+        source = cand.files[task["file"]]
+        assert not REGEX_METACHARACTERS & set(task["grep"]), (cand.id, task["grep"])
+        assert task["grep"] in source and teacher.looked_for(task["grep"]) in source, (cand.id, task["grep"])
+        if task.get("locate", "").startswith("= "):
+            assert task["locate"] in source and teacher.looked_for(task["locate"]) in cand.prompt, (cand.id, task["locate"])
+    assert patterns > 200
+
+
 @pytest.fixture(scope="module")
 def small_runs(tmp_path_factory):
     """The same small verified generation twice, each with its own empty cache (so the second is not a copy)."""
