@@ -276,7 +276,7 @@ def pattern_names(pattern: str) -> set[str]:
 
 def invented_searches(prompt: str, turns: list[dict]) -> int:
     """How many grep calls look for a name that neither the task's prompt nor an earlier tool result showed: a search
-    for something the agent made up (generated tasks' teacher never does it since generator version 4,
+    for something the agent made up (the generated tasks' teacher greps only what it was shown,
     fixtures/teacher.py grep_pattern), which finds nothing or finds it by luck."""
     seen, count = [prompt], 0
     for turn in turns:
