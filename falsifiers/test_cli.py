@@ -398,6 +398,15 @@ def test_run_trains_the_recipe_it_names():
         RunOptions(out="r", steps=0)
 
 
+def test_run_agents_run_in_the_runtime_run_is_given():
+    """`flip run --runtime apr` runs its held-out agents in apr-code's own runtime, as `flip agent --runtime apr` does;
+    without it, in the claude runtime the exporter trains on."""
+    from harness.run import plan_stages
+
+    assert plan_stages(_run_options("--out", "r")).agent.runtime == "claude"
+    assert plan_stages(_run_options("--out", "r", "--runtime", "apr")).agent.runtime == "apr"
+
+
 def test_resume_takes_an_option_added_since_the_run_began_at_its_default(tmp_path):
     """A run whose config.json lacks an option flip run gained later (the run began under an older apr-flip) resumes
     when that option is at its default, and is refused, naming it, when it is not, as a changed option is."""

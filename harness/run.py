@@ -29,7 +29,7 @@ from harness.metrics import FLIP_THRESHOLD, METRICS, count_text, goals, interval
 from harness.models import SMOLLM2
 from harness.options import (MODEL_HELP, add_options, config_text, default_config, device_option, dialect_option,
                              field_names, force_option, option, options_of, path_or_none, positive_or_none,
-                             read_config, sandbox_option)
+                             read_config, runtime_option, sandbox_option)
 from harness.sandbox import check_sandbox
 from harness.train import RECIPE_FIELD_NAMES, TrainConfig
 
@@ -105,6 +105,7 @@ class RunOptions:
     merge: bool = option(True, "merge the adapter into the base; --no-merge: the student is base + adapter")
     agent: bool = option(True, "run base and student as agents on the held-out workspaces")
     sandbox: str = sandbox_option()
+    runtime: str = runtime_option()
     max_turns: int = option(agent_stage.DEFAULT_MAX_TURNS, "agent turns per held-out task")
     agent_tokens: int = option(agent_stage.DEFAULT_MAX_NEW_TOKENS, "tokens per agent reply (a call may carry code)")
     parity_teacher: Path | None = option(FIXTURES / "holdout" / "teacher", "the teacher's CCPA trace of each held-out "
@@ -227,7 +228,7 @@ def plan_stages(options: RunOptions) -> Stages:
         agent_options = agent_stage.AgentOptions(
             max_turns=options.max_turns, max_new_tokens=options.agent_tokens, max_length=options.max_length,
             batch_size=options.eval_batch_size, sandbox=options.sandbox, dialect=options.dialect,
-            parity_teacher=options.parity_teacher)
+            runtime=options.runtime, parity_teacher=options.parity_teacher)
     return Stages(out=out, export=export_options, train=train,
                   eval=dict(device=options.device, max_new_tokens=options.max_new_tokens,
                             batch_size=options.eval_batch_size, dialect=options.dialect),
@@ -579,7 +580,8 @@ def agent_section(agent: dict) -> list[str]:
         "## As agents: whole held-out tasks in a sandbox",
         "",
         f"Each task runs up to {agent['max_turns']} turns (the first call of each reply executed, its result shown in "
-        "the next prompt); solved = the task's own test command exits 0 in the final workspace.",
+        f"the next prompt) in the {student.get('runtime', 'claude')} runtime; solved = the task's own test command "
+        "exits 0 in the final workspace.",
         "",
         "| | base | student |",
         "|---|---|---|",
