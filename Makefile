@@ -48,6 +48,10 @@ STUDENT_N ?= 1000
 STUDENT_STEPS ?= 1000
 # empty: generated tasks only; any value: also the hand-written training split's transcripts (flip run --with-fixtures)
 WITH_FIXTURES ?=
+# empty: flip run's defaults (the apr-prompt dialect, agents in the claude runtime); e.g. STUDENT_DIALECT=apr-runtime
+# STUDENT_RUNTIME=apr trains in apr-code's field names and result texts and runs the held-out agents in its runtime
+STUDENT_DIALECT ?=
+STUDENT_RUNTIME ?=
 STUDENT_OUT ?= runs/student
 
 $(TASKS)/manifest.json: | setup
@@ -56,7 +60,8 @@ $(TASKS)/manifest.json: | setup
 
 student: setup $(TASKS)/manifest.json
 	$(VENV)/bin/flip run --base $(STUDENT_BASE) --recipe $(STUDENT_RECIPE) --train-tasks $(TASKS) --train-n $(STUDENT_N) \
-	  --steps $(STUDENT_STEPS) --out $(STUDENT_OUT) --resume --save-every 25 $(if $(WITH_FIXTURES),--with-fixtures)
+	  --steps $(STUDENT_STEPS) --out $(STUDENT_OUT) --resume --save-every 25 $(if $(WITH_FIXTURES),--with-fixtures) \
+	  $(if $(STUDENT_DIALECT),--dialect $(STUDENT_DIALECT)) $(if $(STUDENT_RUNTIME),--runtime $(STUDENT_RUNTIME))
 
 test: setup
 	$(PY) -m pytest -m "not gpu and not bench and not mutation and not student" --junitxml=junit.xml $(PYTEST_ARGS)
