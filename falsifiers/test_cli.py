@@ -407,6 +407,17 @@ def test_run_agents_run_in_the_runtime_run_is_given():
     assert plan_stages(_run_options("--out", "r", "--runtime", "apr")).agent.runtime == "apr"
 
 
+def test_run_report_names_the_runtime_its_agents_ran_in():
+    """The report's agent section says which runtime answered the calls, from the agents' own summaries."""
+    from falsifiers.report_inputs import agent
+    from harness.run import agent_section
+
+    summaries = agent()
+    for runtime in ("apr", "claude"):
+        summaries["base"]["runtime"] = summaries["student"]["runtime"] = runtime
+        assert f"in the {runtime} runtime;" in "\n".join(agent_section(summaries))
+
+
 def test_resume_takes_an_option_added_since_the_run_began_at_its_default(tmp_path):
     """A run whose config.json lacks an option flip run gained later (the run began under an older apr-flip) resumes
     when that option is at its default, and is refused, naming it, when it is not, as a changed option is."""

@@ -580,6 +580,7 @@ def agent_section(agent: dict) -> list[str]:
         "## As agents: whole held-out tasks in a sandbox",
         "",
         f"Each task runs up to {agent['max_turns']} turns (the first call of each reply executed, its result shown in "
+        # a summary written before flip agent recorded its runtime ran in the only one there was, claude's
         f"the next prompt) in the {student.get('runtime', 'claude')} runtime; solved = the task's own test command "
         "exits 0 in the final workspace.",
         "",
